@@ -1,0 +1,1 @@
+"""Machinery shared by every stage: parameters, files, seeds, plots, frames, evaluation, adapters."""

@@ -1,0 +1,81 @@
+"""dvc.yaml is the one declaration of the DAG; this module reads it for Snakemake.
+
+DVC's own parser resolves the file (``foreach``/``matrix``, ``${...}`` interpolation, params
+files), so both engines see the stages exactly as DVC understands them. The Snakefile turns each
+:class:`StageSpec` into a rule. What only Snakemake needs (threads, memory, runtime) sits in each
+stage's ``meta`` block, which DVC stores but ignores.
+
+After Snakemake runs a stage, the stage is recorded in dvc.lock (:func:`record_in_dvc_lock`), so
+``dvc status`` is clean after ``snakemake`` and a user can switch engines without rerunning.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Snakemake rules mark here the stages they completed; the next workflow end records them in DVC.
+PENDING_DIR = Path(".snakemake") / "dvc-pending"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    cmd: str
+    deps: list[str]
+    outs: list[str]
+    params: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rule_name(self) -> str:
+        """Snakemake rule names are identifiers; DVC's foreach names look like ``dqn@double``."""
+        return re.sub(r"\W", "_", self.name)
+
+    @staticmethod
+    def is_directory(path: str) -> bool:
+        """Convention of this repository's dvc.yaml: an output path without a suffix is a folder."""
+        return Path(path).suffix == ""
+
+
+def read_dag(root: str | Path = ".") -> list[StageSpec]:
+    """The pipeline stages of ``root/dvc.yaml`` as DVC resolves them, in declaration order."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        specs = []
+        for stage in repo.index.stages:
+            if not getattr(stage, "cmd", None) or Path(stage.path).name != "dvc.yaml":
+                continue
+            if not isinstance(stage.cmd, str):
+                raise ValueError(f"stage {stage.name}: cmd must be a single command string")
+            params: dict[str, Any] = {}
+            for dep in stage.deps:
+                if isinstance(dep, ParamsDependency):
+                    params.update(dep.read_params(flatten=False))
+            specs.append(StageSpec(
+                name=stage.name,
+                cmd=stage.cmd,
+                deps=[dep.def_path for dep in stage.deps if not isinstance(dep, ParamsDependency)],
+                outs=[out.def_path for out in stage.outs],
+                params=params,
+                meta=dict(stage.meta or {}),
+            ))
+    return specs
+
+
+def record_in_dvc_lock(root: str | Path = ".") -> list[str]:
+    """``dvc commit`` the stages Snakemake completed since the last record; returns their names."""
+    pending_dir = Path(root) / PENDING_DIR
+    names = sorted(p.name for p in pending_dir.glob("*")) if pending_dir.is_dir() else []
+    if names:
+        subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "--quiet", *names],
+                       cwd=root, check=True)
+        for name in names:
+            (pending_dir / name).unlink()
+    return names

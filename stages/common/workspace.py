@@ -1,0 +1,106 @@
+"""Run the pipeline under a profile in a workspace of its own, never touching params.yaml.
+
+A workspace is a fresh git repository holding the project's files (as the working tree has
+them) with ``profiles/<profile>.yaml`` merged over params.yaml. DVC there records the merged
+values, i.e. the values actually used, and the outputs land in the workspace's data/ and reports/.
+
+    python -m stages.common.workspace --profile quick --dir preview --engine snakemake
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GIT_IDENTITY = ["-c", "user.name=rl-pipeline", "-c", "user.email=rl-pipeline@localhost"]
+
+
+def merge(base: dict[str, Any], overlay: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``overlay`` over ``base``, recursively for mappings; an unknown key is an error (a typo)."""
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if key not in base:
+            raise KeyError(f"profile sets {where}{key}, which params.yaml does not have")
+        if isinstance(value, dict) and isinstance(base[key], dict):
+            merged[key] = merge(base[key], value, f"{where}{key}.")
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def project_files(source: Path) -> list[str]:
+    """Tracked and new-but-not-ignored files: what the next commit of the working tree would hold."""
+    listing = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                             cwd=source, check=True, capture_output=True, text=True).stdout
+    return [name for name in listing.split("\0") if name and (source / name).is_file()]
+
+
+def create_workspace(target: Path, profile: str | None = "quick", source: Path = REPO_ROOT) -> Path:
+    """Copy the project into ``target`` (which must not exist) and apply ``profile``."""
+    target = Path(target)
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; choose a new directory or remove it")
+    for name in project_files(source):
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, destination)
+    if profile is not None:
+        profile_file = source / "profiles" / f"{profile}.yaml"
+        if not profile_file.exists():
+            known = sorted(p.stem for p in (source / "profiles").glob("*.yaml"))
+            raise FileNotFoundError(f"no profile '{profile}' ({profile_file}); known: {', '.join(known)}")
+        params = merge(yaml.safe_load((source / "params.yaml").read_text()),
+                       yaml.safe_load(profile_file.read_text()))
+        (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, default_flow_style=None))
+    subprocess.run(["git", "init", "-q"], cwd=target, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=target, check=True)
+    subprocess.run(["git", *GIT_IDENTITY, "commit", "-q", "-m", f"workspace ({profile or 'as is'})"],
+                   cwd=target, check=True)
+    return target
+
+
+def engine_command(engine: str, cores: int) -> list[str]:
+    bin_dir = Path(sys.executable).parent
+    if engine == "snakemake":
+        return [str(bin_dir / "snakemake"), "--cores", str(cores)]
+    if engine == "dvc":
+        return [str(bin_dir / "dvc"), "repro"]
+    raise ValueError(f"unknown engine {engine!r}: choose snakemake or dvc")
+
+
+def engine_env() -> dict[str, str]:
+    """The environment with this interpreter's bin/ first, so stage commands' `python` is ours."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="quick", help="profiles/<name>.yaml to apply (default: quick)")
+    parser.add_argument("--dir", type=Path, default=REPO_ROOT / "preview", help="workspace to create")
+    parser.add_argument("--engine", choices=["snakemake", "dvc", "none"], default="snakemake")
+    parser.add_argument("--cores", type=int, default=2)
+    args = parser.parse_args(argv)
+    try:
+        workspace = create_workspace(args.dir, args.profile)
+    except (FileExistsError, FileNotFoundError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"workspace with profile '{args.profile}': {workspace}")
+    if args.engine == "none":
+        return 0
+    return subprocess.run(engine_command(args.engine, args.cores), cwd=workspace, env=engine_env()).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""What every section of params.yaml may hold: the one schema for the whole pipeline.
+
+Stages load their section with :func:`load_params`; the Snakefile validates the whole file with
+:func:`validate_params_file` before it schedules any job, so a bad value never costs an output.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+from stages.common.params import (
+    PARAMS_FILE,
+    ParamError,
+    Validator,
+    gymnasium_env_id,
+    integer,
+    list_of,
+    number,
+    one_of,
+    read_params_file,
+    section,
+    validate_all,
+    validate_section,
+)
+
+_PROBABILITY = number(minimum=0.0, maximum=1.0)
+_DISCOUNT = number(minimum=0.0, maximum=1.0, open_min=True, open_max=True)
+_SEED = integer(minimum=0)
+_COUNT = integer(minimum=1)
+
+
+def _is_stochastic_matrix(rows: list[list[float]]) -> bool:
+    return all(len(row) == len(rows) and abs(sum(row) - 1.0) < 1e-9 for row in rows)
+
+
+def _mdp_shapes_agree(cfg: SimpleNamespace) -> bool:
+    """Rewards exist exactly where transitions do, and every row covers every next state."""
+    n_states = len(cfg.transition_probabilities)
+    for probs_by_action, rewards_by_action in zip(cfg.transition_probabilities, cfg.rewards):
+        if len(probs_by_action) != len(rewards_by_action):
+            return False
+        for probs, rewards in zip(probs_by_action, rewards_by_action):
+            if (probs is None) != (rewards is None):
+                return False
+            if probs is not None and (len(probs) != n_states or len(rewards) != n_states
+                                      or abs(sum(probs) - 1.0) > 1e-9):
+                return False
+    return len(cfg.transition_probabilities) == len(cfg.rewards)
+
+
+def _every_state_has_an_action(cfg: SimpleNamespace) -> bool:
+    return all(any(p is not None for p in actions) for actions in cfg.transition_probabilities)
+
+
+SCHEMA: dict[str, Validator] = {
+    # "quick" marks a preview run with tiny settings (see profiles/quick.yaml).
+    "profile": one_of("full", "quick"),
+    "markov_chain": section(
+        {
+            "transition_matrix": list_of(list_of(_PROBABILITY), min_length=2),
+            "start_state": integer(minimum=0),
+            "runs": _COUNT,
+            "max_steps": _COUNT,
+            "seed": _SEED,
+        },
+        checks=[
+            ("transition_matrix must be square with rows summing to 1",
+             lambda c: _is_stochastic_matrix(c.transition_matrix)),
+            ("start_state must index a row of transition_matrix",
+             lambda c: c.start_state < len(c.transition_matrix)),
+        ],
+    ),
+    "mdp": section(
+        {
+            # [state][action] -> probabilities of each next state; null marks an impossible action.
+            "transition_probabilities": list_of(list_of(list_of(_PROBABILITY), nullable_items=True)),
+            # [state][action] -> reward for each next state; null where the action is impossible.
+            "rewards": list_of(list_of(list_of(number()), nullable_items=True)),
+            "q_value_iteration": section({
+                "discounts": list_of(_DISCOUNT),
+                "iterations": _COUNT,
+            }),
+            "q_learning": section({
+                "transitions": _COUNT,
+                "learning_rate": number(minimum=0.0, open_min=True),
+                "learning_rate_decay": number(minimum=0.0),
+                "discount": _DISCOUNT,
+                "start_state": integer(minimum=0),
+                "seed": _SEED,
+            }),
+        },
+        checks=[
+            ("transition_probabilities and rewards must have the same shape "
+             "(null in the same places) and each probability row must sum to 1", _mdp_shapes_agree),
+            ("every state needs at least one possible action", _every_state_has_an_action),
+            ("q_learning.discount must be one of q_value_iteration.discounts "
+             "(Q-learning is compared with the iteration at the same discount)",
+             lambda c: c.q_learning.discount in c.q_value_iteration.discounts),
+            ("q_learning.start_state must be a state of the MDP",
+             lambda c: c.q_learning.start_state < len(c.transition_probabilities)),
+        ],
+    ),
+    "cartpole_basics": section(
+        {
+            "env_id": gymnasium_env_id(),
+            "seed": _SEED,
+            "episodes": _COUNT,
+            "max_steps": _COUNT,
+            "episode_seed_start": _SEED,
+            "gif_seed": _SEED,
+            "gif_fps": integer(minimum=1, maximum=100),
+        },
+        checks=[("env_id must be a CartPole environment (the hard-coded policy reads the pole angle)",
+                 lambda c: c.env_id.startswith("CartPole-"))],
+    ),
+}
+
+
+def load_params(stage: str, path: Path = PARAMS_FILE) -> SimpleNamespace:
+    """The validated section of params.yaml that belongs to ``stage``."""
+    return validate_section(read_params_file(path), stage, SCHEMA, path)
+
+
+def validate_params_file(path: Path = PARAMS_FILE) -> dict:
+    return validate_all(read_params_file(path), SCHEMA, path)
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's main(); a parameter problem exits with status 2 and one clear line."""
+    try:
+        main()
+    except ParamError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

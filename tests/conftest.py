@@ -1,0 +1,40 @@
+"""Shared fixtures: the repository root, and workspaces running the quick profile."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import stages  # noqa: F401  (sets TensorFlow's Keras mode before any test imports TensorFlow)
+from stages.common.workspace import REPO_ROOT, create_workspace, engine_env
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a pipeline command the way a user would, with this environment's tools first on PATH."""
+    result = subprocess.run(command, cwd=cwd, env=engine_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n"
+                             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def file_digests(root: Path, paths: list[str]) -> dict[str, str]:
+    return {p: hashlib.sha256((root / p).read_bytes()).hexdigest() for p in paths}
+
+
+@pytest.fixture
+def quick_workspace(tmp_path_factory):
+    """A factory: a new workspace holding the project with the quick profile applied."""
+
+    def make(name: str = "ws") -> Path:
+        return create_workspace(tmp_path_factory.mktemp(name) / "repo", profile="quick")
+
+    return make

@@ -1,0 +1,117 @@
+"""Snakemake and DVC see one DAG: same stages, commands, inputs, outputs and parameters."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from dvc.dependency.param import ParamsDependency
+from dvc.repo import Repo
+
+# Snakemake parses the Snakefile in a separate process (it changes directory and logging).
+SNAKEMAKE_VIEW = r"""
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import OutputSettings, ResourceSettings
+root = Path(sys.argv[1])
+with SnakemakeApi(OutputSettings()) as api:
+    workflow = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=root / "Snakefile",
+                            workdir=root)._workflow
+    print(json.dumps({rule.name: {"input": [str(f) for f in rule.input],
+                                  "output": [str(f) for f in rule.output],
+                                  "params": dict(rule.params.items()),
+                                  "shell": rule.shellcmd}
+                      for rule in workflow.rules}))
+"""
+
+
+def snakemake_view(root: Path) -> dict:
+    result = subprocess.run([sys.executable, "-c", SNAKEMAKE_VIEW, str(root)], capture_output=True,
+                            text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def dvc_view(root: Path) -> dict:
+    with Repo(str(root)) as repo:
+        view = {}
+        for stage in repo.index.stages:
+            params = {}
+            for dep in stage.deps:
+                if isinstance(dep, ParamsDependency):
+                    params.update(dep.read_params(flatten=False))
+            view[stage.name] = {
+                "cmd": stage.cmd,
+                "deps": [d.def_path for d in stage.deps if not isinstance(d, ParamsDependency)],
+                "outs": [o.def_path for o in stage.outs],
+                "params": params,
+            }
+        return view
+
+
+def disagreements(snakemake: dict, dvc: dict) -> list[str]:
+    problems = []
+    rules = {name: rule for name, rule in snakemake.items() if name != "all"}
+    if set(rules) != set(dvc):
+        problems.append(f"stages differ: only Snakemake {sorted(set(rules) - set(dvc))}, "
+                        f"only DVC {sorted(set(dvc) - set(rules))}")
+    for name in sorted(set(rules) & set(dvc)):
+        rule, stage = rules[name], dvc[name]
+        if sorted(rule["input"]) != sorted(stage["deps"]):
+            problems.append(f"{name}: inputs {rule['input']} != deps {stage['deps']}")
+        if sorted(rule["output"]) != sorted(stage["outs"]):
+            problems.append(f"{name}: outputs {rule['output']} != outs {stage['outs']}")
+        if rule["params"].get("dvc_params") != stage["params"]:
+            problems.append(f"{name}: params differ")
+        if not rule["shell"].startswith(f"({stage['cmd']})"):
+            problems.append(f"{name}: shell {rule['shell']!r} does not run cmd {stage['cmd']!r}")
+    every_output = sorted(o for stage in dvc.values() for o in stage["outs"])
+    if sorted(snakemake.get("all", {}).get("input", [])) != every_output:
+        problems.append("rule all does not request every DVC output")
+    return problems
+
+
+def test_snakemake_and_dvc_declare_the_same_dag(repo_root):
+    snakemake, dvc = snakemake_view(repo_root), dvc_view(repo_root)
+    assert {"markov_chain", "mdp", "cartpole_basics"} <= set(dvc)
+    assert disagreements(snakemake, dvc) == []
+
+
+def test_the_agreement_check_catches_drift(repo_root, quick_workspace):
+    workspace = quick_workspace("drift")
+    snakefile = workspace / "Snakefile"
+    snakefile.write_text(snakefile.read_text() + '\n\nrule extra:\n    output: "reports/extra.txt"\n'
+                         '    shell: "touch {output}"\n')
+    # The drifted Snakefile also loses an output of mdp: derived rules no longer match dvc.yaml.
+    snakefile.write_text(snakefile.read_text().replace(
+        "[_output(out) for out in stage.outs]",
+        "[_output(out) for out in stage.outs if not out.endswith('q_learning_curve.csv')]"))
+    problems = disagreements(snakemake_view(workspace), dvc_view(workspace))
+    assert any("only Snakemake ['extra']" in p for p in problems)
+    assert any(p.startswith("mdp: outputs") for p in problems)
+
+
+def _project_modules_imported_by(module: str, root: Path) -> set[str]:
+    code = (f"import sys, {module}; print('\\n'.join(m.__file__ for m in list(sys.modules.values()) "
+            "if getattr(m, '__file__', None)))")
+    listing = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.split()
+    files = {Path(f).resolve() for f in listing}
+    return {str(f.relative_to(root)) for f in files
+            if f.is_relative_to(root / "stages") and _has_code(f)}
+
+
+def _has_code(path: Path) -> bool:
+    """A file of only a docstring (an empty package marker) changes no result."""
+    body = ast.parse(path.read_text()).body
+    return not (len(body) <= 1 and all(isinstance(n, ast.Expr) for n in body))
+
+
+def test_each_stage_depends_on_the_code_it_imports(repo_root):
+    for name, stage in dvc_view(repo_root).items():
+        module = stage["cmd"].split("python -m ", 1)[1].split()[0]
+        missing = _project_modules_imported_by(module, repo_root) - set(stage["deps"])
+        assert not missing, f"stage {name} imports {sorted(missing)} but dvc.yaml does not list them"

@@ -1,0 +1,122 @@
+"""The quick profile end to end through Snakemake and DVC, and the reproducibility contract.
+
+Each test works in a workspace of its own (a git copy of the project with profiles/quick.yaml
+applied), so nothing here touches the repository's params.yaml or outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import file_digests, run
+from tests.test_dag import dvc_view
+
+pytestmark = pytest.mark.e2e
+
+BIN = Path(sys.executable).parent
+SNAKEMAKE = [str(BIN / "snakemake"), "--cores", "2"]
+DVC = str(BIN / "dvc")
+
+
+def declared_outputs(workspace: Path) -> list[str]:
+    return sorted(o for stage in dvc_view(workspace).values() for o in stage["outs"])
+
+
+def metrics_files(workspace: Path) -> list[str]:
+    return [o for o in declared_outputs(workspace) if o.endswith("metrics.json")]
+
+
+def dvc_changed_stages(workspace: Path) -> set[str]:
+    return set(json.loads(run([DVC, "status", "--json"], workspace).stdout or "{}"))
+
+
+def snakemake_planned_jobs(workspace: Path) -> set[str]:
+    result = run([*SNAKEMAKE, "--dry-run"], workspace)
+    return set(re.findall(r"^rule (\w+):", result.stdout + result.stderr, flags=re.MULTILINE))
+
+
+def edit_params(workspace: Path, edit) -> None:
+    path = workspace / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    edit(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False, default_flow_style=None))
+
+
+def mtimes(workspace: Path, paths: list[str]) -> dict[str, int]:
+    return {p: (workspace / p).stat().st_mtime_ns for p in paths}
+
+
+def outputs_of(workspace: Path, stage: str) -> list[str]:
+    return dvc_view(workspace)[stage]["outs"]
+
+
+def test_snakemake_runs_the_quick_profile_and_leaves_dvc_up_to_date(quick_workspace):
+    ws = quick_workspace("snakemake")
+    run(SNAKEMAKE, ws)
+    for output in declared_outputs(ws):
+        assert (ws / output).stat().st_size > 0, output
+    assert yaml.safe_load((ws / "params.yaml").read_text())["profile"] == "quick"
+    assert dvc_changed_stages(ws) == set()
+    assert "Nothing to be done" in run([*SNAKEMAKE, "--dry-run"], ws).stdout
+    repro = run([DVC, "repro"], ws).stdout
+    assert "Running stage" not in repro
+
+    # Deterministic stages: forcing every job again gives byte-identical outputs.
+    before = file_digests(ws, declared_outputs(ws))
+    run([*SNAKEMAKE, "--forceall"], ws)
+    assert file_digests(ws, declared_outputs(ws)) == before
+
+
+def test_dvc_repro_gives_the_same_results_as_snakemake(quick_workspace):
+    by_snakemake, by_dvc = quick_workspace("a"), quick_workspace("b")
+    run(SNAKEMAKE, by_snakemake)
+    run([DVC, "repro"], by_dvc)
+    assert dvc_changed_stages(by_dvc) == set()
+    outputs = declared_outputs(by_dvc)
+    assert file_digests(by_dvc, outputs) == file_digests(by_snakemake, outputs)
+
+
+def test_a_parameter_change_reruns_only_the_stages_that_read_it(quick_workspace):
+    ws = quick_workspace("change")
+    run(SNAKEMAKE, ws)
+    untouched = outputs_of(ws, "markov_chain") + outputs_of(ws, "cartpole_basics")
+    stamps = mtimes(ws, untouched)
+
+    # Snakemake: the MDP's discounts change; only the mdp rule (and the aggregate target) reruns.
+    edit_params(ws, lambda p: p["mdp"]["q_value_iteration"].update(discounts=[0.9, 0.99]))
+    assert dvc_changed_stages(ws) == {"mdp"}
+    assert snakemake_planned_jobs(ws) == {"mdp", "all"}
+    run(SNAKEMAKE, ws)
+    assert json.loads((ws / "reports/mdp/metrics.json").read_text())["q_value_iteration"].keys() == {"0.9", "0.99"}
+    assert dvc_changed_stages(ws) == set()
+
+    # DVC: the hard-coded policy's episode count changes; only cartpole_basics reruns.
+    edit_params(ws, lambda p: p["cartpole_basics"].update(episodes=12))
+    repro = run([DVC, "repro"], ws).stdout
+    assert "Running stage 'cartpole_basics'" in repro
+    assert "Running stage 'mdp'" not in repro and "Running stage 'markov_chain'" not in repro
+    assert json.loads((ws / "reports/cartpole_basics/metrics.json").read_text())["basic_policy"]["episodes"] == 12
+    assert mtimes(ws, outputs_of(ws, "markov_chain")) == {p: stamps[p] for p in outputs_of(ws, "markov_chain")}
+    assert dvc_changed_stages(ws) == set()
+
+
+@pytest.mark.parametrize("engine", ["snakemake", "dvc"])
+def test_a_bad_parameter_fails_cleanly_and_keeps_earlier_outputs(quick_workspace, engine):
+    ws = quick_workspace(f"bad-{engine}")
+    run(SNAKEMAKE, ws)
+    outputs = declared_outputs(ws)
+    before = file_digests(ws, outputs)
+
+    edit_params(ws, lambda p: p["markov_chain"].update(runs=-3))
+    command = SNAKEMAKE if engine == "snakemake" else [DVC, "repro"]
+    result = run(command, ws, check=False)
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "markov_chain.runs = -3 is not allowed: expected an integer >= 1" in message
+    assert file_digests(ws, outputs) == before
