@@ -27,7 +27,14 @@ def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.Complet
 
 
 def file_digests(root: Path, paths: list[str]) -> dict[str, str]:
-    return {p: hashlib.sha256((root / p).read_bytes()).hexdigest() for p in paths}
+    """sha256 of every file named, or inside a folder named (keyed by its relative path)."""
+    digests = {}
+    for path in paths:
+        target = root / path
+        files = sorted(f for f in target.rglob("*") if f.is_file()) if target.is_dir() else [target]
+        for file in files:
+            digests[str(file.relative_to(root))] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return digests
 
 
 @pytest.fixture

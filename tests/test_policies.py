@@ -1,0 +1,96 @@
+"""The common policy export: round trip through the index, action rules, stable bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from stages.common.evaluation import evaluate_policy
+from stages.common.policies import (
+    PolicyEntry,
+    actions_from_outputs,
+    export_keras_policy,
+    load_index,
+    load_policy,
+    read_entry,
+)
+
+
+def _small_model(seed: int, units: int, activation: str):
+    import tensorflow as tf
+    import tf_keras
+
+    tf_keras.backend.clear_session()  # layer names restart, as in a fresh stage process
+    tf.keras.utils.set_random_seed(seed)
+    return tf_keras.Sequential([tf_keras.layers.Dense(5, activation="elu", input_shape=(4,)),
+                                tf_keras.layers.Dense(units, activation=activation)])
+
+
+def test_greedy_action_rules():
+    assert actions_from_outputs("p_left", np.array([[0.9], [0.1], [0.5]])).tolist() == [0, 1, 0]
+    probs = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]])
+    assert actions_from_outputs("action_probabilities", probs).tolist() == [1, 0]
+    assert actions_from_outputs("q_values", np.array([[1.0, 3.0], [2.0, 2.0]])).tolist() == [1, 0]
+
+
+def test_sampled_action_frequencies_follow_the_probabilities():
+    rng = np.random.default_rng(0)
+    p_left = np.full((20000, 1), 0.3)
+    assert abs(np.mean(actions_from_outputs("p_left", p_left, rng) == 0) - 0.3) < 0.02
+    probs = np.tile([0.2, 0.5, 0.3], (20000, 1))
+    counts = np.bincount(actions_from_outputs("action_probabilities", probs, rng), minlength=3)
+    assert np.allclose(counts / 20000, [0.2, 0.5, 0.3], atol=0.02)
+
+
+def test_export_round_trip_plays_like_the_model(tmp_path):
+    model = _small_model(3, 2, "linear")
+    entry = export_keras_policy(model, tmp_path / "policies" / "toy", stage="test",
+                                env_id="CartPole-v1", output="q_values", training_max_steps=200,
+                                training_seeds=(1, 2))
+    assert entry.observation_shape == (4,) and entry.n_actions == 2
+    index = load_index(tmp_path / "policies")
+    assert list(index) == ["toy"] and index["toy"] == read_entry(tmp_path / "policies" / "toy")
+    observations = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    expected = np.argmax(model(observations).numpy(), axis=1)
+    assert np.array_equal(load_policy(index["toy"])(observations), expected)
+    result = evaluate_policy("CartPole-v1", load_policy(index["toy"]), [5, 6], progress=False)
+    assert len(result.returns) == 2 and result.min >= 1
+
+
+def test_same_weights_give_the_same_bytes(tmp_path):
+    digests = []
+    for name in ("a", "b"):
+        entry = export_keras_policy(_small_model(7, 1, "sigmoid"), tmp_path / name, stage="test",
+                                    env_id="CartPole-v1", output="p_left")
+        digests.append(hashlib.sha256(entry.model_path.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+
+
+def test_a_failed_export_keeps_the_previous_policy(tmp_path):
+    folder = tmp_path / "toy"
+    export_keras_policy(_small_model(1, 2, "softmax"), folder, stage="test",
+                        env_id="CartPole-v1", output="action_probabilities")
+    before = (folder / "model.keras").read_bytes()
+    with pytest.raises(ValueError, match="output 'logits' is not one of"):
+        export_keras_policy(_small_model(2, 2, "softmax"), folder, stage="test",
+                            env_id="CartPole-v1", output="logits")
+    assert (folder / "model.keras").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy"]
+
+
+def test_bad_entries_are_named(tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    with pytest.raises(FileNotFoundError, match="no policy entry"):
+        read_entry(folder)
+    (folder / "policy.json").write_text(json.dumps({"name": "broken", "colour": "red"}))
+    with pytest.raises(ValueError, match=r"unknown fields \['colour'\]"):
+        read_entry(folder)
+    entry = PolicyEntry(name="x", stage="s", env_id="CartPole-v1", model="model.keras",
+                        observation_shape=(4,), observation_dtype="float32", output="q_values",
+                        n_actions=2, folder=folder)
+    with pytest.raises(FileNotFoundError, match="model file .* is missing"):
+        load_policy(entry)
