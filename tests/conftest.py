@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -26,14 +27,42 @@ def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.Complet
     return result
 
 
+TIMING_SUFFIX = "wall_time_s"
+
+
+def _without_timings(value):
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if not k.endswith(TIMING_SUFFIX)}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def reproducible_bytes(file: Path) -> bytes:
+    """A file's bytes, less what may differ between identical runs: wall-clock timings.
+
+    Outputs must be byte-identical across reruns, except JSON keys and CSV columns whose name
+    ends in ``wall_time_s``; those are dropped before comparing (their presence is still checked).
+    """
+    if file.suffix == ".json":
+        return json.dumps(_without_timings(json.loads(file.read_text())), sort_keys=True).encode()
+    if file.suffix == ".csv":
+        lines = file.read_text().splitlines()
+        header = lines[0].split(",") if lines else []
+        keep = [i for i, name in enumerate(header) if not name.endswith(TIMING_SUFFIX)]
+        if len(keep) < len(header):
+            return "\n".join(",".join(row.split(",")[i] for i in keep) for row in lines).encode()
+    return file.read_bytes()
+
+
 def file_digests(root: Path, paths: list[str]) -> dict[str, str]:
-    """sha256 of every file named, or inside a folder named (keyed by its relative path)."""
+    """sha256 of every file named, or inside a folder named, keyed by path; timings left out."""
     digests = {}
     for path in paths:
         target = root / path
         files = sorted(f for f in target.rglob("*") if f.is_file()) if target.is_dir() else [target]
         for file in files:
-            digests[str(file.relative_to(root))] = hashlib.sha256(file.read_bytes()).hexdigest()
+            digests[str(file.relative_to(root))] = hashlib.sha256(reproducible_bytes(file)).hexdigest()
     return digests
 
 
