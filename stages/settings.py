@@ -30,6 +30,10 @@ _PROBABILITY = number(minimum=0.0, maximum=1.0)
 _DISCOUNT = number(minimum=0.0, maximum=1.0, open_min=True, open_max=True)
 _SEED = integer(minimum=0)
 _COUNT = integer(minimum=1)
+_ACTIVATION = one_of("elu", "relu", "tanh", "selu")
+_OPTIMIZER = one_of("adam", "nadam", "rmsprop", "sgd")
+_LEARNING_RATE = number(minimum=0.0, open_min=True)
+_GIF_FPS = integer(minimum=1, maximum=100)
 
 
 def _is_stochastic_matrix(rows: list[list[float]]) -> bool:
@@ -53,6 +57,47 @@ def _mdp_shapes_agree(cfg: SimpleNamespace) -> bool:
 
 def _every_state_has_an_action(cfg: SimpleNamespace) -> bool:
     return all(any(p is not None for p in actions) for actions in cfg.transition_probabilities)
+
+
+def _ranges_disjoint(start_a: int, count_a: int, start_b: int, count_b: int) -> bool:
+    return start_a + count_a <= start_b or start_b + count_b <= start_a
+
+
+def _held_out(count_field: str) -> tuple[str, Callable[[SimpleNamespace], bool]]:
+    """Evaluation seeds disjoint from the seeds the training environments start from."""
+    return (f"evaluation seeds eval_seed_start .. eval_seed_start + eval_episodes - 1 must not "
+            f"overlap the training seeds env_seed_start .. env_seed_start + {count_field} - 1",
+            lambda c: _ranges_disjoint(c.eval_seed_start, c.eval_episodes, c.env_seed_start,
+                                       getattr(c, count_field)))
+
+
+def _env_family(prefix: str) -> tuple[str, Callable[[SimpleNamespace], bool]]:
+    return (f"env_id must be a {prefix} environment", lambda c: c.env_id.startswith(f"{prefix}-"))
+
+
+def _reinforce(env_family: str) -> Validator:
+    """A REINFORCE configuration (SPEC 3 on CartPole, SPEC 11 on LunarLander)."""
+    return section(
+        {
+            "env_id": gymnasium_env_id(),
+            "hidden_units": list_of(_COUNT),
+            "activation": _ACTIVATION,
+            "iterations": _COUNT,
+            "episodes_per_iteration": _COUNT,
+            "max_steps": _COUNT,
+            "discount": _DISCOUNT,
+            "optimizer": _OPTIMIZER,
+            "learning_rate": _LEARNING_RATE,
+            "entropy_coefficient": number(minimum=0.0),
+            "seed": _SEED,
+            "env_seed_start": _SEED,
+            "eval_episodes": _COUNT,
+            "eval_seed_start": _SEED,
+            "gif_seed": _SEED,
+            "gif_fps": _GIF_FPS,
+        },
+        checks=[_env_family(env_family), _held_out("episodes_per_iteration")],
+    )
 
 
 SCHEMA: dict[str, Validator] = {
@@ -111,11 +156,35 @@ SCHEMA: dict[str, Validator] = {
             "max_steps": _COUNT,
             "episode_seed_start": _SEED,
             "gif_seed": _SEED,
-            "gif_fps": integer(minimum=1, maximum=100),
+            "gif_fps": _GIF_FPS,
         },
         checks=[("env_id must be a CartPole environment (the hard-coded policy reads the pole angle)",
                  lambda c: c.env_id.startswith("CartPole-"))],
     ),
+    "nn_policy": section(
+        {
+            "env_id": gymnasium_env_id(),
+            "hidden_units": list_of(_COUNT),
+            "activation": _ACTIVATION,
+            "environments": _COUNT,
+            "iterations": _COUNT,
+            "optimizer": _OPTIMIZER,
+            "learning_rate": _LEARNING_RATE,
+            "max_steps": _COUNT,
+            "seed": _SEED,
+            "env_seed_start": _SEED,
+            "eval_episodes": _COUNT,
+            "eval_seed_start": _SEED,
+            "gif_seed": _SEED,
+            "gif_fps": _GIF_FPS,
+        },
+        checks=[("env_id must be a CartPole environment (the imitated policy reads the pole angle)",
+                 lambda c: c.env_id.startswith("CartPole-")),
+                _held_out("environments")],
+    ),
+    "pg_cartpole": _reinforce("CartPole"),
+    # One REINFORCE configuration per LunarLander stage (dvc.yaml's foreach over book and solve).
+    "pg_lunarlander": section({"book": _reinforce("LunarLander"), "solve": _reinforce("LunarLander")}),
 }
 
 

@@ -55,12 +55,18 @@ def reproducible_bytes(file: Path) -> bytes:
     return file.read_bytes()
 
 
+# Snakemake marks each directory output with this empty file; DVC ignores it (.dvcignore).
+SNAKEMAKE_DIRECTORY_MARKER = ".snakemake_timestamp"
+
+
 def file_digests(root: Path, paths: list[str]) -> dict[str, str]:
     """sha256 of every file named, or inside a folder named, keyed by path; timings left out."""
     digests = {}
     for path in paths:
         target = root / path
-        files = sorted(f for f in target.rglob("*") if f.is_file()) if target.is_dir() else [target]
+        files = (sorted(f for f in target.rglob("*")
+                        if f.is_file() and f.name != SNAKEMAKE_DIRECTORY_MARKER)
+                 if target.is_dir() else [target])
         for file in files:
             digests[str(file.relative_to(root))] = hashlib.sha256(reproducible_bytes(file)).hexdigest()
     return digests

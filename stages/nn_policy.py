@@ -1,0 +1,116 @@
+"""SPEC 2: a small network learns to imitate the hard-coded CartPole policy.
+
+Fifty environments run side by side in a Gymnasium vector environment that resets an environment
+in the step its episode ends. At each iteration the network's P(left) for the current
+observations is pushed, by binary cross-entropy, toward the hard-coded policy's choice (P(left) = 1
+when the pole leans left), and the environments move on with actions sampled from the P(left)
+computed before that update: the network drives, the hard-coded policy teaches.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import gymnasium as gym
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from tqdm import tqdm
+
+from stages.cartpole_basics import LEFT, basic_policy
+from stages.common.assessment import assess_policy, record_policy_gif
+from stages.common.io import write_json
+from stages.common.policies import INDEX_DIR, actions_from_outputs, export_keras_policy
+from stages.common.policy_gradients import make_optimizer, policy_network
+from stages.common.seeding import seed_everything
+from stages.common.training_log import TrainingLog, plot_learning_curve
+from stages.settings import load_params, run_stage
+
+NAME = "nn_policy"
+DATA = f"data/{NAME}"
+REPORTS = f"reports/{NAME}"
+BOOK_FINAL_LOSS = 0.094
+HARD_CODED_MEAN_RETURN = 41.7  # SPEC 1, 500 episodes of at most 200 steps
+
+
+def make_imitation_step(model: tf_keras.Model, optimizer: tf_keras.optimizers.Optimizer):
+    """One update toward the target P(left); returns the loss and the P(left) it started from."""
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32),
+                                  tf.TensorSpec((None, 1), tf.float32)])
+    def step(observations: tf.Tensor, target_p_left: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            p_left = model(observations, training=True)
+            loss = tf.reduce_mean(tf_keras.losses.binary_crossentropy(target_p_left, p_left))
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss, p_left
+
+    return step
+
+
+def main() -> None:
+    cfg = load_params(NAME)
+    rng = seed_everything(cfg.seed)
+    env_seeds = list(range(cfg.env_seed_start, cfg.env_seed_start + cfg.environments))
+    envs = gym.make_vec(cfg.env_id, num_envs=cfg.environments, vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
+                        max_episode_steps=cfg.max_steps)
+    model = policy_network(envs.single_observation_space.shape[0], cfg.hidden_units,
+                           cfg.activation, "p_left", n_actions=2)
+    imitation_step = make_imitation_step(model, make_optimizer(cfg.optimizer, cfg.learning_rate))
+
+    log = TrainingLog()
+    observations, _ = envs.reset(seed=env_seeds)
+    running_returns = np.zeros(cfg.environments)
+    finished_returns: deque[float] = deque(maxlen=cfg.environments)  # the latest episodes
+    with tqdm(range(cfg.iterations), desc="imitating the hard-coded policy", unit="iteration",
+              mininterval=1.0) as bar:
+        for iteration in bar:
+            target_p_left = (basic_policy(observations) == LEFT).astype(np.float32)[:, np.newaxis]
+            loss, p_left = imitation_step(tf.constant(observations), tf.constant(target_p_left))
+            actions = actions_from_outputs("p_left", p_left.numpy(), rng)
+            observations, rewards, terminated, truncated, _ = envs.step(actions)
+            running_returns += rewards
+            ended = terminated | truncated
+            finished_returns.extend(running_returns[ended])
+            running_returns[ended] = 0.0
+            mean_return = float(np.mean(finished_returns)) if finished_returns else float("nan")
+            log.record(iteration, mean_return, float(loss))
+            bar.set_postfix(loss=f"{float(loss):.3f}", mean_return=f"{mean_return:.1f}", refresh=False)
+    envs.close()
+    log.write(f"{DATA}/training_log.csv")
+    plot_learning_curve(log.frame(), f"{REPORTS}/learning_curve.png",
+                        f"Imitation over {cfg.environments} environments: latest episodes' return",
+                        reference={"hard-coded policy (SPEC 1)": HARD_CODED_MEAN_RETURN}, loss=True)
+
+    entry = export_keras_policy(
+        model, INDEX_DIR / NAME, stage=NAME, env_id=cfg.env_id, output="p_left",
+        training_max_steps=cfg.max_steps, training_seeds=tuple(env_seeds),
+        details={"algorithm": "imitation of the hard-coded policy (binary cross-entropy)",
+                 "seed": cfg.seed, "iterations": cfg.iterations, "environments": cfg.environments})
+    eval_seeds = list(range(cfg.eval_seed_start, cfg.eval_seed_start + cfg.eval_episodes))
+    evaluation = assess_policy(entry, eval_seeds, cfg.max_steps)
+    gif = record_policy_gif(entry, f"{REPORTS}/policy.gif", cfg.gif_seed, cfg.max_steps, cfg.gif_fps)
+
+    losses = log.frame()["loss"]
+    write_json(f"{REPORTS}/metrics.json", {
+        "training": {
+            "iterations": cfg.iterations,
+            "final_loss": float(losses.iloc[-1]),
+            "mean_loss_last_100_iterations": float(losses.iloc[-100:].mean()),
+            "book_final_loss": BOOK_FINAL_LOSS,
+            "final_mean_return": log.mean_return_over_last(1),
+            "wall_time_s": log.wall_time_s,
+        },
+        "evaluation": evaluation,
+        "hard_coded_policy_mean_return": HARD_CODED_MEAN_RETURN,
+        "gif_episode": gif,
+    })
+    print(f"imitation: final loss {float(losses.iloc[-1]):.3f} (book {BOOK_FINAL_LOSS}); held-out "
+          f"greedy {evaluation['greedy']['mean']:.1f} +- {evaluation['greedy']['std']:.1f}, sampled "
+          f"{evaluation['sampled']['mean']:.1f} +- {evaluation['sampled']['std']:.1f}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
