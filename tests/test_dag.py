@@ -11,6 +11,8 @@ from pathlib import Path
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
+from stages.common.dag import rule_name
+
 # Snakemake parses the Snakefile in a separate process (it changes directory and logging).
 SNAKEMAKE_VIEW = r"""
 import json, sys
@@ -54,6 +56,7 @@ def dvc_view(root: Path) -> dict:
 
 def disagreements(snakemake: dict, dvc: dict) -> list[str]:
     problems = []
+    dvc = {rule_name(name): stage for name, stage in dvc.items()}  # dqn@dqn is rule dqn_dqn
     rules = {name: rule for name, rule in snakemake.items() if name != "all"}
     if set(rules) != set(dvc):
         problems.append(f"stages differ: only Snakemake {sorted(set(rules) - set(dvc))}, "

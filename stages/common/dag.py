@@ -22,6 +22,11 @@ from typing import Any
 PENDING_DIR = Path(".snakemake") / "dvc-pending"
 
 
+def rule_name(stage_name: str) -> str:
+    """Snakemake rule names are identifiers; DVC's foreach names look like ``dqn@double``."""
+    return re.sub(r"\W", "_", stage_name)
+
+
 @dataclass(frozen=True)
 class StageSpec:
     name: str
@@ -33,8 +38,7 @@ class StageSpec:
 
     @property
     def rule_name(self) -> str:
-        """Snakemake rule names are identifiers; DVC's foreach names look like ``dqn@double``."""
-        return re.sub(r"\W", "_", self.name)
+        return rule_name(self.name)
 
     @staticmethod
     def is_directory(path: str) -> bool:
