@@ -7,10 +7,12 @@ Settings shared by every variant are in params.yaml's ``dqn`` section; what make
 entry in ``dqn_variants``. dvc.yaml declares the stage once, as a matrix over the variant names.
 
 Training follows the book: epsilon-greedy episodes with a decaying epsilon, a small replay
-memory, one gradient step per environment step once the warm-up episodes have filled it, and the
-weights of the best episode kept. Keeping the best weights can hide a collapse at the end of
-training (the book's Double DQN ended on a 55-step episode), so both policies are exported and
-evaluated: ``<variant>`` (best-kept weights) and ``<variant>_final`` (weights at the end).
+memory, learning once the warm-up episodes have filled it, and the weights of the best episode
+kept. ``learn_every`` sets how often a gradient step is taken: after each episode (what the
+book's code does) or after each environment step. Keeping the best weights can hide a collapse
+at the end of training (the book's Double DQN ended on a 55-step episode), so both policies are
+exported and evaluated: ``<variant>`` (best-kept weights) and ``<variant>_final`` (the weights
+at the end of training).
 Evaluation is greedy, on seeds disjoint from training, at each step limit of
 ``dqn.evaluation.max_steps`` (the book's 200 and CartPole-v1's own 500).
 """
