@@ -139,13 +139,13 @@ def train(variant: SimpleNamespace, learner: DeepQLearner, memory: ReplayMemory,
             episode_return, steps, losses = play_episode(
                 env, learner, memory, rng, epsilon=epsilon, learn=learning and variant.learn_every == "step",
                 batch_size=variant.batch_size, beta=beta, seed=seed if episode == 0 else None)
+            if episode_return >= run.best_return:  # the weights that just played the episode
+                run.best_episode, run.best_return = episode, episode_return
+                run.best_weights = learner.online.get_weights()
             if learning and variant.learn_every == "episode":
                 losses.append(learn_from_memory(learner, memory, variant.batch_size, beta))
             if learning and variant.target_update_episodes and episode % variant.target_update_episodes == 0:
                 learner.sync_target()
-            if episode_return >= run.best_return:
-                run.best_episode, run.best_return = episode, episode_return
-                run.best_weights = learner.online.get_weights()
             run.environment_steps += steps
             run.gradient_steps += len(losses)
             run.log.append({"episode": episode, "return": episode_return, "epsilon": epsilon,

@@ -97,3 +97,15 @@ def test_the_books_memories_hold_the_same_transitions():
     observations, actions, rewards, next_observations, terminated = stack_fields(transitions[:3])
     assert observations.shape == (3, 4) and next_observations.shape == (3, 4)
     assert actions.shape == rewards.shape == terminated.shape == (3,)
+
+
+
+def test_a_full_memory_samples_uniformly_from_blocks_drawn_ahead():
+    memory = ReplayMemory(10, (4,), rng=np.random.default_rng(6))
+    fill(memory, 10)
+    batches = [memory.sample(7) for _ in range(3000)]  # several blocks of 4096 slots
+    counts = np.bincount(np.concatenate([b.indices for b in batches]), minlength=10)
+    np.testing.assert_allclose(counts / counts.sum(), 0.1, atol=0.01)
+    first = batches[0]
+    np.testing.assert_array_equal(first.rewards, memory.rewards[first.indices])  # still valid
+    assert memory.sample(5000).indices.shape == (5000,)  # larger than a block

@@ -10,13 +10,14 @@ per field. :class:`PrioritizedReplayMemory` adds proportional prioritisation (Sc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
+SLOT_BLOCK = 4096  # uniform slots drawn per Generator call once the memory is full
 
-@dataclass(frozen=True)
-class Batch:
+
+class Batch(NamedTuple):
     """Transitions sampled together; ``weights`` are importance-sampling weights (1 if uniform)."""
 
     observations: np.ndarray
@@ -45,6 +46,9 @@ class ReplayMemory:
         self.rng = rng if rng is not None else np.random.default_rng()
         self._next_slot = 0
         self._size = 0
+        self._unit_weights: dict[int, np.ndarray] = {}
+        self._slot_block = np.empty(0, dtype=np.int64)
+        self._block_position = 0
 
     def __len__(self) -> int:
         return self._size
@@ -64,12 +68,33 @@ class ReplayMemory:
 
     def sample(self, batch_size: int) -> Batch:
         self._check_not_empty()
-        indices = self.rng.integers(self._size, size=batch_size)
-        return self.gather(indices, np.ones(batch_size, dtype=np.float32))
+        weights = self._unit_weights.get(batch_size)
+        if weights is None:
+            weights = self._unit_weights[batch_size] = np.ones(batch_size, dtype=np.float32)
+            weights.flags.writeable = False
+        return self.gather(self._uniform_slots(batch_size), weights)
+
+    def _uniform_slots(self, count: int) -> np.ndarray:
+        """Slots drawn uniformly, with replacement, among the stored transitions.
+
+        For a batch of a few items the cost is the Generator call, not the arithmetic, so a full
+        memory (the steady state) takes its slots from a block drawn ahead of time.
+        """
+        if self._size < self.capacity:
+            return self.rng.integers(self._size, size=count)
+        if self._block_position + count > len(self._slot_block):
+            # A new array, not a refill: slots handed out earlier (batch.indices) stay valid.
+            self._slot_block = self.rng.integers(self.capacity, size=max(SLOT_BLOCK, count))
+            self._block_position = 0
+        slots = self._slot_block[self._block_position:self._block_position + count]
+        self._block_position += count
+        return slots
 
     def gather(self, indices: np.ndarray, weights: np.ndarray) -> Batch:
-        return Batch(self.observations[indices], self.actions[indices], self.rewards[indices],
-                     self.next_observations[indices], self.terminated[indices], indices, weights)
+        """One ``take`` per field (faster than fancy indexing for the 2-D observation arrays)."""
+        return Batch(self.observations.take(indices, axis=0), self.actions.take(indices),
+                     self.rewards.take(indices), self.next_observations.take(indices, axis=0),
+                     self.terminated.take(indices), indices, weights)
 
     def _check_not_empty(self) -> None:
         if self._size == 0:
