@@ -166,6 +166,9 @@ def plot_returns(run: TrainingRun, variant: SimpleNamespace, title: str, path: s
     ax.plot(log["episode"], log["mean_return"], label=f"mean of the last {MOVING_AVERAGE_EPISODES}")
     ax.axvline(run.best_episode, color="grey", linestyle=":",
                label=f"best-kept weights (episode {run.best_episode})")
+    last = log.iloc[-1]
+    ax.plot(last["episode"], last["return"], "o", color="C3",
+            label=f"last episode: {last['return']:.0f}")
     ax.axvspan(0, variant.warmup_episodes, color="grey", alpha=0.1, label="warm-up (no learning)")
     ax.set_xlabel("Episode")
     ax.set_ylabel("Sum of rewards")
