@@ -28,6 +28,7 @@ def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.Complet
 
 
 TIMING_SUFFIX = "wall_time_s"
+SNAKEMAKE_MARKER = ".snakemake_timestamp"  # Snakemake's bookkeeping inside folder outputs
 
 
 def _without_timings(value):
@@ -56,11 +57,12 @@ def reproducible_bytes(file: Path) -> bytes:
 
 
 def file_digests(root: Path, paths: list[str]) -> dict[str, str]:
-    """sha256 of every file named, or inside a folder named, keyed by path; timings left out."""
+    """sha256 of every file named or inside a folder named (less Snakemake's marker); no timings."""
     digests = {}
     for path in paths:
         target = root / path
-        files = sorted(f for f in target.rglob("*") if f.is_file()) if target.is_dir() else [target]
+        files = (sorted(f for f in target.rglob("*") if f.is_file() and f.name != SNAKEMAKE_MARKER)
+                 if target.is_dir() else [target])
         for file in files:
             digests[str(file.relative_to(root))] = hashlib.sha256(reproducible_bytes(file)).hexdigest()
     return digests
