@@ -15,9 +15,12 @@ from stages.common.params import (
     PARAMS_FILE,
     ParamError,
     Validator,
+    boolean,
     gymnasium_env_id,
     integer,
     list_of,
+    mapping_of,
+    nullable,
     number,
     one_of,
     read_params_file,
@@ -53,6 +56,46 @@ def _mdp_shapes_agree(cfg: SimpleNamespace) -> bool:
                                       or abs(sum(probs) - 1.0) > 1e-9):
                 return False
     return len(cfg.transition_probabilities) == len(cfg.rewards)
+
+
+def _evaluation_seeds_avoid_training(cfg: SimpleNamespace) -> bool:
+    evaluation = cfg.evaluation
+    return not evaluation.seed_start <= cfg.seed < evaluation.seed_start + evaluation.episodes
+
+
+_DQN_VARIANT = section(
+    {
+        "episodes": _COUNT,
+        "max_steps": _COUNT,
+        "learn_every": one_of("step", "episode"),
+        "warmup_episodes": integer(minimum=0),
+        "epsilon_decay_episodes": _COUNT,
+        "epsilon_min": _PROBABILITY,
+        "replay_capacity": _COUNT,
+        "batch_size": _COUNT,
+        "discount": _DISCOUNT,
+        "hidden_units": list_of(_COUNT),
+        "learning_rate": number(minimum=0.0, open_min=True),
+        "loss": one_of("mse", "huber"),
+        "dueling": boolean(),
+        "double": boolean(),
+        "target_update_episodes": nullable(
+            _COUNT, "no target network: targets come from the online network"),
+        "prioritized_replay": nullable(
+            section({
+                "alpha": number(minimum=0.0, maximum=1.0),
+                "beta_start": _PROBABILITY,
+                "beta_end": _PROBABILITY,
+                "priority_offset": number(minimum=0.0, open_min=True),
+            }, checks=[("beta_start must not exceed beta_end (beta anneals up to full correction)",
+                        lambda c: c.beta_start <= c.beta_end)]),
+            "uniform sampling"),
+    },
+    checks=[("double Q-learning needs a target network: set target_update_episodes",
+             lambda c: not c.double or c.target_update_episodes is not None),
+            ("warmup_episodes must be below episodes (no learning would happen)",
+             lambda c: c.warmup_episodes < c.episodes)],
+)
 
 
 def _every_state_has_an_action(cfg: SimpleNamespace) -> bool:
@@ -185,6 +228,37 @@ SCHEMA: dict[str, Validator] = {
     "pg_cartpole": _reinforce("CartPole"),
     # One REINFORCE configuration per LunarLander stage (dvc.yaml's foreach over book and solve).
     "pg_lunarlander": section({"book": _reinforce("LunarLander"), "solve": _reinforce("LunarLander")}),
+    "dqn": section(
+        {
+            "env_id": gymnasium_env_id(),
+            "seed": _SEED,
+            "evaluation": section({
+                "episodes": _COUNT,
+                "seed_start": _SEED,
+                "max_steps": list_of(_COUNT),
+            }),
+            "gif": section({
+                "seed": _SEED,
+                "max_steps": _COUNT,
+                "fps": integer(minimum=1, maximum=100),
+            }),
+        },
+        checks=[("evaluation seeds (evaluation.seed_start onwards) must not include the training seed",
+                 _evaluation_seeds_avoid_training)],
+    ),
+    # One entry per DQN variant; dvc.yaml's `dqn` matrix names the variants it trains.
+    "dqn_variants": mapping_of(_DQN_VARIANT),
+    "replay_benchmark": section(
+        {
+            "items": _COUNT,
+            "sample_size": _COUNT,
+            "batch_size": _COUNT,
+            "repeats": _COUNT,
+            "seed": _SEED,
+        },
+        checks=[("sample_size and batch_size must not exceed items",
+                 lambda c: max(c.sample_size, c.batch_size) <= c.items)],
+    ),
 }
 
 

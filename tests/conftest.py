@@ -60,7 +60,7 @@ SNAKEMAKE_DIRECTORY_MARKER = ".snakemake_timestamp"
 
 
 def file_digests(root: Path, paths: list[str]) -> dict[str, str]:
-    """sha256 of every file named, or inside a folder named, keyed by path; timings left out."""
+    """sha256 of every file named or inside a folder named (less Snakemake's marker); no timings."""
     digests = {}
     for path in paths:
         target = root / path

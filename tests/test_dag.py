@@ -56,6 +56,7 @@ def dvc_view(root: Path) -> dict:
 
 def disagreements(snakemake: dict, dvc: dict) -> list[str]:
     problems = []
+    dvc = {rule_name(name): stage for name, stage in dvc.items()}  # dqn@dqn is rule dqn_dqn
     rules = {name: rule for name, rule in snakemake.items() if name != "all"}
     dvc = {rule_name(name): stage for name, stage in dvc.items()}  # pg_lunarlander@book -> _book
     if set(rules) != set(dvc):

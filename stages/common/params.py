@@ -85,6 +85,31 @@ def one_of(*choices: Any) -> Validator:
     return check
 
 
+def boolean() -> Validator:
+    """true or false; 0 and 1 are refused (YAML spells booleans out)."""
+
+    def check(value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise _fail(key, value, "true or false")
+        return value
+
+    return check
+
+
+def nullable(item: Validator, meaning: str) -> Validator:
+    """``null`` (with the ``meaning`` it has for this key) or a value that ``item`` accepts."""
+
+    def check(value: Any, key: str) -> Any:
+        if value is None:
+            return None
+        try:
+            return item(value, key)
+        except ParamError as error:
+            raise ParamError(f"{error}, or null ({meaning})") from None
+
+    return check
+
+
 def list_of(item: Validator, *, length: int | None = None, min_length: int = 1,
             nullable_items: bool = False) -> Validator:
     size = f"exactly {length}" if length is not None else f"at least {min_length}"
@@ -135,6 +160,20 @@ def section(fields: Mapping[str, Validator],
             if not predicate(cleaned):
                 raise ParamError(f"{key} is not allowed: {requirement}")
         return cleaned
+
+    return check
+
+
+def mapping_of(item: Validator, *, min_length: int = 1) -> Validator:
+    """A mapping from names (identifiers, as they appear in output paths) to values ``item`` accepts."""
+
+    def check(value: Any, key: str) -> dict[str, Any]:
+        if not isinstance(value, Mapping) or len(value) < min_length:
+            raise _fail(key, value, f"a mapping of at least {min_length} named entries")
+        for name in value:
+            if not (isinstance(name, str) and name.isidentifier()):
+                raise _fail(f"{key}.{name}", name, "a name made of letters, digits and underscores")
+        return {name: item(entry, f"{key}.{name}") for name, entry in value.items()}
 
     return check
 
