@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import resource
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -178,7 +179,9 @@ def train(agent: DqnAgent, tf_env: TFPyEnvironment, replay_buffer: TFUniformRepl
     started = time.perf_counter()
     losses: list[float] = []
     collect_s = train_s = 0.0
-    with tqdm(total=training.iterations, initial=start, desc="training", unit="it") as bar:
+    # Written to a log file rather than a terminal, the bar updates twice a minute.
+    refresh = 0.1 if sys.stderr.isatty() else 30.0
+    with tqdm(total=training.iterations, initial=start, desc="training", unit="it", mininterval=refresh) as bar:
         for iteration in range(start + 1, training.iterations + 1):
             tick = time.perf_counter()
             time_step, policy_state = collect(time_step, policy_state)
@@ -352,7 +355,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"resuming from the checkpoint at iteration {start} of {cfg.training.iterations}")
     else:
         seconds = collect_randomly(tf_env, replay_buffer, cfg.training.initial_collect_steps)
-        print(f"random collection: {cfg.training.initial_collect_steps / seconds:.0f} steps/s")
+        print(f"random collection: {cfg.training.initial_collect_steps / seconds:.0f} steps/s; "
+              f"peak resident memory {peak_rss_mib():.0f} MiB")
     log = train(agent, tf_env, replay_buffer, metrics, epsilon, checkpoint, cfg, start, log)
     print(f"peak resident memory {peak_rss_mib():.0f} MiB")
     log = pd.DataFrame(log)

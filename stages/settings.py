@@ -149,6 +149,40 @@ SCHEMA: dict[str, Validator] = {
         checks=[("env_id must be a CartPole environment (the hard-coded policy reads the pole angle)",
                  lambda c: c.env_id.startswith("CartPole-"))],
     ),
+    "custom_env": section(
+        {
+            "grid_size": integer(minimum=2, maximum=20),
+            "step_discount": number(minimum=0.0, maximum=1.0),
+            "max_steps": _COUNT,
+            "validate_episodes": _COUNT,
+            "agent": section(
+                {
+                    "fc_layers": list_of(_COUNT),
+                    "learning_rate": number(minimum=0.0, open_min=True),
+                    "discount": _DISCOUNT,
+                    "epsilon_start": _PROBABILITY,
+                    "epsilon_end": _PROBABILITY,
+                    "epsilon_decay_steps": _COUNT,
+                    "target_update_period": _COUNT,
+                },
+                checks=[("epsilon_end must not exceed epsilon_start",
+                         lambda c: c.epsilon_end <= c.epsilon_start)],
+            ),
+            "training": section({
+                "iterations": _COUNT,
+                "collect_steps_per_iteration": _COUNT,
+                "initial_collect_steps": integer(minimum=2),  # a training sample is 2 steps
+                "replay_buffer_capacity": integer(minimum=2),
+                "batch_size": _COUNT,
+                "log_interval": _COUNT,
+                "seed": _SEED,
+            }),
+        },
+        checks=[("max_steps must allow a shortest path (2 * (grid_size - 1) steps)",
+                 lambda c: c.max_steps >= 2 * (c.grid_size - 1)),
+                ("training.log_interval must not exceed training.iterations",
+                 lambda c: c.training.log_interval <= c.training.iterations)],
+    ),
     "atari_dqn": section(
         {
             "environment": section({

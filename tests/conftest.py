@@ -28,6 +28,9 @@ def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.Complet
 
 
 TIMING_SUFFIX = "wall_time_s"
+# Snakemake touches this empty file inside every directory output (its mtime carrier); DVC
+# ignores it too (.dvcignore). It is not part of any result.
+SNAKEMAKE_MARKER = ".snakemake_timestamp"
 
 
 def _without_timings(value):
@@ -60,7 +63,8 @@ def file_digests(root: Path, paths: list[str]) -> dict[str, str]:
     digests = {}
     for path in paths:
         target = root / path
-        files = sorted(f for f in target.rglob("*") if f.is_file()) if target.is_dir() else [target]
+        files = (sorted(f for f in target.rglob("*") if f.is_file() and f.name != SNAKEMAKE_MARKER)
+                 if target.is_dir() else [target])
         for file in files:
             digests[str(file.relative_to(root))] = hashlib.sha256(reproducible_bytes(file)).hexdigest()
     return digests
