@@ -242,7 +242,8 @@ def test_both_games_run_end_to_end_in_the_quick_profile(quick_workspace):
         log = pd.read_csv(ws / f"data/atari_dqn/{game}/training_log.csv")
         assert {"episodes", "environment_steps", "average_return", "average_episode_length", "loss",
                 "wall_time_s"} <= set(log.columns)
-    assert json.loads(run([DVC, "status", "--json"], ws).stdout or "{}") == {}
+    status = run([DVC, "status", "--json", *(f"atari_dqn@{game}" for game in GAMES)], ws).stdout
+    assert json.loads(status or "{}") == {}
 
     # A finished run's checkpoint is kept; forcing the stage again re-exports the same bytes.
     before = file_digests(ws, atari_outputs(ws, "breakout"))
