@@ -157,7 +157,7 @@ def log_row(iteration: int, metrics: list, losses: list[float], epsilon: float,
     episodes, env_steps, average_return, average_length = (m.result().numpy() for m in metrics)
     return {"iteration": iteration, "episodes": int(episodes), "environment_steps": int(env_steps),
             "average_return": float(average_return), "average_episode_length": float(average_length),
-            "loss": float(np.mean(losses)) if losses else float("nan"), "epsilon": epsilon, **times}
+            "loss": float(np.mean(losses)), "epsilon": epsilon, **times}
 
 
 def train(agent: DqnAgent, tf_env: TFPyEnvironment, replay_buffer: TFUniformReplayBuffer,
@@ -323,15 +323,15 @@ def main(argv: list[str] | None = None) -> None:
     seed_everything(cfg.training.seed)
 
     preprocessing = describe_preprocessing(cfg, game_cfg)
-    raw, observation = first_frames(game_cfg.env_id, preprocessing, cfg.pictures.seed,
-                                    cfg.pictures.steps_before_frame)
-    plot_frames(raw, observation, game, paths.reports)
-
     py_env = GymnasiumPyEnvironment(make_atari_env(game_cfg.env_id, preprocessing), seed=cfg.training.seed)
     tf_env = TFPyEnvironment(py_env)
     agent, epsilon = build_agent(tf_env, cfg)
     needed = buffer_bytes(agent, cfg.training.replay_buffer_capacity)
     check_buffer_fits(needed, cfg.training.replay_buffer_capacity)
+
+    raw, observation = first_frames(game_cfg.env_id, preprocessing, cfg.pictures.seed,
+                                    cfg.pictures.steps_before_frame)
+    plot_frames(raw, observation, game, paths.reports)
     replay_buffer = TFUniformReplayBuffer(agent.collect_data_spec, batch_size=tf_env.batch_size,
                                           max_length=cfg.training.replay_buffer_capacity)
     print(f"replay buffer: {cfg.training.replay_buffer_capacity} steps, {needed / 1024**2:.0f} MiB; "

@@ -291,3 +291,13 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(quick_workspace):
     repro = run([DVC, "repro", "atari_dqn@breakout"], ws).stdout
     assert "resuming from the checkpoint at iteration 150 of 170" in repro
     assert pd.read_csv(ws / "data/atari_dqn/breakout/training_log.csv")["iteration"].iloc[-1] == 170
+
+
+@pytest.mark.e2e
+def test_a_buffer_too_big_for_memory_stops_the_stage_before_any_output(quick_workspace):
+    ws = quick_workspace("too-big")
+    edit_params(ws, lambda p: p["training"].update(replay_buffer_capacity=10**9))
+    result = run(["python", "-m", "stages.atari_dqn", "--game", "space_invaders"], ws, check=False)
+    assert result.returncode == 2
+    assert "atari_dqn.training.replay_buffer_capacity = 1000000000 is not allowed" in result.stderr
+    assert not (ws / "reports/atari_dqn").exists() and not (ws / "data/atari_dqn").exists()
