@@ -52,6 +52,8 @@ def declare_rule(stage):
         params:
             # The parameter values the stage reads: Snakemake reruns the rule when they change.
             dvc_params=stage.params,
+            # Resumable state the stage keeps between runs: not an output, so never deleted.
+            state=stage.state,
         log:
             f"logs/{stage.name}.log",
         benchmark:

@@ -98,6 +98,39 @@ _DQN_VARIANT = section(
 )
 
 
+# Every action name the Arcade Learning Environment knows; each game has a subset.
+ATARI_ACTIONS = ("NOOP", "FIRE", "UP", "RIGHT", "LEFT", "DOWN", "UPRIGHT", "UPLEFT", "DOWNRIGHT",
+                 "DOWNLEFT", "UPFIRE", "RIGHTFIRE", "LEFTFIRE", "DOWNFIRE", "UPRIGHTFIRE",
+                 "UPLEFTFIRE", "DOWNRIGHTFIRE", "DOWNLEFTFIRE")
+_FORCED_STEPS = section({"action": one_of(*ATARI_ACTIONS), "steps": integer(minimum=0)})
+
+
+def _game_has_the_actions(game: SimpleNamespace) -> bool:
+    from stages.common.atari import AtariSetupError, check_game
+
+    try:
+        check_game(game.env_id, [game.after_reset.action, game.after_life_loss.action])
+    except AtariSetupError:
+        return False
+    return True
+
+
+_ATARI_GAME = section(
+    {
+        "env_id": gymnasium_env_id(),
+        "after_reset": _FORCED_STEPS,        # played for the agent after a reset ...
+        "after_life_loss": _FORCED_STEPS,    # ... and after each lost life
+    },
+    checks=[("env_id must be an Atari game whose ROM is installed and which has the actions "
+             "named in after_reset and after_life_loss", _game_has_the_actions)],
+)
+
+
+def _evaluation_seeds_are_unseen(cfg: SimpleNamespace) -> bool:
+    seeds = range(cfg.evaluation.seed_start, cfg.evaluation.seed_start + cfg.evaluation.episodes)
+    return cfg.training.seed not in seeds
+
+
 def _every_state_has_an_action(cfg: SimpleNamespace) -> bool:
     return all(any(p is not None for p in actions) for actions in cfg.transition_probabilities)
 
@@ -258,6 +291,103 @@ SCHEMA: dict[str, Validator] = {
         },
         checks=[("sample_size and batch_size must not exceed items",
                  lambda c: max(c.sample_size, c.batch_size) <= c.items)],
+    "custom_env": section(
+        {
+            "grid_size": integer(minimum=2, maximum=20),
+            "step_discount": number(minimum=0.0, maximum=1.0),
+            "max_steps": _COUNT,
+            "validate_episodes": _COUNT,
+            "agent": section(
+                {
+                    "fc_layers": list_of(_COUNT),
+                    "learning_rate": number(minimum=0.0, open_min=True),
+                    "discount": _DISCOUNT,
+                    "epsilon_start": _PROBABILITY,
+                    "epsilon_end": _PROBABILITY,
+                    "epsilon_decay_steps": _COUNT,
+                    "target_update_period": _COUNT,
+                },
+                checks=[("epsilon_end must not exceed epsilon_start",
+                         lambda c: c.epsilon_end <= c.epsilon_start)],
+            ),
+            "training": section({
+                "iterations": _COUNT,
+                "collect_steps_per_iteration": _COUNT,
+                "initial_collect_steps": integer(minimum=2),  # a training sample is 2 steps
+                "replay_buffer_capacity": integer(minimum=2),
+                "batch_size": _COUNT,
+                "log_interval": _COUNT,
+                "seed": _SEED,
+            }),
+        },
+        checks=[("max_steps must allow a shortest path (2 * (grid_size - 1) steps)",
+                 lambda c: c.max_steps >= 2 * (c.grid_size - 1)),
+                ("training.log_interval must not exceed training.iterations",
+                 lambda c: c.training.log_interval <= c.training.iterations)],
+    ),
+    "atari_dqn": section(
+        {
+            "environment": section({
+                "frame_skip": _COUNT,
+                "screen_size": integer(minimum=36, maximum=210),  # the Nature stack needs >= 36
+                "noop_max": integer(minimum=0),
+                "frame_stack": _COUNT,
+                "max_episode_steps": _COUNT,
+            }),
+            "network": section({
+                "conv_layers": list_of(list_of(_COUNT, length=3)),  # [filters, kernel, stride]
+                "fc_layers": list_of(_COUNT),
+            }),
+            "agent": section(
+                {
+                    "learning_rate": number(minimum=0.0, open_min=True),
+                    "rmsprop_rho": _PROBABILITY,
+                    "rmsprop_momentum": _PROBABILITY,
+                    "rmsprop_epsilon": number(minimum=0.0, open_min=True),
+                    "rmsprop_centered": one_of(True, False),
+                    "epsilon_start": _PROBABILITY,
+                    "epsilon_end": _PROBABILITY,
+                    "epsilon_decay_env_steps": _COUNT,
+                    "target_update_period": _COUNT,
+                    "discount": _DISCOUNT,
+                },
+                checks=[("epsilon_end must not exceed epsilon_start",
+                         lambda c: c.epsilon_end <= c.epsilon_start)],
+            ),
+            "training": section(
+                {
+                    "iterations": _COUNT,
+                    "collect_steps_per_iteration": _COUNT,
+                    "replay_buffer_capacity": integer(minimum=2),
+                    "initial_collect_steps": integer(minimum=2),  # a training sample is 2 steps
+                    "batch_size": _COUNT,
+                    "log_interval": _COUNT,
+                    "checkpoint_interval": _COUNT,
+                    "seed": _SEED,
+                },
+            ),
+            "evaluation": section({
+                "episodes": _COUNT,
+                "seed_start": _SEED,
+                "max_steps": _COUNT,
+            }),
+            "pictures": section({
+                "seed": _SEED,
+                "steps_before_frame": integer(minimum=0),
+                "sub_episodes": _COUNT,
+                "sub_episode_steps": integer(minimum=2, maximum=10),
+                "gif_seed": _SEED,
+                "gif_frames": integer(minimum=2),
+                "gif_fps": integer(minimum=1, maximum=100),
+            }),
+            "games": section({"breakout": _ATARI_GAME, "space_invaders": _ATARI_GAME}),
+        },
+        checks=[
+            ("evaluation seeds (seed_start .. seed_start + episodes - 1) must not include "
+             "training.seed", _evaluation_seeds_are_unseen),
+            ("pictures.sub_episode_steps must fit in training.replay_buffer_capacity",
+             lambda c: c.pictures.sub_episode_steps <= c.training.replay_buffer_capacity),
+        ],
     ),
 }
 

@@ -50,15 +50,16 @@ def dvc_view(root: Path) -> dict:
                 "deps": [d.def_path for d in stage.deps if not isinstance(d, ParamsDependency)],
                 "outs": [o.def_path for o in stage.outs],
                 "params": params,
+                # Resumable training state: kept by DVC, passed to Snakemake but not as an output.
+                "state": [o.def_path for o in stage.outs if o.annot.type == "checkpoint"],
             }
         return view
 
 
 def disagreements(snakemake: dict, dvc: dict) -> list[str]:
     problems = []
-    dvc = {rule_name(name): stage for name, stage in dvc.items()}  # dqn@dqn is rule dqn_dqn
     rules = {name: rule for name, rule in snakemake.items() if name != "all"}
-    dvc = {rule_name(name): stage for name, stage in dvc.items()}  # pg_lunarlander@book -> _book
+    dvc = {rule_name(name): stage for name, stage in dvc.items()}  # dqn@dqn is rule dqn_dqn
     if set(rules) != set(dvc):
         problems.append(f"stages differ: only Snakemake {sorted(set(rules) - set(dvc))}, "
                         f"only DVC {sorted(set(dvc) - set(rules))}")
@@ -66,13 +67,16 @@ def disagreements(snakemake: dict, dvc: dict) -> list[str]:
         rule, stage = rules[name], dvc[name]
         if sorted(rule["input"]) != sorted(stage["deps"]):
             problems.append(f"{name}: inputs {rule['input']} != deps {stage['deps']}")
-        if sorted(rule["output"]) != sorted(stage["outs"]):
-            problems.append(f"{name}: outputs {rule['output']} != outs {stage['outs']}")
+        products = sorted(set(stage["outs"]) - set(stage["state"]))
+        if sorted(rule["output"]) != products:
+            problems.append(f"{name}: outputs {rule['output']} != outs {products}")
+        if rule["params"].get("state", []) != stage["state"]:
+            problems.append(f"{name}: Snakemake's state {rule['params'].get('state')} != {stage['state']}")
         if rule["params"].get("dvc_params") != stage["params"]:
             problems.append(f"{name}: params differ")
         if not rule["shell"].startswith(f"({stage['cmd']})"):
             problems.append(f"{name}: shell {rule['shell']!r} does not run cmd {stage['cmd']!r}")
-    every_output = sorted(o for stage in dvc.values() for o in stage["outs"])
+    every_output = sorted(o for stage in dvc.values() for o in stage["outs"] if o not in stage["state"])
     if sorted(snakemake.get("all", {}).get("input", [])) != every_output:
         problems.append("rule all does not request every DVC output")
     return problems

@@ -94,3 +94,32 @@ def test_bad_entries_are_named(tmp_path):
                         n_actions=2, folder=folder)
     with pytest.raises(FileNotFoundError, match="model file .* is missing"):
         load_policy(entry)
+
+
+def test_a_policysaver_export_plays_through_load_policy(tmp_path):
+    from tf_agents.environments.tf_py_environment import TFPyEnvironment
+    from tf_agents.networks.q_network import QNetwork
+    from tf_agents.policies.greedy_policy import GreedyPolicy
+    from tf_agents.policies.policy_saver import PolicySaver
+    from tf_agents.policies.q_policy import QPolicy
+
+    from stages.common.policies import export_saved_policy, make_policy_env
+    from stages.common.tf_env import make_py_environment
+
+    tf_env = TFPyEnvironment(make_py_environment("CartPole-v1"))
+    q_net = QNetwork(tf_env.observation_spec(), tf_env.action_spec(), fc_layer_params=(8,))
+    policy = GreedyPolicy(QPolicy(tf_env.time_step_spec(), tf_env.action_spec(), q_network=q_net))
+    saver = PolicySaver(policy, batch_size=None)
+    entry = export_saved_policy(lambda folder: saver.save(str(folder)), tmp_path / "toy", stage="test",
+                                env_id="CartPole-v1", observation_shape=(4,), observation_dtype="float32",
+                                n_actions=2)
+    assert entry.output == "tf_agents_policy" and read_entry(tmp_path / "toy") == entry
+    observations = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
+    expected = np.argmax(q_net(observations)[0].numpy(), axis=1)
+    play = load_policy(entry)
+    assert np.array_equal(play(observations), expected)
+    result = evaluate_policy("CartPole-v1", play, [5, 6], make_env=lambda: make_policy_env(entry),
+                             max_steps=50, progress=False)
+    assert len(result.returns) == 2 and result.max <= 50
+    with pytest.raises(ValueError, match=r"expects observations of shape \(4,\), got \(5,\)"):
+        play(np.zeros((2, 5), np.float32))

@@ -5,6 +5,11 @@ files), so both engines see the stages exactly as DVC understands them. The Snak
 :class:`StageSpec` into a rule. What only Snakemake needs (threads, memory, runtime) sits in each
 stage's ``meta`` block, which DVC stores but ignores.
 
+A DVC output of ``type: checkpoint`` is a training run's resumable state. DVC keeps it between
+runs (``persist: true``); Snakemake deletes a job's outputs before the job runs, and again when it
+fails, so for Snakemake it is not an output: :attr:`StageSpec.state` lists it apart and the
+Snakefile only passes it along as a parameter. A killed run then resumes under either engine.
+
 After Snakemake runs a stage, the stage is recorded in dvc.lock (:func:`record_in_dvc_lock`), so
 ``dvc status`` is clean after ``snakemake`` and a user can switch engines without rerunning.
 """
@@ -17,6 +22,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# DVC output type of a training run's resumable state (see the module docstring).
+STATE_TYPE = "checkpoint"
 
 # Snakemake rules mark here the stages they completed; the next workflow end records them in DVC.
 PENDING_DIR = Path(".snakemake") / "dvc-pending"
@@ -35,6 +43,8 @@ class StageSpec:
     outs: list[str]
     params: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
+    # Resumable state: DVC outputs that Snakemake must not manage (never deleted before a run).
+    state: list[str] = field(default_factory=list)
 
     @property
     def rule_name(self) -> str:
@@ -66,9 +76,10 @@ def read_dag(root: str | Path = ".") -> list[StageSpec]:
                 name=stage.name,
                 cmd=stage.cmd,
                 deps=[dep.def_path for dep in stage.deps if not isinstance(dep, ParamsDependency)],
-                outs=[out.def_path for out in stage.outs],
+                outs=[out.def_path for out in stage.outs if out.annot.type != STATE_TYPE],
                 params=params,
                 meta=dict(stage.meta or {}),
+                state=[out.def_path for out in stage.outs if out.annot.type == STATE_TYPE],
             ))
     return specs
 

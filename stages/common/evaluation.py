@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import gymnasium as gym
@@ -54,15 +55,24 @@ def evaluate_policy(
     max_steps: int | None = None,
     batch_size: int = 64,
     env_kwargs: dict[str, Any] | None = None,
+    make_env: Callable[[], gym.Env] | None = None,
     progress: bool = True,
 ) -> EvaluationResult:
-    """Play one episode per seed; ``max_steps`` overrides the environment's own time limit."""
+    """Play one episode per seed; ``max_steps`` overrides the environment's own time limit.
+
+    ``make_env`` builds one environment instead of ``gym.make(env_id, **env_kwargs)``, for
+    policies that see wrapped observations (Atari: see ``policies.make_policy_env``).
+    """
     if len(seeds) == 0:
         raise ValueError("evaluate_policy needs at least one seed")
-    make_kwargs = dict(env_kwargs or {})
-    if max_steps is not None:
-        make_kwargs["max_episode_steps"] = max_steps
-    envs = [gym.make(env_id, **make_kwargs) for _ in range(min(batch_size, len(seeds)))]
+    if make_env is None:
+        make_kwargs = dict(env_kwargs or {})
+        if max_steps is not None:
+            make_kwargs["max_episode_steps"] = max_steps
+        make_env = partial(gym.make, env_id, **make_kwargs)
+    elif max_steps is not None:
+        make_env = partial(_capped, make_env, max_steps)
+    envs = [make_env() for _ in range(min(batch_size, len(seeds)))]
     returns = np.zeros(len(seeds), dtype=np.float64)
     lengths = np.zeros(len(seeds), dtype=np.int64)
     try:
@@ -76,6 +86,10 @@ def evaluate_policy(
         for env in envs:
             env.close()
     return EvaluationResult(seeds=[int(s) for s in seeds], returns=returns, lengths=lengths)
+
+
+def _capped(make_env: Callable[[], gym.Env], max_steps: int) -> gym.Env:
+    return gym.wrappers.TimeLimit(make_env(), max_episode_steps=max_steps)
 
 
 def _play_together(envs: list[gym.Env], episodes: range, seeds: Sequence[int], policy: BatchPolicy,

@@ -156,6 +156,17 @@ def _normalise_keras_archive(path: Path) -> None:
     path.write_bytes(buffer.getvalue())
 
 
+def _normalise_saved_model(directory: Path) -> None:
+    """Clear the random UUID TensorFlow writes into a SavedModel's fingerprint (its only varying byte)."""
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    path = directory / "fingerprint.pb"
+    if path.is_file():
+        fingerprint = fingerprint_pb2.FingerprintDef.FromString(path.read_bytes())
+        fingerprint.ClearField("uuid")
+        path.write_bytes(fingerprint.SerializeToString(deterministic=True))
+
+
 def _without_optimizer(model: Any) -> Any:
     """A copy without training state: an exported policy is weights and architecture only."""
     if getattr(model, "optimizer", None) is None:
@@ -204,6 +215,7 @@ def export_saved_policy(save: Callable[[Path], None], folder: str | os.PathLike,
     PolicyEntry.from_json(entry.to_json())
     with _atomic_folder(folder) as temporary:
         save(temporary / entry.model)
+        _normalise_saved_model(temporary / entry.model)
         _write_entry(temporary, entry)
     return PolicyEntry.from_json(entry.to_json(), folder=folder)
 
@@ -241,6 +253,19 @@ def load_model(entry: PolicyEntry) -> Any:
     return tf_keras.models.load_model(entry.model_path, compile=False)
 
 
+def make_policy_env(entry: PolicyEntry, render_mode: str | None = None) -> Any:
+    """The Gymnasium environment an entry's policy plays, its observations preprocessed as in training."""
+    import gymnasium as gym
+
+    if entry.preprocessing.get("kind") == "atari":
+        from stages.common.atari import make_atari_env
+
+        return make_atari_env(entry.env_id, entry.preprocessing, render_mode=render_mode)
+    if entry.preprocessing:
+        raise ValueError(f"policy {entry.name!r}: unknown preprocessing {entry.preprocessing.get('kind')!r}")
+    return gym.make(entry.env_id, render_mode=render_mode, **entry.env_kwargs)
+
+
 def load_policy(entry: PolicyEntry, rng: np.random.Generator | None = None) -> BatchPolicy:
     """A batch policy (observations -> actions) for the evaluation helper.
 
@@ -265,19 +290,30 @@ def load_policy(entry: PolicyEntry, rng: np.random.Generator | None = None) -> B
 
 
 def _saved_policy_actions(saved: Any, entry: PolicyEntry) -> BatchPolicy:
-    """Call a PolicySaver policy on a batch of observations (first steps of running episodes)."""
+    """Call a PolicySaver policy on a batch of observations.
+
+    The saved ``action`` takes a batched time step and a policy state. Only the observation
+    matters to a feed-forward policy such as DQN's greedy one; the state is its (empty) initial
+    state. Observations are checked against the entry, so a consumer that forgot the
+    preprocessing gets a sentence, not a shape error from deep inside the graph.
+    """
     import tensorflow as tf
     from tf_agents.trajectories import time_step as ts
 
     dtype = np.dtype(entry.observation_dtype)
 
     def act(observations: np.ndarray) -> np.ndarray:
-        batch = tf.constant(np.asarray(observations, dtype=dtype))
-        n = int(batch.shape[0])
-        step = ts.TimeStep(step_type=tf.fill([n], ts.StepType.MID),
+        batch = np.asarray(observations)
+        if batch.shape[1:] != entry.observation_shape:
+            raise ValueError(f"policy {entry.name!r} expects observations of shape "
+                             f"{entry.observation_shape}, got {batch.shape[1:]}: build the "
+                             "environment with make_policy_env(entry)")
+        n = len(batch)
+        step = ts.TimeStep(step_type=tf.fill([n], tf.constant(ts.StepType.MID, tf.int32)),
                            reward=tf.zeros([n], tf.float32),
                            discount=tf.ones([n], tf.float32),
-                           observation=batch)
-        return saved.action(step).action.numpy().astype(np.int64)
+                           observation=tf.constant(batch.astype(dtype, copy=False)))
+        state = saved.get_initial_state(n)
+        return saved.action(step, state).action.numpy().astype(np.int64)
 
     return act

@@ -1,0 +1,415 @@
+"""SPEC 7 and 8: a TF-Agents DQN learns an Atari game (Breakout, Space Invaders) from pixels.
+
+    python -m stages.atari_dqn --game breakout
+
+The agent sees 84 x 84 grayscale frames, four stacked, through the project's Gymnasium-to-TF-Agents
+adapter; the game's start rule (FIRE, or skipping the idle steps) is played for it. A random
+policy fills the replay buffer first; then each iteration collects 4 steps with the
+epsilon-greedy policy and trains on 64 pairs of consecutive steps. Training checkpoints every
+``checkpoint_interval`` iterations and resumes from the last checkpoint when started again.
+The greedy policy is exported (PolicySaver) and evaluated, through the export, against random
+play on seeds that training never used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+import tf_keras
+from tf_agents.agents.dqn.dqn_agent import DqnAgent
+from tf_agents.drivers.dynamic_step_driver import DynamicStepDriver
+from tf_agents.environments.tf_py_environment import TFPyEnvironment
+from tf_agents.eval.metric_utils import MetricsGroup
+from tf_agents.metrics import tf_metrics
+from tf_agents.networks.q_network import QNetwork
+from tf_agents.policies.policy_saver import PolicySaver
+from tf_agents.policies.random_tf_policy import RandomTFPolicy
+from tf_agents.replay_buffers.tf_uniform_replay_buffer import TFUniformReplayBuffer
+from tf_agents.utils import common
+from tqdm import tqdm
+
+from stages.common.atari import make_atari_env, preprocessing_description
+from stages.common.checkpoints import TrainingCheckpoint, restore_trackables
+from stages.common.evaluation import evaluate_policy
+from stages.common.frames import record_episode, write_gif
+from stages.common.io import write_csv, write_json
+from stages.common.params import ParamError
+from stages.common.plotting import new_figure, save_figure
+from stages.common.policies import (
+    PolicyEntry,
+    export_saved_policy,
+    load_policy,
+    make_policy_env,
+    read_entry,
+)
+from stages.common.seeding import seed_everything
+from stages.common.tf_env import GymnasiumPyEnvironment
+from stages.settings import load_params, run_stage
+
+GAMES = ("breakout", "space_invaders")
+MEMORY_HEADROOM_BYTES = 2 * 1024**3  # TensorFlow, the networks, the environment, a checkpoint's buffers
+
+
+@dataclass(frozen=True)
+class Paths:
+    game: str
+
+    @property
+    def data(self) -> Path:
+        return Path("data/atari_dqn") / self.game
+
+    @property
+    def reports(self) -> Path:
+        return Path("reports/atari_dqn") / self.game
+
+    @property
+    def policy(self) -> Path:
+        return Path("data/policies") / f"{self.game}_dqn"
+
+
+# --- the agent --------------------------------------------------------------------------------
+
+
+def build_agent(tf_env: TFPyEnvironment, cfg: SimpleNamespace) -> tuple[DqnAgent, Callable[[], float]]:
+    """The Nature DQN (pixels / 255 -> three convolutions -> dense 512 -> one Q-value per action),
+    and the exploration rate it currently uses."""
+    agent_cfg, training = cfg.agent, cfg.training
+    q_net = QNetwork(
+        tf_env.observation_spec(), tf_env.action_spec(),
+        preprocessing_layers=tf_keras.layers.Lambda(lambda obs: tf.cast(obs, tf.float32) / 255.0),
+        conv_layer_params=[tuple(layer) for layer in cfg.network.conv_layers],
+        fc_layer_params=tuple(cfg.network.fc_layers),
+    )
+    optimizer = tf.compat.v1.train.RMSPropOptimizer(
+        learning_rate=agent_cfg.learning_rate, decay=agent_cfg.rmsprop_rho,
+        momentum=agent_cfg.rmsprop_momentum, epsilon=agent_cfg.rmsprop_epsilon,
+        centered=agent_cfg.rmsprop_centered)
+    train_step = tf.Variable(0, dtype=tf.int64, name="train_step")
+    epsilon = tf_keras.optimizers.schedules.PolynomialDecay(
+        initial_learning_rate=agent_cfg.epsilon_start,
+        decay_steps=agent_cfg.epsilon_decay_env_steps // training.collect_steps_per_iteration,
+        end_learning_rate=agent_cfg.epsilon_end)
+    agent = DqnAgent(
+        tf_env.time_step_spec(), tf_env.action_spec(), q_network=q_net, optimizer=optimizer,
+        target_update_period=agent_cfg.target_update_period,
+        td_errors_loss_fn=common.element_wise_huber_loss, gamma=agent_cfg.discount,
+        train_step_counter=train_step, epsilon_greedy=lambda: epsilon(train_step))
+    agent.initialize()
+    return agent, lambda: float(epsilon(train_step))
+
+
+def buffer_bytes(agent: DqnAgent, capacity: int) -> int:
+    per_step = sum(int(np.prod(spec.shape)) * spec.dtype.size
+                   for spec in tf.nest.flatten(agent.collect_data_spec))
+    return per_step * capacity
+
+
+def available_memory_bytes() -> int:
+    with open("/proc/meminfo") as meminfo:
+        fields = dict(line.split(":", 1) for line in meminfo)
+    return int(fields["MemAvailable"].split()[0]) * 1024
+
+
+def check_buffer_fits(needed: int, capacity: int) -> None:
+    available = available_memory_bytes()
+    if needed + MEMORY_HEADROOM_BYTES > available:
+        raise ParamError(
+            f"atari_dqn.training.replay_buffer_capacity = {capacity} is not allowed: the buffer "
+            f"needs {needed / 1024**3:.1f} GB (+{MEMORY_HEADROOM_BYTES / 1024**3:.0f} GB headroom) "
+            f"and this machine has {available / 1024**3:.1f} GB available")
+
+
+def training_metrics() -> list:
+    return [tf_metrics.NumberOfEpisodes(), tf_metrics.EnvironmentSteps(),
+            tf_metrics.AverageReturnMetric(), tf_metrics.AverageEpisodeLengthMetric()]
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def collect_randomly(tf_env: TFPyEnvironment, replay_buffer: TFUniformReplayBuffer, steps: int) -> float:
+    """Fill the buffer with a uniformly random policy, in chunks so progress shows; returns seconds."""
+    policy = RandomTFPolicy(tf_env.time_step_spec(), tf_env.action_spec())
+    chunks = [min(1000, steps - done) for done in range(0, steps, 1000)]
+    runs = {n: common.function(DynamicStepDriver(tf_env, policy, observers=[replay_buffer.add_batch],
+                                                 num_steps=n).run) for n in sorted(set(chunks))}
+    started, time_step = time.perf_counter(), None
+    with tqdm(total=steps, desc="random collection", unit="step") as bar:
+        for n in chunks:
+            time_step, _ = runs[n](time_step)
+            bar.update(n)
+    return time.perf_counter() - started
+
+
+def log_row(iteration: int, metrics: list, losses: list[float], epsilon: float,
+            times: dict[str, float]) -> dict:
+    episodes, env_steps, average_return, average_length = (m.result().numpy() for m in metrics)
+    return {"iteration": iteration, "episodes": int(episodes), "environment_steps": int(env_steps),
+            "average_return": float(average_return), "average_episode_length": float(average_length),
+            "loss": float(np.mean(losses)), "epsilon": epsilon, **times}
+
+
+def train(agent: DqnAgent, tf_env: TFPyEnvironment, replay_buffer: TFUniformReplayBuffer,
+          metrics: list, epsilon: Callable[[], float], checkpoint: TrainingCheckpoint,
+          cfg: SimpleNamespace, start: int, log: list[dict]) -> list[dict]:
+    """Iterations ``start`` .. ``iterations``: collect, train, log, checkpoint."""
+    training = cfg.training
+    driver = DynamicStepDriver(tf_env, agent.collect_policy, observers=[replay_buffer.add_batch, *metrics],
+                               num_steps=training.collect_steps_per_iteration)
+    collect = common.function(driver.run)
+
+    @common.function
+    def train_step() -> tf.Tensor:
+        experience, _ = replay_buffer.get_next(sample_batch_size=training.batch_size, num_steps=2)
+        return agent.train(experience).loss
+
+    time_step, policy_state = None, agent.collect_policy.get_initial_state(tf_env.batch_size)
+    previous_wall = log[-1]["wall_time_s"] if log else 0.0
+    started = time.perf_counter()
+    losses: list[float] = []
+    collect_s = train_s = 0.0
+    # Written to a log file rather than a terminal, the bar updates twice a minute.
+    refresh = 0.1 if sys.stderr.isatty() else 30.0
+    with tqdm(total=training.iterations, initial=start, desc="training", unit="it", mininterval=refresh) as bar:
+        for iteration in range(start + 1, training.iterations + 1):
+            tick = time.perf_counter()
+            time_step, policy_state = collect(time_step, policy_state)
+            tock = time.perf_counter()
+            losses.append(float(train_step()))
+            collect_s, train_s = collect_s + tock - tick, train_s + time.perf_counter() - tock
+            bar.update(1)
+            if iteration % training.log_interval == 0 or iteration == training.iterations:
+                row = log_row(iteration, metrics, losses, epsilon(), {
+                    "collect_wall_time_s": collect_s, "train_wall_time_s": train_s,
+                    "wall_time_s": previous_wall + time.perf_counter() - started})
+                log.append(row)
+                bar.set_postfix(mean_return=f"{row['average_return']:.1f}", loss=f"{row['loss']:.4f}")
+                steps = len(losses) * training.collect_steps_per_iteration
+                tqdm.write(f"iteration {iteration}: {row['episodes']} episodes, "
+                           f"{row['environment_steps']} steps, average return {row['average_return']:.2f}, "
+                           f"average length {row['average_episode_length']:.0f}, loss {row['loss']:.4f}; "
+                           f"collection {steps / collect_s:.0f} steps/s, "
+                           f"training {len(losses) / train_s:.1f} steps/s")
+                losses, collect_s, train_s = [], 0.0, 0.0
+            if iteration % training.checkpoint_interval == 0 or iteration == training.iterations:
+                checkpoint.save(pd.DataFrame(log))
+    return log
+
+
+# --- pictures ---------------------------------------------------------------------------------
+
+
+def tinted(observation: np.ndarray) -> np.ndarray:
+    """RGB picture of a frame stack: the older frames' mean in gray, what the newest adds in magenta."""
+    frames = observation.astype(np.float32) / 255.0
+    older, newest = frames[..., :-1].mean(axis=-1), frames[..., -1]
+    rgb = np.repeat(older[..., None], 3, axis=-1)
+    rgb += np.clip(newest - older, 0.0, 1.0)[..., None] * np.array([1.0, 0.0, 1.0], np.float32)
+    return np.clip(rgb * 1.7, 0.0, 1.0)  # Atari grays are dark; brighten for the eye
+
+
+def plot_frames(raw: np.ndarray, observation: np.ndarray, game: str, reports: Path) -> None:
+    fig, ax = new_figure(figsize=(4, 5))
+    ax.imshow(raw)
+    ax.axis("off")
+    save_figure(fig, reports / f"{game}_plot.png")
+    fig, ax = new_figure(figsize=(4, 4))
+    ax.imshow(tinted(observation))
+    ax.set_title("newest frame in magenta", fontsize=10)
+    ax.axis("off")
+    save_figure(fig, reports / f"preprocessed_{game}_plot.png")
+
+
+def plot_sub_episodes(observations: np.ndarray, path: Path) -> None:
+    """One row per sampled sub-episode, one column per step."""
+    rows, columns = observations.shape[:2]
+    fig, axes = new_figure(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for row in range(rows):
+        for column in range(columns):
+            axes[row, column].imshow(tinted(observations[row, column]))
+            axes[row, column].axis("off")
+            axes[row, column].set_title(f"sub-episode {row + 1}, step {column + 1}", fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_learning_curve(log: pd.DataFrame, game: str, path: Path) -> None:
+    fig, (ax_return, ax_loss) = new_figure(1, 2, figsize=(11, 4))
+    ax_return.plot(log["iteration"], log["average_return"])
+    ax_return.set(xlabel="training iteration", ylabel="average return (last 10 episodes)",
+                  title=f"{game}: return")
+    ax_loss.plot(log["iteration"], log["loss"], color="tab:orange")
+    ax_loss.set(xlabel="training iteration", ylabel="Huber loss (mean over the interval)", title="loss")
+    save_figure(fig, path)
+
+
+def first_frames(env_id: str, preprocessing: dict, seed: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """A raw frame and the agent's observation at the same moment, after ``steps`` random steps."""
+    env = make_atari_env(env_id, preprocessing, render_mode="rgb_array")
+    observation, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    for _ in range(steps):
+        observation, *_ = env.step(env.action_space.sample())
+    raw = env.render()
+    env.close()
+    return raw, observation
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+def export_policy(game: str) -> None:
+    """Save the checkpoint's greedy policy with PolicySaver, with its entry in the policy index.
+
+    Runs in a fresh interpreter: a SavedModel names its functions with a process-wide counter,
+    so only a process that traced nothing else writes the same bytes whether the policy was
+    trained a minute ago or restored from a finished run's checkpoint.
+    """
+    cfg = load_params("atari_dqn")
+    game_cfg, paths = getattr(cfg.games, game), Paths(game)
+    preprocessing = describe_preprocessing(cfg, game_cfg)
+    tf_env = TFPyEnvironment(GymnasiumPyEnvironment(make_atari_env(game_cfg.env_id, preprocessing)))
+    agent, _ = build_agent(tf_env, cfg)
+    restore_trackables(paths.data / "checkpoints", policy=agent.policy, global_step=agent.train_step_counter)
+    saver = PolicySaver(agent.policy, batch_size=None, train_step=agent.train_step_counter)
+    export_saved_policy(
+        lambda folder: saver.save(str(folder)), paths.policy, stage=f"atari_dqn@{game}",
+        env_id=game_cfg.env_id, observation_shape=tuple(tf_env.observation_spec().shape),
+        observation_dtype=tf_env.observation_spec().dtype.name,
+        n_actions=int(tf_env.action_spec().maximum) + 1,
+        training_max_steps=cfg.environment.max_episode_steps, training_seeds=(cfg.training.seed,),
+        preprocessing=preprocessing,
+        details={"algorithm": "DQN (TF-Agents DqnAgent), greedy policy",
+                 "iterations": int(agent.train_step_counter.numpy())})
+
+
+def export_in_fresh_process(game: str, paths: Paths) -> PolicyEntry:
+    process = multiprocessing.get_context("spawn").Process(target=export_policy, args=(game,))
+    process.start()
+    process.join()
+    if process.exitcode != 0:
+        raise RuntimeError(f"exporting the {game} policy failed (exit code {process.exitcode})")
+    return read_entry(paths.policy)
+
+
+def describe_preprocessing(cfg: SimpleNamespace, game_cfg: SimpleNamespace) -> dict:
+    return preprocessing_description(
+        frame_skip=cfg.environment.frame_skip, screen_size=cfg.environment.screen_size,
+        noop_max=cfg.environment.noop_max, frame_stack=cfg.environment.frame_stack,
+        max_episode_steps=cfg.environment.max_episode_steps,
+        after_reset=as_dict(game_cfg.after_reset), after_life_loss=as_dict(game_cfg.after_life_loss))
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="TF-Agents DQN on one Atari game")
+    parser.add_argument("--game", choices=GAMES, required=True)
+    game = parser.parse_args(argv).game
+    cfg = load_params("atari_dqn")
+    game_cfg = getattr(cfg.games, game)
+    paths = Paths(game)
+    seed_everything(cfg.training.seed)
+
+    preprocessing = describe_preprocessing(cfg, game_cfg)
+    py_env = GymnasiumPyEnvironment(make_atari_env(game_cfg.env_id, preprocessing), seed=cfg.training.seed)
+    tf_env = TFPyEnvironment(py_env)
+    agent, epsilon = build_agent(tf_env, cfg)
+    needed = buffer_bytes(agent, cfg.training.replay_buffer_capacity)
+    check_buffer_fits(needed, cfg.training.replay_buffer_capacity)
+
+    raw, observation = first_frames(game_cfg.env_id, preprocessing, cfg.pictures.seed,
+                                    cfg.pictures.steps_before_frame)
+    plot_frames(raw, observation, game, paths.reports)
+    replay_buffer = TFUniformReplayBuffer(agent.collect_data_spec, batch_size=tf_env.batch_size,
+                                          max_length=cfg.training.replay_buffer_capacity)
+    print(f"replay buffer: {cfg.training.replay_buffer_capacity} steps, {needed / 1024**2:.0f} MiB; "
+          f"peak resident memory so far {peak_rss_mib():.0f} MiB")
+    metrics = training_metrics()
+
+    # Everything that shapes the trained state; a checkpoint made otherwise is not resumed.
+    settings = as_dict(SimpleNamespace(game=game_cfg, environment=cfg.environment, network=cfg.network,
+                                       agent=cfg.agent, training=cfg.training))
+    for how_long in ("iterations", "log_interval", "checkpoint_interval"):
+        del settings["training"][how_long]
+    checkpoint = TrainingCheckpoint(paths.data / "checkpoints", settings, cfg.training.iterations)
+    if checkpoint.reset_reason:
+        print(f"starting over: the checkpoint in {checkpoint.folder} was dropped because "
+              f"{checkpoint.reset_reason}")
+    start, saved_log = checkpoint.restore(agent.train_step_counter, agent=agent, policy=agent.policy,
+                                          replay_buffer=replay_buffer,
+                                          metrics=MetricsGroup(metrics, "training_metrics"))
+    log = saved_log.to_dict("records") if saved_log is not None else []
+    if start:
+        print(f"resuming from the checkpoint at iteration {start} of {cfg.training.iterations}")
+    else:
+        seconds = collect_randomly(tf_env, replay_buffer, cfg.training.initial_collect_steps)
+        print(f"random collection: {cfg.training.initial_collect_steps / seconds:.0f} steps/s; "
+              f"peak resident memory {peak_rss_mib():.0f} MiB")
+    log = train(agent, tf_env, replay_buffer, metrics, epsilon, checkpoint, cfg, start, log)
+    print(f"peak resident memory {peak_rss_mib():.0f} MiB")
+    log = pd.DataFrame(log)
+    write_csv(paths.data / "training_log.csv", log)
+    plot_learning_curve(log, game, paths.reports / "learning_curve.png")
+
+    tf.random.set_seed(cfg.pictures.seed)  # the same sample whether training ran now or earlier
+    sample, _ = replay_buffer.get_next(sample_batch_size=cfg.pictures.sub_episodes,
+                                       num_steps=cfg.pictures.sub_episode_steps)
+    plot_sub_episodes(sample.observation.numpy(), paths.reports / "sub_episodes_plot.png")
+
+    entry = export_in_fresh_process(game, paths)
+
+    policy = load_policy(entry)
+    seeds = list(range(cfg.evaluation.seed_start, cfg.evaluation.seed_start + cfg.evaluation.episodes))
+    play = dict(max_steps=cfg.evaluation.max_steps, make_env=lambda: make_policy_env(entry))
+    trained = evaluate_policy(entry.env_id, policy, seeds, **play)
+    rng = np.random.default_rng(cfg.evaluation.seed_start)
+    random_play = evaluate_policy(entry.env_id, lambda obs: rng.integers(0, entry.n_actions, len(obs)),
+                                  seeds, **play)
+
+    gif_env = make_policy_env(entry, render_mode="rgb_array")
+    episode = record_episode(gif_env, lambda obs: int(policy(obs[None])[0]), cfg.pictures.gif_seed,
+                             cfg.pictures.gif_frames - 1)
+    gif_env.close()
+    write_gif(paths.reports / "trained_agent.gif", episode.frames, fps=cfg.pictures.gif_fps)
+
+    last = log.iloc[-1]
+    write_json(paths.reports / "metrics.json", {
+        "game": game, "env_id": game_cfg.env_id,
+        "training": {"iterations": int(last["iteration"]), "episodes": int(last["episodes"]),
+                     "environment_steps": int(last["environment_steps"]),
+                     "average_return": float(last["average_return"]),
+                     "average_episode_length": float(last["average_episode_length"]),
+                     "wall_time_s": float(last["wall_time_s"])},
+        "replay_buffer": {"capacity": cfg.training.replay_buffer_capacity, "bytes": needed},
+        "evaluation": {"greedy_policy": trained.summary(), "random_policy": random_play.summary(),
+                       "seeds": seeds},
+        "gif_episode": {"seed": cfg.pictures.gif_seed, "frames": len(episode.frames),
+                        "return": episode.total_reward},
+    })
+    print(f"{game}: greedy policy {trained.mean:.1f} +/- {trained.std:.1f} over {len(seeds)} episodes, "
+          f"random play {random_play.mean:.1f} +/- {random_play.std:.1f}")
+
+
+def as_dict(namespace: SimpleNamespace) -> dict:
+    return {key: as_dict(value) if isinstance(value, SimpleNamespace) else value
+            for key, value in vars(namespace).items()}
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+if __name__ == "__main__":
+    run_stage(main)

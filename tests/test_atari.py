@@ -1,0 +1,303 @@
+"""Atari preprocessing, start rules, resumable checkpoints, and the Atari stage end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from stages.common.atari import AtariSetupError, area_taps, check_game, make_atari_env, preprocessing_description, shrink
+from stages.common.checkpoints import TrainingCheckpoint
+from stages.common.params import ParamError
+from tests.conftest import file_digests, run
+from tests.test_dag import dvc_view
+
+BIN = Path(sys.executable).parent
+SNAKEMAKE = [str(BIN / "snakemake"), "--cores", "2"]
+DVC = str(BIN / "dvc")
+GAMES = ("breakout", "space_invaders")
+
+
+def rules(after_reset=("FIRE", 1), after_life_loss=("FIRE", 1), max_episode_steps=27000) -> dict:
+    return preprocessing_description(
+        frame_skip=4, screen_size=84, noop_max=30, frame_stack=4, max_episode_steps=max_episode_steps,
+        after_reset={"action": after_reset[0], "steps": after_reset[1]},
+        after_life_loss={"action": after_life_loss[0], "steps": after_life_loss[1]})
+
+
+# --- preprocessing ----------------------------------------------------------------------------
+
+
+def test_area_resize_averages_what_lies_under_each_pixel():
+    # 5 -> 2: each output pixel covers 2.5 source pixels.
+    index, weight = area_taps(5, 2)
+    dense = np.zeros((2, 5))
+    np.put_along_axis(dense, index, weight, axis=1)
+    np.testing.assert_allclose(dense, [[0.4, 0.4, 0.2, 0, 0], [0, 0, 0.2, 0.4, 0.4]])
+    frame = np.full((210, 160), 77, np.uint8)
+    assert np.all(shrink(frame, area_taps(210, 84), area_taps(160, 84)) == 77)
+    frame = np.random.default_rng(0).integers(0, 256, (210, 160)).astype(np.uint8)
+    small = shrink(frame, area_taps(210, 84), area_taps(160, 84))
+    assert small.shape == (84, 84) and abs(float(small.mean()) - float(frame.mean())) < 0.5
+
+
+def test_observations_stack_the_last_four_frames_newest_last():
+    env = make_atari_env("BreakoutNoFrameskip-v4", rules())
+    first, _ = env.reset(seed=0)
+    assert first.shape == (84, 84, 4) and first.dtype == np.uint8
+    second, *_ = env.step(0)
+    np.testing.assert_array_equal(second[..., :-1], first[..., 1:])
+
+
+def noop_episode_length(env, limit: int) -> tuple[int, bool]:
+    env.reset(seed=1)
+    for step in range(1, limit + 1):
+        _, _, terminated, truncated, _ = env.step(0)
+        if terminated or truncated:
+            return step, terminated
+    return limit, False
+
+
+def test_breakout_presses_fire_at_reset_and_after_each_lost_life():
+    # With FIRE pressed for it, an agent that does nothing loses its 5 balls quickly ...
+    steps, terminated = noop_episode_length(make_atari_env("BreakoutNoFrameskip-v4", rules()), 2000)
+    assert terminated and steps < 1000
+    # ... without it the ball never leaves and the game never ends.
+    steps, terminated = noop_episode_length(
+        make_atari_env("BreakoutNoFrameskip-v4", rules(("NOOP", 0), ("NOOP", 0))), 1000)
+    assert not terminated and steps == 1000
+
+
+def action_matters(env) -> bool:
+    """Would FIRE now (then 3 no-ops) leave the console in another state than 4 no-ops?"""
+    ale = env.unwrapped.ale
+    saved = ale.cloneState()
+    outcomes = []
+    for first in (0, 1):
+        for action in (first, 0, 0, 0):
+            for _ in range(4):
+                ale.act(action)
+        outcomes.append(ale.getRAM().copy())
+        ale.restoreState(saved)
+    return not np.array_equal(*outcomes)
+
+
+def idle_steps(env) -> int:
+    """Agent steps (of no-ops) before the agent's input has any effect."""
+    steps = 0
+    while not action_matters(env):
+        env.step(0)
+        steps += 1
+    return steps
+
+
+def idle_steps_after_a_lost_life(env, seed: int) -> int:
+    env.action_space.seed(seed)
+    lives = env.unwrapped.ale.lives()
+    while env.unwrapped.ale.lives() == lives:
+        env.step(env.action_space.sample())
+    return idle_steps(env)
+
+
+def test_space_invaders_skips_the_idle_steps():
+    plain = make_atari_env("SpaceInvadersNoFrameskip-v4", rules(("NOOP", 0), ("NOOP", 0)))
+    skipping = make_atari_env("SpaceInvadersNoFrameskip-v4", rules(("NOOP", 24), ("NOOP", 15)))
+    for seed in (3, 4):
+        plain.reset(seed=seed)
+        skipping.reset(seed=seed)  # the same no-ops at the start, then 24 forced ones
+        at_start = idle_steps(plain)
+        assert at_start >= 24 and idle_steps(skipping) == at_start - 24  # the cannon blinks at the start ...
+        assert idle_steps_after_a_lost_life(plain, seed) == 15  # ... and after each lost life
+        assert idle_steps_after_a_lost_life(skipping, seed) == 0
+
+
+def test_unknown_games_missing_roms_and_absent_actions_are_named(monkeypatch):
+    with pytest.raises(AtariSetupError, match="unknown Atari game id 'Breakout-v99'"):
+        check_game("Breakout-v99")
+    with pytest.raises(AtariSetupError, match="has no action 'UP'"):
+        check_game("SpaceInvadersNoFrameskip-v4", ["UP"])
+    import ale_py.roms
+
+    monkeypatch.setattr(ale_py.roms, "get_rom_path", lambda game: None)
+    with pytest.raises(AtariSetupError, match="the ROM of 'breakout'.*is missing"):
+        check_game("BreakoutNoFrameskip-v4")
+
+
+def test_bad_atari_settings_fail_before_any_work(tmp_path, repo_root):
+    from stages.settings import load_params
+
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["atari_dqn"]["games"]["space_invaders"]["after_reset"]["action"] = "UP"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamError, match="atari_dqn.games.space_invaders is not allowed: env_id must be"):
+        load_params("atari_dqn", tmp_path / "params.yaml")
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["atari_dqn"]["evaluation"]["seed_start"] = params["atari_dqn"]["training"]["seed"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamError, match="evaluation seeds .* must not include training.seed"):
+        load_params("atari_dqn", tmp_path / "params.yaml")
+
+
+def test_a_buffer_that_does_not_fit_is_refused():
+    from stages.atari_dqn import check_buffer_fits
+
+    frame_stack_bytes = 84 * 84 * 4 + 32
+    with pytest.raises(ParamError, match=r"replay_buffer_capacity = 1000000000 is not allowed: the buffer needs"):
+        check_buffer_fits(frame_stack_bytes * 10**9, 10**9)
+    check_buffer_fits(frame_stack_bytes * 1000, 1000)
+
+
+# --- resumable checkpoints ----------------------------------------------------------------------
+
+
+def test_checkpoints_resume_reset_when_stale_and_carry_no_timestamps(tmp_path):
+    import tensorflow as tf
+
+    folder = tmp_path / "checkpoints"
+
+    def open_run(settings, iterations, weight_value=0.0):
+        checkpoint = TrainingCheckpoint(folder, settings, iterations)
+        step, weight = tf.Variable(0, dtype=tf.int64), tf.Variable(weight_value)
+        start, log = checkpoint.restore(step, weight=weight)
+        return checkpoint, step, weight, start, log
+
+    checkpoint, step, weight, start, log = open_run({"lr": 1}, 100)
+    assert start == 0 and log is None
+    step.assign(40)
+    weight.assign(3.5)
+    checkpoint.save(pd.DataFrame({"iteration": [20, 40, 60], "loss": [1.0, 0.5, 0.2]}))
+    assert "timestamp" not in (folder / "tf" / "checkpoint").read_text()
+
+    checkpoint, step, weight, start, log = open_run({"lr": 1}, 100)
+    assert (start, float(weight.numpy())) == (40, 3.5)
+    assert log["iteration"].tolist() == [20, 40]  # rows past the checkpoint are dropped
+
+    checkpoint, *_, start, _ = open_run({"lr": 2}, 100)
+    assert start == 0 and "other settings (lr)" in checkpoint.reset_reason
+
+
+def test_a_checkpoint_beyond_the_asked_iterations_starts_over(tmp_path):
+    import tensorflow as tf
+
+    checkpoint = TrainingCheckpoint(tmp_path, {"a": 1}, 100)
+    step = tf.Variable(0, dtype=tf.int64)
+    checkpoint.restore(step)
+    step.assign(80)
+    checkpoint.save(pd.DataFrame({"iteration": [80]}))
+    again = TrainingCheckpoint(tmp_path, {"a": 1}, 50)
+    assert "iteration 80, beyond the 50" in again.reset_reason
+    assert again.restore(tf.Variable(0, dtype=tf.int64))[0] == 0
+
+
+# --- the stage end to end -----------------------------------------------------------------------
+
+
+def atari_outputs(workspace: Path, game: str) -> list[str]:
+    return dvc_view(workspace)[f"atari_dqn@{game}"]["outs"]
+
+
+def edit_params(workspace: Path, edit) -> None:
+    path = workspace / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    edit(params["atari_dqn"])
+    path.write_text(yaml.safe_dump(params, sort_keys=False, default_flow_style=None))
+
+
+@pytest.mark.e2e
+def test_both_games_run_end_to_end_in_the_quick_profile(quick_workspace):
+    ws = quick_workspace("atari")
+    targets = [f"reports/atari_dqn/{game}/metrics.json" for game in GAMES]
+    run([*SNAKEMAKE, *targets], ws)
+    cfg = yaml.safe_load((ws / "params.yaml").read_text())["atari_dqn"]
+    from PIL import Image
+
+    for game in GAMES:
+        for output in atari_outputs(ws, game):
+            assert (ws / output).exists(), output
+        reports = ws / "reports/atari_dqn" / game
+        for picture in (f"{game}_plot", f"preprocessed_{game}_plot", "sub_episodes_plot", "learning_curve"):
+            assert Image.open(reports / f"{picture}.png").size[0] > 100
+        with Image.open(reports / "trained_agent.gif") as gif:
+            # Pillow merges repeated frames into one longer frame: count the time instead.
+            durations = [gif.seek(i) or gif.info["duration"] for i in range(gif.n_frames)]
+            assert gif.n_frames > 1
+            assert sum(durations) == cfg["pictures"]["gif_frames"] * round(1000 / cfg["pictures"]["gif_fps"])
+        metrics = json.loads((reports / "metrics.json").read_text())
+        assert metrics["training"]["iterations"] == cfg["training"]["iterations"]
+        assert metrics["training"]["environment_steps"] == 4 * cfg["training"]["iterations"]
+        for policy in ("greedy_policy", "random_policy"):
+            assert metrics["evaluation"][policy]["episodes"] == cfg["evaluation"]["episodes"]
+        entry = json.loads((ws / f"data/policies/{game}_dqn/policy.json").read_text())
+        assert entry["output"] == "tf_agents_policy" and entry["observation_shape"] == [84, 84, 4]
+        assert entry["preprocessing"]["frame_stack"] == 4
+        log = pd.read_csv(ws / f"data/atari_dqn/{game}/training_log.csv")
+        assert {"episodes", "environment_steps", "average_return", "average_episode_length", "loss",
+                "wall_time_s"} <= set(log.columns)
+    status = run([DVC, "status", "--json", *(f"atari_dqn@{game}" for game in GAMES)], ws).stdout
+    assert json.loads(status or "{}") == {}
+
+    # A finished run's checkpoint is kept; forcing the stage again re-exports the same bytes.
+    before = file_digests(ws, atari_outputs(ws, "breakout"))
+    run([*SNAKEMAKE, "--forcerun", "atari_dqn_breakout", targets[0]], ws)
+    assert file_digests(ws, atari_outputs(ws, "breakout")) == before
+
+
+def stage_process_group(command: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    from stages.common.workspace import engine_env
+
+    return subprocess.Popen(command, cwd=cwd, env=engine_env(), stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.e2e
+def test_a_killed_run_resumes_from_its_last_checkpoint(quick_workspace):
+    ws = quick_workspace("resume")
+    edit_params(ws, lambda p: p["training"].update(iterations=150, checkpoint_interval=30, log_interval=10))
+    checkpoints = ws / "data/atari_dqn/breakout/checkpoints"
+
+    # Snakemake runs the stage; both are killed at once after the first checkpoint (a crash).
+    target = "reports/atari_dqn/breakout/metrics.json"
+    job = stage_process_group([*SNAKEMAKE, target], ws, ws / "first.log")
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "settings.json").exists():
+        assert job.poll() is None and time.monotonic() < deadline, (ws / "first.log").read_text()[-3000:]
+        time.sleep(0.5)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert not (ws / target).exists()
+
+    # Started again, Snakemake leaves the checkpoint alone and the stage continues from it.
+    run([*SNAKEMAKE, "--unlock"], ws)  # the killed Snakemake left its lock behind
+    log = run([*SNAKEMAKE, "--rerun-incomplete", target], ws)
+    text = (ws / "logs/atari_dqn@breakout.log").read_text()
+    resumed_at = int(text.split("resuming from the checkpoint at iteration ")[1].split()[0])
+    assert 30 <= resumed_at < 150, log.stdout
+    training_log = pd.read_csv(ws / "data/atari_dqn/breakout/training_log.csv")
+    assert training_log["iteration"].tolist() == list(range(10, 151, 10))
+    # The metrics came back with the agent: 4 environment steps per iteration, none counted twice.
+    assert training_log["environment_steps"].tolist() == [4 * i for i in range(10, 151, 10)]
+
+    # DVC keeps it too (persist): asking for more iterations continues the finished run.
+    edit_params(ws, lambda p: p["training"].update(iterations=170))
+    repro = run([DVC, "repro", "atari_dqn@breakout"], ws).stdout
+    assert "resuming from the checkpoint at iteration 150 of 170" in repro
+    assert pd.read_csv(ws / "data/atari_dqn/breakout/training_log.csv")["iteration"].iloc[-1] == 170
+
+
+@pytest.mark.e2e
+def test_a_buffer_too_big_for_memory_stops_the_stage_before_any_output(quick_workspace):
+    ws = quick_workspace("too-big")
+    edit_params(ws, lambda p: p["training"].update(replay_buffer_capacity=10**9))
+    result = run(["python", "-m", "stages.atari_dqn", "--game", "space_invaders"], ws, check=False)
+    assert result.returncode == 2
+    assert "atari_dqn.training.replay_buffer_capacity = 1000000000 is not allowed" in result.stderr
+    assert not (ws / "reports/atari_dqn").exists() and not (ws / "data/atari_dqn").exists()
