@@ -3,7 +3,7 @@
 A deque of transition tuples (the book's memory) appends fast but indexes a linked list of blocks,
 so sampling from a large one is slow, and every batch is rebuilt from Python tuples. Here each
 field of a transition (observation, action, reward, next observation, terminated) is one array,
-written in a ring: appending overwrites the oldest slot, and sampling a batch is one fancy-index
+written in a ring: appending overwrites the oldest slot, and sampling a batch is one ``take``
 per field. :class:`PrioritizedReplayMemory` adds proportional prioritisation (Schaul et al.,
 2016) through a sum tree whose updates and searches are vectorised over the batch too.
 """
