@@ -291,6 +291,7 @@ SCHEMA: dict[str, Validator] = {
         },
         checks=[("sample_size and batch_size must not exceed items",
                  lambda c: max(c.sample_size, c.batch_size) <= c.items)],
+    ),
     "custom_env": section(
         {
             "grid_size": integer(minimum=2, maximum=20),
