@@ -37,6 +37,8 @@ _ACTIVATION = one_of("elu", "relu", "tanh", "selu")
 _OPTIMIZER = one_of("adam", "nadam", "rmsprop", "sgd")
 _LEARNING_RATE = number(minimum=0.0, open_min=True)
 _GIF_FPS = integer(minimum=1, maximum=100)
+_EPSILON_DECAYS = ("epsilon_end must not exceed epsilon_start",
+                   lambda c: c.epsilon_end <= c.epsilon_start)
 
 
 def _is_stochastic_matrix(rows: list[list[float]]) -> bool:
@@ -75,7 +77,7 @@ _DQN_VARIANT = section(
         "batch_size": _COUNT,
         "discount": _DISCOUNT,
         "hidden_units": list_of(_COUNT),
-        "learning_rate": number(minimum=0.0, open_min=True),
+        "learning_rate": _LEARNING_RATE,
         "loss": one_of("mse", "huber"),
         "dueling": boolean(),
         "double": boolean(),
@@ -206,7 +208,7 @@ SCHEMA: dict[str, Validator] = {
             }),
             "q_learning": section({
                 "transitions": _COUNT,
-                "learning_rate": number(minimum=0.0, open_min=True),
+                "learning_rate": _LEARNING_RATE,
                 "learning_rate_decay": number(minimum=0.0),
                 "discount": _DISCOUNT,
                 "start_state": integer(minimum=0),
@@ -301,15 +303,14 @@ SCHEMA: dict[str, Validator] = {
             "agent": section(
                 {
                     "fc_layers": list_of(_COUNT),
-                    "learning_rate": number(minimum=0.0, open_min=True),
+                    "learning_rate": _LEARNING_RATE,
                     "discount": _DISCOUNT,
                     "epsilon_start": _PROBABILITY,
                     "epsilon_end": _PROBABILITY,
                     "epsilon_decay_steps": _COUNT,
                     "target_update_period": _COUNT,
                 },
-                checks=[("epsilon_end must not exceed epsilon_start",
-                         lambda c: c.epsilon_end <= c.epsilon_start)],
+                checks=[_EPSILON_DECAYS],
             ),
             "training": section({
                 "iterations": _COUNT,
@@ -341,19 +342,18 @@ SCHEMA: dict[str, Validator] = {
             }),
             "agent": section(
                 {
-                    "learning_rate": number(minimum=0.0, open_min=True),
+                    "learning_rate": _LEARNING_RATE,
                     "rmsprop_rho": _PROBABILITY,
                     "rmsprop_momentum": _PROBABILITY,
                     "rmsprop_epsilon": number(minimum=0.0, open_min=True),
-                    "rmsprop_centered": one_of(True, False),
+                    "rmsprop_centered": boolean(),
                     "epsilon_start": _PROBABILITY,
                     "epsilon_end": _PROBABILITY,
                     "epsilon_decay_env_steps": _COUNT,
                     "target_update_period": _COUNT,
                     "discount": _DISCOUNT,
                 },
-                checks=[("epsilon_end must not exceed epsilon_start",
-                         lambda c: c.epsilon_end <= c.epsilon_start)],
+                checks=[_EPSILON_DECAYS],
             ),
             "training": section(
                 {
