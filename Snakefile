@@ -46,7 +46,7 @@ def declare_rule(stage):
         name:
             stage.rule_name
         input:
-            stage.deps,
+            stage.inputs,
         output:
             [_output(out) for out in stage.outs],
         params:

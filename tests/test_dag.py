@@ -11,7 +11,7 @@ from pathlib import Path
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
-from stages.common.dag import rule_name
+from stages.common.dag import rule_name, snakemake_inputs
 
 # Snakemake parses the Snakefile in a separate process (it changes directory and logging).
 SNAKEMAKE_VIEW = r"""
@@ -60,13 +60,16 @@ def disagreements(snakemake: dict, dvc: dict) -> list[str]:
     problems = []
     rules = {name: rule for name, rule in snakemake.items() if name != "all"}
     dvc = {rule_name(name): stage for name, stage in dvc.items()}  # dqn@dqn is rule dqn_dqn
+    every_output = [out for stage in dvc.values() for out in stage["outs"]]
     if set(rules) != set(dvc):
         problems.append(f"stages differ: only Snakemake {sorted(set(rules) - set(dvc))}, "
                         f"only DVC {sorted(set(dvc) - set(rules))}")
     for name in sorted(set(rules) & set(dvc)):
         rule, stage = rules[name], dvc[name]
-        if sorted(rule["input"]) != sorted(stage["deps"]):
-            problems.append(f"{name}: inputs {rule['input']} != deps {stage['deps']}")
+        # A folder of other stages' outputs (data/policies) is, for Snakemake, those outputs.
+        expected_inputs = snakemake_inputs(stage["deps"], every_output)
+        if sorted(rule["input"]) != sorted(expected_inputs):
+            problems.append(f"{name}: inputs {rule['input']} != deps {expected_inputs}")
         products = sorted(set(stage["outs"]) - set(stage["state"]))
         if sorted(rule["output"]) != products:
             problems.append(f"{name}: outputs {rule['output']} != outs {products}")
@@ -123,3 +126,11 @@ def test_each_stage_depends_on_the_code_it_imports(repo_root):
         module = stage["cmd"].split("python -m ", 1)[1].split()[0]
         missing = _project_modules_imported_by(module, repo_root) - set(stage["deps"])
         assert not missing, f"stage {name} imports {sorted(missing)} but dvc.yaml does not list them"
+
+
+def test_a_folder_dependency_means_every_output_inside_it():
+    outputs = ["data/policies/a", "data/policies/b", "reports/a/metrics.json"]
+    assert snakemake_inputs(["data/policies", "stages/x.py"], outputs) == [
+        "data/policies/a", "data/policies/b", "stages/x.py"]
+    # A folder that is itself an output, or holds none, stays as it is.
+    assert snakemake_inputs(["data/policies/a", "data/raw"], outputs) == ["data/policies/a", "data/raw"]

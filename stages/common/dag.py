@@ -10,6 +10,11 @@ runs (``persist: true``); Snakemake deletes a job's outputs before the job runs,
 fails, so for Snakemake it is not an output: :attr:`StageSpec.state` lists it apart and the
 Snakefile only passes it along as a parameter. A killed run then resumes under either engine.
 
+A dependency on a folder that holds other stages' outputs (``data/policies``: every exported
+policy) is how a stage consumes "all of them" without listing each. DVC links such a folder to
+the stages whose outputs lie inside it; Snakemake only links exact paths, so for Snakemake the
+folder is replaced by those outputs (:func:`snakemake_inputs`).
+
 After Snakemake runs a stage, the stage is recorded in dvc.lock (:func:`record_in_dvc_lock`), so
 ``dvc status`` is clean after ``snakemake`` and a user can switch engines without rerunning.
 """
@@ -19,7 +24,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +50,8 @@ class StageSpec:
     meta: dict[str, Any] = field(default_factory=dict)
     # Resumable state: DVC outputs that Snakemake must not manage (never deleted before a run).
     state: list[str] = field(default_factory=list)
+    # The deps as Snakemake needs them: folders of other stages' outputs expanded into those.
+    inputs: list[str] = field(default_factory=list)
 
     @property
     def rule_name(self) -> str:
@@ -81,7 +88,17 @@ def read_dag(root: str | Path = ".") -> list[StageSpec]:
                 meta=dict(stage.meta or {}),
                 state=[out.def_path for out in stage.outs if out.annot.type == STATE_TYPE],
             ))
-    return specs
+    every_output = [out for spec in specs for out in spec.outs]
+    return [replace(spec, inputs=snakemake_inputs(spec.deps, every_output)) for spec in specs]
+
+
+def snakemake_inputs(deps: list[str], every_output: list[str]) -> list[str]:
+    """``deps`` with each folder that contains other stages' outputs replaced by those outputs."""
+    inputs = []
+    for dep in deps:
+        inside = [out for out in every_output if out != dep and Path(dep) in Path(out).parents]
+        inputs.extend(inside if dep not in every_output and inside else [dep])
+    return inputs
 
 
 def record_in_dvc_lock(root: str | Path = ".") -> list[str]:
