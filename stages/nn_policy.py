@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from stages.cartpole_basics import LEFT, basic_policy
 from stages.common.assessment import assess_policy, record_policy_gif
+from stages.common.book import book_value
 from stages.common.io import write_json
 from stages.common.policies import INDEX_DIR, actions_from_outputs, export_keras_policy
 from stages.common.policy_gradients import make_optimizer, policy_network
@@ -29,8 +30,6 @@ from stages.settings import load_params, run_stage
 NAME = "nn_policy"
 DATA = f"data/{NAME}"
 REPORTS = f"reports/{NAME}"
-BOOK_FINAL_LOSS = 0.094
-HARD_CODED_MEAN_RETURN = 41.7  # SPEC 1, 500 episodes of at most 200 steps
 
 
 def make_imitation_step(model: tf_keras.Model, optimizer: tf_keras.optimizers.Optimizer):
@@ -51,6 +50,8 @@ def make_imitation_step(model: tf_keras.Model, optimizer: tf_keras.optimizers.Op
 
 def main() -> None:
     cfg = load_params(NAME)
+    hard_coded_mean_return = book_value("cartpole_basics")  # SPEC 1: the policy imitated
+    book_final_loss = book_value("nn_policy", "final_loss")
     rng = seed_everything(cfg.seed)
     env_seeds = list(range(cfg.env_seed_start, cfg.env_seed_start + cfg.environments))
     envs = gym.make_vec(cfg.env_id, num_envs=cfg.environments, vectorization_mode="sync",
@@ -82,7 +83,7 @@ def main() -> None:
     log.write(f"{DATA}/training_log.csv")
     plot_learning_curve(log.frame(), f"{REPORTS}/learning_curve.png",
                         f"Imitation over {cfg.environments} environments: latest episodes' return",
-                        reference={"hard-coded policy (SPEC 1)": HARD_CODED_MEAN_RETURN}, loss=True)
+                        reference={"hard-coded policy (SPEC 1)": hard_coded_mean_return}, loss=True)
 
     entry = export_keras_policy(
         model, INDEX_DIR / NAME, stage=NAME, env_id=cfg.env_id, output="p_left",
@@ -99,15 +100,15 @@ def main() -> None:
             "iterations": cfg.iterations,
             "final_loss": float(losses.iloc[-1]),
             "mean_loss_last_100_iterations": float(losses.iloc[-100:].mean()),
-            "book_final_loss": BOOK_FINAL_LOSS,
+            "book_final_loss": book_final_loss,
             "final_mean_return": log.mean_return_over_last(1),
             "wall_time_s": log.wall_time_s,
         },
         "evaluation": evaluation,
-        "hard_coded_policy_mean_return": HARD_CODED_MEAN_RETURN,
+        "hard_coded_policy_mean_return": hard_coded_mean_return,
         "gif_episode": gif,
     })
-    print(f"imitation: final loss {float(losses.iloc[-1]):.3f} (book {BOOK_FINAL_LOSS}); held-out "
+    print(f"imitation: final loss {float(losses.iloc[-1]):.3f} (book {book_final_loss}); held-out "
           f"greedy {evaluation['greedy']['mean']:.1f} +- {evaluation['greedy']['std']:.1f}, sampled "
           f"{evaluation['sampled']['mean']:.1f} +- {evaluation['sampled']['std']:.1f}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import tensorflow as tf  # noqa: F401  (imported before seeding, so TensorFlow is seeded too)
 
 from stages.common.assessment import assess_policy, record_policy_gif
+from stages.common.book import book_value
 from stages.common.io import write_json
 from stages.common.policies import INDEX_DIR, export_keras_policy
 from stages.common.policy_gradients import train_reinforce, training_env_seeds
@@ -22,18 +23,18 @@ from stages.settings import load_params, run_stage
 NAME = "pg_cartpole"
 DATA = f"data/{NAME}"
 REPORTS = f"reports/{NAME}"
-BOOK_FINAL_MEAN_RETURN = 199.6  # mean return of the book's last iteration (of at most 200)
 
 
 def main() -> None:
     cfg = load_params(NAME)
+    book_final_mean_return = book_value(NAME)  # the book's last iteration (of at most 200)
     rng = seed_everything(cfg.seed)
 
     model, log = train_reinforce(cfg, "p_left", rng, desc="REINFORCE on CartPole")
     log.write(f"{DATA}/training_log.csv")
     plot_learning_curve(log.frame(), f"{REPORTS}/learning_curve.png",
                         f"REINFORCE on {cfg.env_id}: {cfg.episodes_per_iteration} episodes per iteration",
-                        reference={"book, last iteration": BOOK_FINAL_MEAN_RETURN,
+                        reference={"book, last iteration": book_final_mean_return,
                                    "step cap": cfg.max_steps})
 
     entry = export_keras_policy(
@@ -50,7 +51,7 @@ def main() -> None:
             "iterations": cfg.iterations,
             "final_mean_return": float(log.frame()["mean_return"].iloc[-1]),
             "mean_return_last_10_iterations": log.mean_return_over_last(10),
-            "book_final_mean_return": BOOK_FINAL_MEAN_RETURN,
+            "book_final_mean_return": book_final_mean_return,
             "wall_time_s": log.wall_time_s,
         },
         "evaluation": evaluation,

@@ -14,6 +14,7 @@ import sys
 import tensorflow as tf  # noqa: F401  (imported before seeding, so TensorFlow is seeded too)
 
 from stages.common.assessment import assess_policy, record_policy_gif
+from stages.common.book import book_value
 from stages.common.io import write_json
 from stages.common.params import ParamError
 from stages.common.policies import INDEX_DIR, export_keras_policy
@@ -23,8 +24,6 @@ from stages.common.training_log import plot_learning_curve
 from stages.settings import load_params, run_stage
 
 NAME = "pg_lunarlander"
-BOOK_FINAL_MEAN_RETURN = 134.2  # the book's solution, last iteration
-SOLVED = 200.0  # LunarLander's "solved" level
 
 
 def main() -> None:
@@ -34,6 +33,8 @@ def main() -> None:
         raise ParamError(f"usage: python -m stages.{NAME} <config>, config one of "
                          f"{', '.join(vars(configs))} (sections of {NAME} in params.yaml)")
     cfg = getattr(configs, config)
+    book_final_mean_return = book_value("pg_lunarlander_book")  # the book's last iteration
+    solved = float(book_value("pg_lunarlander_solve"))  # LunarLander's "solved" level
     policy_name, reports = f"{NAME}_{config}", f"reports/{NAME}/{config}"
     rng = seed_everything(cfg.seed)
 
@@ -43,7 +44,7 @@ def main() -> None:
     plot_learning_curve(log.frame(), f"{reports}/learning_curve.png",
                         f"REINFORCE on {cfg.env_id} ({config}): "
                         f"{cfg.episodes_per_iteration} episodes per iteration",
-                        reference={"book, last iteration": BOOK_FINAL_MEAN_RETURN, "solved": SOLVED})
+                        reference={"book, last iteration": book_final_mean_return, "solved": solved})
 
     entry = export_keras_policy(
         model, INDEX_DIR / policy_name, stage=f"{NAME}@{config}", env_id=cfg.env_id,
@@ -63,11 +64,11 @@ def main() -> None:
             "episodes_per_iteration": cfg.episodes_per_iteration,
             "final_mean_return": float(log.frame()["mean_return"].iloc[-1]),
             "mean_return_last_10_iterations": log.mean_return_over_last(10),
-            "book_final_mean_return": BOOK_FINAL_MEAN_RETURN,
+            "book_final_mean_return": book_final_mean_return,
             "wall_time_s": log.wall_time_s,
         },
         "evaluation": evaluation,
-        "solved_level": SOLVED,
+        "solved_level": solved,
         "gif_episode": gif,
     })
     print(f"REINFORCE on LunarLander ({config}): last iteration "

@@ -178,6 +178,42 @@ def _reinforce(env_family: str) -> Validator:
     )
 
 
+def training_seeds(params: dict[str, SimpleNamespace]) -> dict[str, set[int]]:
+    """Every seed each training stage starts an environment or a generator from, by stage."""
+    seeds: dict[str, set[int]] = {}
+
+    def reinforce(name: str, cfg: SimpleNamespace, count: int) -> None:
+        seeds[name] = {cfg.seed, *range(cfg.env_seed_start, cfg.env_seed_start + count)}
+
+    if "nn_policy" in params:
+        reinforce("nn_policy", params["nn_policy"], params["nn_policy"].environments)
+    if "pg_cartpole" in params:
+        reinforce("pg_cartpole", params["pg_cartpole"], params["pg_cartpole"].episodes_per_iteration)
+    for config, cfg in vars(params.get("pg_lunarlander", SimpleNamespace())).items():
+        reinforce(f"pg_lunarlander.{config}", cfg, cfg.episodes_per_iteration)
+    if "dqn" in params:
+        seeds["dqn"] = {params["dqn"].seed}
+    if "atari_dqn" in params:
+        seeds["atari_dqn"] = {params["atari_dqn"].training.seed}
+    if "custom_env" in params:
+        seeds["custom_env"] = {params["custom_env"].training.seed}
+    return seeds
+
+
+def _check_evaluation_is_held_out(params: dict[str, SimpleNamespace], path: Path) -> None:
+    """The evaluate stage's seeds overlap no training stage's seeds."""
+    cfg = params.get("evaluate")
+    if cfg is None:
+        return
+    evaluation = range(cfg.seed_start, cfg.seed_start + max(cfg.episodes, cfg.atari.episodes))
+    for stage, seeds in training_seeds(params).items():
+        shared = sorted(seeds & set(evaluation))
+        if shared:
+            raise ParamError(f"{path}: evaluate.seed_start = {cfg.seed_start} is not allowed: the "
+                             f"evaluation seeds {evaluation.start}..{evaluation.stop - 1} overlap the "
+                             f"training seeds of {stage} ({shared[:5]}); choose a range above them")
+
+
 SCHEMA: dict[str, Validator] = {
     # "quick" marks a preview run with tiny settings (see profiles/quick.yaml).
     "profile": one_of("full", "quick"),
@@ -389,7 +425,15 @@ SCHEMA: dict[str, Validator] = {
             ("pictures.sub_episode_steps must fit in training.replay_buffer_capacity",
              lambda c: c.pictures.sub_episode_steps <= c.training.replay_buffer_capacity),
         ],
-    ),
+    ),    # Held-out evaluation of every exported policy; its seeds are checked against every training
+    # stage's in validate_params_file.
+    "evaluate": section({
+        "episodes": _COUNT,
+        "seed_start": _SEED,
+        "cartpole_max_steps": list_of(_COUNT),
+        "atari": section({"episodes": _COUNT, "max_steps": _COUNT}),
+        "bootstrap": section({"resamples": integer(minimum=100), "seed": _SEED}),
+    }),
 }
 
 
@@ -399,7 +443,9 @@ def load_params(stage: str, path: Path = PARAMS_FILE) -> SimpleNamespace:
 
 
 def validate_params_file(path: Path = PARAMS_FILE) -> dict:
-    return validate_all(read_params_file(path), SCHEMA, path)
+    params = validate_all(read_params_file(path), SCHEMA, path)
+    _check_evaluation_is_held_out(params, path)
+    return params
 
 
 def run_stage(main: Callable[[], None]) -> None:
