@@ -1,8 +1,9 @@
 # Snakemake view of the pipeline. Nothing here declares a stage: every rule is built from
 # dvc.yaml (read by DVC's own parser in stages/common/dag.py), so the two engines cannot drift.
 # Added here only what Snakemake alone needs: a log and a timing (benchmark) file per rule,
-# threads and resources from each stage's `meta`, and recording finished stages in dvc.lock so
-# that `dvc status` is clean after a Snakemake run.
+# threads and resources from each stage's `meta`, figures and GIFs as items of Snakemake's own
+# report (`snakemake --report report.html`), and recording finished stages in dvc.lock so that
+# `dvc status` is clean after a Snakemake run.
 
 import os
 import sys
@@ -30,7 +31,12 @@ STAGES = read_dag(workflow.basedir)
 
 
 def _output(path):
-    return directory(path) if StageSpec.is_directory(path) else path
+    if StageSpec.is_directory(path):
+        return directory(path)
+    # Figures and GIFs appear in `snakemake --report report.html`, one category per stage folder.
+    if StageSpec.is_report_item(path):
+        return report(path, category=Path(path).parent.as_posix())
+    return path
 
 
 rule all:

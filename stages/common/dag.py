@@ -15,6 +15,9 @@ policy) is how a stage consumes "all of them" without listing each. DVC links su
 the stages whose outputs lie inside it; Snakemake only links exact paths, so for Snakemake the
 folder is replaced by those outputs (:func:`snakemake_inputs`).
 
+Figures and GIFs (:attr:`REPORT_SUFFIXES`) become report items of Snakemake's own report
+(``snakemake --report report.html``), filed under their folder.
+
 After Snakemake runs a stage, the stage is recorded in dvc.lock (:func:`record_in_dvc_lock`), so
 ``dvc status`` is clean after ``snakemake`` and a user can switch engines without rerunning.
 """
@@ -33,6 +36,9 @@ STATE_TYPE = "checkpoint"
 
 # Snakemake rules mark here the stages they completed; the next workflow end records them in DVC.
 PENDING_DIR = Path(".snakemake") / "dvc-pending"
+
+# Outputs a reader looks at (figures, GIFs): Snakemake's own report (`snakemake --report`) shows them.
+REPORT_SUFFIXES = (".png", ".gif")
 
 
 def rule_name(stage_name: str) -> str:
@@ -56,6 +62,11 @@ class StageSpec:
     @property
     def rule_name(self) -> str:
         return rule_name(self.name)
+
+    @staticmethod
+    def is_report_item(path: str) -> bool:
+        """A figure or GIF: registered with ``report(...)`` so ``snakemake --report`` includes it."""
+        return Path(path).suffix in REPORT_SUFFIXES
 
     @staticmethod
     def is_directory(path: str) -> bool:
