@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import stages  # noqa: F401  (sets TensorFlow's Keras mode before any test imports TensorFlow)
+from stages.common.html import strip_volatile
 from stages.common.workspace import REPO_ROOT, create_workspace, engine_env
 
 
@@ -42,8 +45,11 @@ def reproducible_bytes(file: Path) -> bytes:
     """A file's bytes, less what may differ between identical runs: wall-clock timings.
 
     Outputs must be byte-identical across reruns, except JSON keys and CSV columns whose name
-    ends in ``wall_time_s``; those are dropped before comparing (their presence is still checked).
+    ends in ``wall_time_s``, and the report's volatile spans (timings, date, machine, git commit;
+    see stages/common/html.py); those are dropped before comparing (their presence is still checked).
     """
+    if file.suffix == ".html":
+        return strip_volatile(file.read_text()).encode()
     if file.suffix == ".json":
         return json.dumps(_without_timings(json.loads(file.read_text())), sort_keys=True).encode()
     if file.suffix == ".csv":
@@ -78,5 +84,29 @@ def quick_workspace(tmp_path_factory):
 
     def make(name: str = "ws") -> Path:
         return create_workspace(tmp_path_factory.mktemp(name) / "repo", profile="quick")
+
+    return make
+
+
+BIN = Path(sys.executable).parent
+SNAKEMAKE = [str(BIN / "snakemake"), "--cores", "2"]
+DVC = str(BIN / "dvc")
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory) -> Path:
+    """The quick profile run once through Snakemake; tests that change things work on clones."""
+    ws = create_workspace(tmp_path_factory.mktemp("quick") / "repo", profile="quick")
+    run(SNAKEMAKE, ws)
+    return ws
+
+
+@pytest.fixture
+def clone_of_quick_run(quick_run, tmp_path):
+    """A private copy of the finished run (git, DVC cache, Snakemake metadata, outputs)."""
+    def make() -> Path:
+        target = tmp_path / f"clone-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(quick_run, target, symlinks=True)
+        return target
 
     return make

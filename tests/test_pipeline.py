@@ -1,8 +1,9 @@
 """The quick profile end to end through Snakemake and DVC, and the reproducibility contract.
 
 The quick profile runs once through Snakemake in a workspace (a git copy of the project with
-profiles/quick.yaml applied) and once through DVC in another; tests that change parameters work
-on copies of the finished Snakemake workspace. Nothing here touches the repository's params.yaml
+profiles/quick.yaml applied; fixture ``quick_run`` in conftest.py, shared with test_report.py)
+and once through DVC in another; tests that change parameters work on copies of the finished
+Snakemake workspace. Nothing here touches the repository's params.yaml
 or outputs.
 """
 
@@ -10,14 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from stages.common.workspace import create_workspace
 from tests.conftest import SNAKEMAKE_DIRECTORY_MARKER, file_digests, run
 from tests.test_dag import dvc_view
 
@@ -60,25 +59,6 @@ def outputs_of(workspace: Path, stage: str) -> list[str]:
     return dvc_view(workspace)[stage]["outs"]
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> Path:
-    """The quick profile run once through Snakemake; tests that change things work on clones."""
-    ws = create_workspace(tmp_path_factory.mktemp("quick") / "repo", profile="quick")
-    run(SNAKEMAKE, ws)
-    return ws
-
-
-@pytest.fixture
-def clone_of_quick_run(quick_run, tmp_path):
-    """A private copy of the finished run (git, DVC cache, Snakemake metadata, outputs)."""
-    def make() -> Path:
-        target = tmp_path / f"clone-{len(list(tmp_path.iterdir()))}"
-        shutil.copytree(quick_run, target, symlinks=True)
-        return target
-
-    return make
-
-
 def test_snakemake_runs_the_quick_profile_and_leaves_dvc_up_to_date(quick_run):
     ws = quick_run
     for output in declared_outputs(ws):
@@ -108,10 +88,11 @@ def test_a_parameter_change_reruns_only_the_stages_that_read_it(clone_of_quick_r
     untouched = outputs_of(ws, "markov_chain") + outputs_of(ws, "cartpole_basics")
     stamps = mtimes(ws, untouched)
 
-    # Snakemake: the MDP's discounts change; only the mdp rule (and the aggregate target) reruns.
+    # Snakemake: the MDP's discounts change; only the mdp rule (then the report that shows it, and
+    # the aggregate target) reruns.
     edit_params(ws, lambda p: p["mdp"]["q_value_iteration"].update(discounts=[0.9, 0.99]))
     assert dvc_changed_stages(ws) == {"mdp"}
-    assert snakemake_planned_jobs(ws) == {"mdp", "all"}
+    assert snakemake_planned_jobs(ws) == {"mdp", "report", "all"}
     run(SNAKEMAKE, ws)
     assert json.loads((ws / "reports/mdp/metrics.json").read_text())["q_value_iteration"].keys() == {"0.9", "0.99"}
     assert dvc_changed_stages(ws) == set()
