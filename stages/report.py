@@ -216,7 +216,8 @@ def returns_of(measured_by: dict[str, Any], returns: pd.DataFrame | None) -> tup
     if "returns_csv" in measured_by:
         path = Path(measured_by["returns_csv"])
         frame = read_csv(path)
-        return frame, f"{path.parent.name}'s own {0 if frame is None else len(frame)} episodes"
+        count = 0 if frame is None else len(frame)
+        return frame, f"the {path.parent.name} stage's own {count} episodes, at most {measured_by['max_steps']} steps"
     if returns is None:
         return None, ""
     name = measured_by["policy"]
@@ -456,7 +457,7 @@ def pi_bundle_section(params: dict[str, Any]) -> str:
     return "\n".join(head + body + ["</section>"])
 
 
-def provenance_section(index: dict[str, Any]) -> str:
+def provenance_section(index: dict[str, Any], params: dict[str, Any]) -> str:
     commit, state = git_state()
     hashes = [[name, dvc_md5(entry.folder), entry.stage] for name, entry in index.items()]
     versions = [[name, version] for name, version in package_versions().items()]
@@ -464,14 +465,14 @@ def provenance_section(index: dict[str, Any]) -> str:
                f"{platform.platform()}, Python {platform.python_version()}")
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return "\n".join([
-        '<section id="provenance">', "<h2>Provenance</h2>",
+        '<section id="provenance">', "<h2>Provenance</h2>", banner(params),
         "<p class=\"rule\">Commit, working-tree state, machine and date differ from run to run; they sit "
         "in the page's volatile spans, which the reproducibility tests leave out (everything else is "
         "byte-identical between two runs with the same inputs).</p>",
         table(["", ""], [["git commit", volatile(esc(commit))], ["working tree", volatile(esc(state))],
                          ["machine", volatile(esc(machine))], ["generated", volatile(esc(date))]], raw=True),
         "<h3>Exported policies (DVC md5, as dvc.lock records them)</h3>",
-        table(["policy", "md5", "stage"], hashes) if hashes else f'<p class="missing">{NOT_RUN}</p>',
+        table(["policy", "md5", "stage"], hashes, css_class="hashes") if hashes else f'<p class="missing">{NOT_RUN}</p>',
         "<h3>Package versions (uv.lock)</h3>", table(["package", "version"], versions),
         "</section>"])
 
@@ -505,7 +506,7 @@ def render(params: dict[str, Any], bootstrap: Any) -> str:
         "</section>",
         f"<nav><p>Experiments: {nav}</p></nav>",
         *(experiment_section(name, entry, measured[name], params, summary) for name, entry in experiments.items()),
-        aggregate_section(params), pi_bundle_section(params), provenance_section(index),
+        aggregate_section(params), pi_bundle_section(params), provenance_section(index, params),
         "</body>", "</html>", ""]
     return "\n".join(b for b in body if b)
 

@@ -1,0 +1,177 @@
+"""The report as a reader sees it (a real browser), and DVC's own views of metrics and plots.
+
+Both use the quick profile's Snakemake run (fixture ``quick_run`` in conftest.py, shared with
+test_pipeline.py); the parameter change works on a clone of it. The browser is Debian's chromium
+driven by Playwright; the session fixture installs it with apt-get on a machine without it.
+Screenshots land in tests/artifacts/ (ignored by git); their paths are printed.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+import yaml
+
+from stages.common.book import book_experiments
+from stages.common.policies import load_index
+from tests.conftest import DVC, SNAKEMAKE, run
+from tests.test_dag import dvc_view
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's chromium (Playwright's own browser download is not reachable here), installed if missing."""
+    if not CHROMIUM.exists():
+        if shutil.which("apt-get") is None:
+            pytest.fail("chromium is missing and apt-get is not available to install it")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "chromium"]
+        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, check=True, capture_output=True)
+            subprocess.run(install, env=env, check=True, capture_output=True)
+    return CHROMIUM
+
+
+@pytest.fixture
+def served(quick_run) -> Iterator[str]:
+    """The quick run's reports/ folder on a local web server, as a user would publish it."""
+    handler = functools.partial(_QuietHandler, directory=str(quick_run / "reports"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/index.html"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+LINKS = "Array.from(document.querySelectorAll('a[href]')).map(a => [a.getAttribute('href'), a.href])"
+BROKEN_IMAGES = "Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)"
+
+
+def test_the_quick_report_in_a_real_browser(quick_run, chromium, served):
+    from playwright.sync_api import sync_playwright
+
+    experiments = book_experiments(quick_run / "data/book_results.yaml")
+    policies = set(load_index(quick_run / "data/policies"))
+    page_file = quick_run / "reports/index.html"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        try:
+            for how, url in (("file", page_file.as_uri()), ("served", served)):
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                errors: list[str] = []
+                page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+                page.on("pageerror", lambda error: errors.append(str(error)))
+                page.on("requestfailed", lambda request: errors.append(f"failed: {request.url}"))
+                page.goto(url, wait_until="load")
+
+                assert page.evaluate(BROKEN_IMAGES) == [], how
+                assert page.locator("img").count() >= 20
+                assert page.locator("img[src$='.gif']").count() >= 8
+                assert page.locator("table.overview tbody tr").count() == len(experiments)
+                verdicts = page.locator("table.overview tbody tr td:nth-child(4)").all_inner_texts()
+                assert "not run yet" not in verdicts, "the quick profile runs every experiment, Atari too"
+                shown = set(page.locator("#evaluation table.evaluation tbody tr td:first-child").all_inner_texts())
+                assert shown == policies
+                for section in page.locator("section").all():  # quick profile: a banner everywhere
+                    assert section.locator(".banner").count() == 1, section.get_attribute("id")
+                assert page.locator("#aggregate, #pi_bundle").count() == 2
+                hashes = dict(zip(page.locator("#provenance table.hashes td:nth-child(1)").all_inner_texts(),
+                                  page.locator("#provenance table.hashes td:nth-child(2)").all_inner_texts()))
+                assert hashes == locked_policy_hashes(quick_run)
+
+                for href, absolute in page.evaluate(LINKS):
+                    if href.startswith("#"):
+                        assert page.locator(f"[id='{href[1:]}']").count() == 1, href
+                    elif how == "file":
+                        assert Path(unquote(urlparse(absolute).path)).is_file(), href
+                    else:
+                        assert page.request.get(absolute).status == 200, href
+                assert errors == [], how
+
+                shot = ARTIFACTS / f"report_quick_{how}.png"
+                page.screenshot(path=str(shot), full_page=True)
+                print(f"screenshot: {shot}")
+                page.close()
+        finally:
+            browser.close()
+
+
+def locked_policy_hashes(workspace: Path) -> dict[str, str]:
+    """What dvc.lock records for each exported policy folder."""
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
+    return {Path(out["path"]).name: out["md5"] for stage in lock.values() for out in stage.get("outs", [])
+            if Path(out["path"]).parent == Path("data/policies")}
+
+
+def test_dvc_metrics_and_plots_cover_every_stage_and_show_what_a_change_moved(clone_of_quick_run):
+    ws = clone_of_quick_run()
+    run(["git", "add", "-A"], ws)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "quick run"], ws)
+
+    view = dvc_view(ws)
+    metrics_files = {o for stage in view.values() for o in stage["outs"] if o.endswith("metrics.json")}
+    shown = json.loads(run([DVC, "metrics", "show", "--json"], ws).stdout)
+    assert set(shown[""]["data"]) == metrics_files
+    training_logs = {o for stage in view.values() for o in stage["outs"] if o.endswith("training_log.csv")}
+    top_level = yaml.safe_load((ws / "dvc.yaml").read_text())["plots"]
+    curves = {path for plot in top_level if isinstance(plot, dict)
+              for definition in plot.values() for path in definition["y"]}
+    assert training_logs <= curves, "every learning curve is a DVC plot with x/y fields"
+    for plot in top_level:
+        for definition in (plot.values() if isinstance(plot, dict) else []):
+            assert {"title", "x", "y"} <= set(definition)
+    plots = json.loads(run([DVC, "plots", "show", "--json"], ws).stdout)
+    assert not plots.get("errors"), plots.get("errors")
+
+    path = ws / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    params["pg_cartpole"]["iterations"] += 1
+    path.write_text(yaml.safe_dump(params, sort_keys=False, default_flow_style=None))
+    repro = run([DVC, "repro"], ws).stdout
+    assert {"pg_cartpole", "evaluate", "report"} <= set(_ran(repro))
+
+    diff = json.loads(run([DVC, "metrics", "diff", "--json"], ws).stdout)
+    moved = diff["reports/pg_cartpole/metrics.json"]["training.iterations"]
+    assert (moved["old"], moved["new"]) == (params["pg_cartpole"]["iterations"] - 1, params["pg_cartpole"]["iterations"])
+    assert "reports/evaluate/metrics.json" in diff
+    plots_diff = json.loads(run([DVC, "plots", "diff", "--json"], ws).stdout)
+    revisions = {rev for definitions in plots_diff["data"].values() for d in definitions
+                 if "data/pg_cartpole/training_log.csv" in json.dumps(d) for rev in d.get("revisions", [])}
+    assert {"HEAD", "workspace"} <= revisions
+
+
+def _ran(repro_output: str) -> list[str]:
+    return [line.split("'")[1] for line in repro_output.splitlines() if line.startswith("Running stage '")]
+
+
+def test_snakemakes_own_report_holds_the_figures(quick_run, tmp_path):
+    report = tmp_path / "snakemake_report.html"
+    run([*SNAKEMAKE, "--report", str(report)], quick_run)
+    text = report.read_text(errors="replace")
+    figures = {Path(o).name for stage in dvc_view(quick_run).values() for o in stage["outs"]
+               if o.endswith((".png", ".gif"))}
+    assert all(name in text for name in figures)
