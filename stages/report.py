@@ -487,6 +487,7 @@ def render(params: dict[str, Any], bootstrap: Any) -> str:
     body = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<link rel="icon" href="data:,">',  # no favicon request: served, the page asks for nothing absent
         f"<title>Chapter 18 as a pipeline: results ({esc(profile)} profile)</title>",
         f"<style>{STYLE}</style>", "</head>", "<body>",
         "<h1>Chapter 18 as a pipeline: the book beside this run</h1>",

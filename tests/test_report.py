@@ -110,7 +110,7 @@ def test_the_quick_report_in_a_real_browser(quick_run, chromium, served):
                         assert Path(unquote(urlparse(absolute).path)).is_file(), href
                     else:
                         assert page.request.get(absolute).status == 200, href
-                assert errors == [], how
+                assert errors == [], (how, errors)
 
                 shot = ARTIFACTS / f"report_quick_{how}.png"
                 page.screenshot(path=str(shot), full_page=True)

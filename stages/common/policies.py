@@ -247,6 +247,10 @@ def load_model(entry: PolicyEntry) -> Any:
     import tensorflow as tf
 
     if entry.output == "tf_agents_policy":
+        # A PolicySaver policy's signatures name TF-Agents and TFP type specs, which exist only once
+        # their modules are imported: a consumer that never imported TF-Agents could not load it.
+        import tf_agents.policies  # noqa: F401
+
         return tf.saved_model.load(str(entry.model_path))
     import tf_keras
 
