@@ -159,9 +159,8 @@ def test_dvc_metrics_and_plots_cover_every_stage_and_show_what_a_change_moved(cl
     assert (moved["old"], moved["new"]) == (params["pg_cartpole"]["iterations"] - 1, params["pg_cartpole"]["iterations"])
     assert "reports/evaluate/metrics.json" in diff
     plots_diff = json.loads(run([DVC, "plots", "diff", "--json"], ws).stdout)
-    revisions = {rev for definitions in plots_diff["data"].values() for d in definitions
-                 if "data/pg_cartpole/training_log.csv" in json.dumps(d) for rev in d.get("revisions", [])}
-    assert {"HEAD", "workspace"} <= revisions
+    curve = plots_diff["data"]["data/pg_cartpole/training_log.csv"]
+    assert {"HEAD", "workspace"} <= {rev for definition in curve for rev in definition["revisions"]}
 
 
 def _ran(repro_output: str) -> list[str]:
