@@ -131,9 +131,12 @@ def margins(output: str, reference: np.ndarray) -> np.ndarray:
 def parity(reference: np.ndarray, reference_actions: np.ndarray, outputs: np.ndarray,
            actions: np.ndarray, ties: np.ndarray) -> dict[str, Any]:
     same = actions == reference_actions
+    difference = np.abs(outputs.astype(np.float64) - reference.astype(np.float64))
     return {
         "observations": len(reference),
-        "max_abs_diff": float(np.max(np.abs(outputs.astype(np.float64) - reference.astype(np.float64)))),
+        "max_abs_diff": float(np.max(difference)),
+        # relative to the output's size where it exceeds 1 (Q-values near 100 have ulps of 1e-5)
+        "max_scaled_diff": float(np.max(difference / np.maximum(1.0, np.abs(reference)))),
         "action_agreement": float(np.mean(same)),
         "action_agreement_without_ties": float(np.mean(same[~ties])) if (~ties).any() else 1.0,
         "ties": int(ties.sum()),
@@ -190,6 +193,9 @@ def bundle_policy(cfg: SimpleNamespace, entry: PolicyEntry, folder: Path) -> tup
                                      "converted_by": f"tensorflow {models.tensorflow_version}",
                                      "input_normalization": (models.int8_input_normalization
                                                              if precision == "int8" else None),
+                                     "outputs": ("Q(s, a) - Q(s, 0): the same argmax as the Q-values"
+                                                 if precision == "int8" and models.int8_outputs_q_differences
+                                                 else "as the original model"),
                                      **describe_model(content)}
 
     reference = batched(original_outputs(entry), held_out)
@@ -201,7 +207,10 @@ def bundle_policy(cfg: SimpleNamespace, entry: PolicyEntry, folder: Path) -> tup
                               "size_bytes": {"original": size_of(entry.model_path)}}
     tflite = {p: TFLitePolicy(folder, spec, p) for p in PRECISIONS}
     for precision, policy in tflite.items():
-        report[precision] = parity(reference, reference_actions, batched(policy.outputs, held_out),
+        expected = reference
+        if precision == "int8" and models.int8_outputs_q_differences:
+            expected = reference - reference[:, :1]
+        report[precision] = parity(expected, reference_actions, batched(policy.outputs, held_out),
                                    batched(policy.actions, held_out), ties)
         report["size_bytes"][precision] = spec["models"][precision]["size_bytes"]
     check_float32(cfg, entry, report["float32"])
@@ -235,11 +244,15 @@ def bundle_policy(cfg: SimpleNamespace, entry: PolicyEntry, folder: Path) -> tup
 
 
 def check_float32(cfg: SimpleNamespace, entry: PolicyEntry, result: dict[str, Any]) -> None:
-    """The float32 model must act as the original: a bundle that does not is not written."""
-    if result["max_abs_diff"] > cfg.float32_tolerance or result["action_agreement_without_ties"] < 1.0:
+    """The float32 model must act as the original: a bundle that does not is not written.
+
+    Outputs may differ by ``float32_tolerance``, scaled by the output's size above 1: float32
+    sums taken in another order differ by a few units in the last place, 4e-6 near 64.
+    """
+    if result["max_scaled_diff"] > cfg.float32_tolerance or result["action_agreement_without_ties"] < 1.0:
         raise RuntimeError(f"{entry.name}: the float32 TFLite model differs from the original "
-                           f"(max |diff| {result['max_abs_diff']:.3g}, action agreement without "
-                           f"ties {result['action_agreement_without_ties']:.6f})")
+                           f"(max |diff| / max(1, |output|) {result['max_scaled_diff']:.3g}, action "
+                           f"agreement without ties {result['action_agreement_without_ties']:.6f})")
 
 
 # --- the bundle -------------------------------------------------------------------------------

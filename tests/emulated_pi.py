@@ -139,7 +139,8 @@ def run_in_root(root: Path, command: list[str], timeout: float = 900) -> subproc
     """Run ``command`` inside the root with the wheels on the path (no network, no project code)."""
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": f"/{SITE}", "HOME": "/root",
            "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run(["chroot", str(root), *command], env=env, capture_output=True, text=True,
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"  # found on this machine's PATH, not env's
+    return subprocess.run([chroot, str(root), *command], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -13,6 +13,12 @@ feature to [-1, 1] over the calibration data (center and scale in the manifest; 
 them): one int8 scale for the whole input would otherwise give CartPole's pole angle (within
 +-0.21 rad) the resolution of its angular velocity (+-3), about 20 steps, where the policies'
 decisions are made. The scaling is folded into the first layer's weights by the converter.
+
+Q-values need one more step. A CartPole DQN's two Q-values are close to each other and far from 0
+(about 20, or 100 with discount 0.99) and an int8 output has 256 steps over their whole range, so
+two different Q-values often become one and argmax picks action 0. The int8 model therefore
+outputs Q(s, a) - Q(s, 0), which has the same argmax: the subtraction is folded into the weights of
+the last linear layer (for a dueling network, the advantages: Q(s, a) - Q(s, 0) = A(s, a) - A(s, 0)).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ class TFLiteModels:
     tensorflow_version: str
     # The int8 model's input is (observation - center) / scale, feature by feature (or None).
     int8_input_normalization: dict[str, list] | None
+    # The int8 model outputs Q(s, a) - Q(s, 0) instead of Q(s, a) (same greedy action).
+    int8_outputs_q_differences: bool
 
 
 def output_kind(entry: PolicyEntry) -> str:
@@ -97,11 +105,13 @@ def convert(entry: PolicyEntry, calibration: np.ndarray) -> TFLiteModels:
     function = serving_function(entry, model)
     float_model = tf.lite.TFLiteConverter.from_concrete_functions([function], model).convert()
 
-    samples, normalization = calibration.astype(entry.observation_dtype), None
+    samples, normalization, relative = calibration.astype(entry.observation_dtype), None, False
     if np.issubdtype(samples.dtype, np.floating):
         normalization = feature_scaling(samples)
         samples = (samples - normalization[0]) / normalization[1]
         function = serving_function(entry, model, normalization)
+        if entry.output == "q_values" and q_difference_layer(model) is not None:
+            function, relative = q_difference_function(entry, model, normalization), True
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -113,10 +123,40 @@ def convert(entry: PolicyEntry, calibration: np.ndarray) -> TFLiteModels:
     int8_model = converter.convert()
     return TFLiteModels(
         float32=float_model, int8=int8_model, output=output_kind(entry),
-        tensorflow_version=tf.__version__,
+        tensorflow_version=tf.__version__, int8_outputs_q_differences=relative,
         int8_input_normalization=None if normalization is None else {
             "center": [float(v) for v in normalization[0].ravel()],
             "scale": [float(v) for v in normalization[1].ravel()]})
+
+
+def q_difference_layer(model: Any) -> Any | None:
+    """The linear layer whose outputs differ across actions exactly as the Q-values do."""
+    names = [layer.name for layer in model.layers]
+    for name in ("advantages", "q_values"):
+        if name in names:
+            layer = model.get_layer(name)
+            if layer.__class__.__name__ == "Dense" and layer.get_config()["activation"] == "linear":
+                return layer
+    return None
+
+
+def q_difference_function(entry: PolicyEntry, model: Any, normalization: tuple[np.ndarray, np.ndarray]) -> Any:
+    """Normalized observations -> Q(s, a) - Q(s, 0), as one linear layer after the hidden ones."""
+    import tensorflow as tf
+    import tf_keras
+
+    layer = q_difference_layer(model)
+    hidden = tf_keras.Model(model.inputs, layer.input)
+    weights, bias = layer.get_weights()
+    weights, bias = tf.constant(weights - weights[:, :1]), tf.constant(bias - bias[:1])
+    center, scale = normalization
+    spec = tf.TensorSpec([None, *entry.observation_shape], tf.float32, name="observation")
+
+    @tf.function(input_signature=[spec])
+    def serve(observation: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"output": tf.matmul(hidden(observation * scale + center, training=False), weights) + bias}
+
+    return serve.get_concrete_function()
 
 
 def feature_scaling(observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
