@@ -223,6 +223,9 @@ def bundle_policy(cfg: SimpleNamespace, entry: PolicyEntry, folder: Path) -> tup
     report["int8"]["observations_margin_above_step"] = int(clear.sum())
     report["int8"]["meets_target"] = (report["int8"]["action_agreement"] >= cfg.int8_agreement_target
                                       if entry.env_id in cfg.int8_target_env_ids else None)
+    spec["parity"] = {"held_out_observations": len(held_out),
+                      "float32_max_abs_diff": report["float32"]["max_abs_diff"],
+                      "int8_action_agreement": report["int8"]["action_agreement"]}
 
     seeds = list(range(settings.seed_start, settings.seed_start + settings.episodes))
     players = {"original": original, **{p: tflite[p].actions for p in PRECISIONS}}
