@@ -39,7 +39,7 @@ from stages.common.policies import (
     make_policy_env,
 )
 from stages.common.seeding import seed_everything
-from stages.common.tflite import convert, describe_model, original_outputs
+from stages.common.tflite import convert, describe_model, load_original, original_outputs
 from stages.settings import load_params, run_stage
 
 BUNDLE = Path("data/pi_bundle")
@@ -49,7 +49,7 @@ PI_FILES = Path("pi")
 SHIPPED = ("run_policy.py", "README.md", "requirements-pi.txt", "requirements-pi-gymnasium.txt")
 RUNNER = "run_policy.py"
 PRECISIONS = ("float32", "int8")
-EPISODES_PER_CHUNK = 16
+EPISODES_PER_CHUNK = 8
 ACTION_RULES = {
     "p_left": "action 0 (left) when the output P(left) >= 0.5, else action 1",
     "action_probabilities": "the action with the highest probability (argmax)",
@@ -167,12 +167,11 @@ def bundle_policy(cfg: SimpleNamespace, entry: PolicyEntry, folder: Path) -> tup
     """Convert, check, evaluate and time one policy; its manifest entry and its report."""
     settings = environment_settings(cfg, entry)
     check_seeds_unseen(cfg, entry)
-    if entry.output == "tf_agents_policy":
-        import tf_agents.policies  # noqa: F401  (registers the types a saved policy's specs name)
+    model = load_original(entry)
     original = load_policy(entry)
     calibration = record_observations(entry, original, cfg.calibration, settings.max_steps)
     held_out = record_observations(entry, original, cfg.parity, settings.max_steps)
-    models = convert(entry, calibration)
+    models = convert(entry, model, calibration)
 
     spec = {
         "env_id": entry.env_id, "env_kwargs": entry.env_kwargs, "max_steps": settings.max_steps,
@@ -198,7 +197,7 @@ def bundle_policy(cfg: SimpleNamespace, entry: PolicyEntry, folder: Path) -> tup
                                                  else "as the original model"),
                                      **describe_model(content)}
 
-    reference = batched(original_outputs(entry), held_out)
+    reference = batched(original_outputs(entry, model), held_out)
     reference_actions = batched(original, held_out)
     margin = margins(models.output, reference)
     ties = margin < cfg.float32_tolerance

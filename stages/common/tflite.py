@@ -78,13 +78,18 @@ def serving_function(entry: PolicyEntry, model: Any,
     return serve.get_concrete_function()
 
 
-def original_outputs(entry: PolicyEntry) -> Callable[[np.ndarray], np.ndarray]:
+def load_original(entry: PolicyEntry) -> Any:
+    """The policy's Keras model or TF-Agents saved policy, loaded once for every use here."""
+    if entry.output == "tf_agents_policy":
+        import tf_agents.policies  # noqa: F401  (registers the types a saved policy refers to)
+    return load_model(entry)
+
+
+def original_outputs(entry: PolicyEntry, model: Any) -> Callable[[np.ndarray], np.ndarray]:
     """The original policy's raw outputs (what the TFLite models must reproduce), in batches."""
     import tensorflow as tf
 
-    if entry.output == "tf_agents_policy":
-        import tf_agents.policies  # noqa: F401  (registers the types a saved policy refers to)
-    function = serving_function(entry, load_model(entry))
+    function = serving_function(entry, model)
     dtype = np.dtype(entry.observation_dtype)
 
     def outputs(observations: np.ndarray, batch: int = 1024) -> np.ndarray:
@@ -95,13 +100,10 @@ def original_outputs(entry: PolicyEntry) -> Callable[[np.ndarray], np.ndarray]:
     return outputs
 
 
-def convert(entry: PolicyEntry, calibration: np.ndarray) -> TFLiteModels:
+def convert(entry: PolicyEntry, model: Any, calibration: np.ndarray) -> TFLiteModels:
     """Both TFLite models of a policy; ``calibration`` holds the int8 representative observations."""
     import tensorflow as tf
 
-    if entry.output == "tf_agents_policy":
-        import tf_agents.policies  # noqa: F401
-    model = load_model(entry)
     function = serving_function(entry, model)
     float_model = tf.lite.TFLiteConverter.from_concrete_functions([function], model).convert()
 
