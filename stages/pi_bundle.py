@@ -49,7 +49,7 @@ PI_FILES = Path("pi")
 SHIPPED = ("run_policy.py", "README.md", "requirements-pi.txt", "requirements-pi-gymnasium.txt")
 RUNNER = "run_policy.py"
 PRECISIONS = ("float32", "int8")
-EPISODES_PER_CHUNK = 8
+EPISODES_PER_CHUNK = 16
 ACTION_RULES = {
     "p_left": "action 0 (left) when the output P(left) >= 0.5, else action 1",
     "action_probabilities": "the action with the highest probability (argmax)",
