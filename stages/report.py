@@ -431,28 +431,33 @@ def aggregate_section(params: dict[str, Any]) -> str:
     return "\n".join(head + body + ["</section>"])
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data}
-
-
 def pi_bundle_section(params: dict[str, Any]) -> str:
     head = ['<section id="pi_bundle">', "<h2>Raspberry Pi bundle (SPEC 12)</h2>", banner(params)]
     benchmark = read_json(PI_BUNDLE / "benchmark.json")
     if benchmark is None:
         return "\n".join(head + [f'<p class="missing">{NOT_RUN}: reports/pi_bundle/benchmark.json is absent.</p>',
                                  "</section>"])
-    policies = benchmark.get("policies", benchmark) if isinstance(benchmark, dict) else {}
     rows = []
-    for name, values in policies.items():
-        for key, value in _flatten(values).items():
-            shown = _format(value)
-            rows.append([name, key, volatile(shown) if "latency" in key or key.endswith("wall_time_s") else esc(shown)])
-    body = [table(["policy", "measure", "value"], rows, raw=True),
+    for name, values in sorted(benchmark.items()):
+        if not isinstance(values, dict) or "int8" not in values:
+            continue
+        evaluation, latency, size = values["evaluation"], values["latency"], values["size_bytes"]
+        int8 = values["int8"]
+        target = {True: " (meets the target)", False: " (below the target)"}.get(int8.get("meets_target"), "")
+        rows.append([
+            esc(name),
+            esc(f"{values['float32']['max_abs_diff']:.1e}"),
+            esc(f"{int8['action_agreement']:.4f}{target}"),
+            esc(" / ".join(f"{evaluation[kind]['mean']:.1f}" for kind in ("original", "float32", "int8"))),
+            volatile(esc(" / ".join(f"{latency[kind]['median_wall_time_s'] * 1e6:.1f}"
+                                    for kind in ("original", "float32", "int8")))),
+            esc(" / ".join(f"{size[kind] / 1024:.1f}" for kind in ("original", "float32", "int8"))),
+        ])
+    body = [table(["policy", "float32 max |diff|", "int8 action agreement",
+                   "mean return: original / float32 / int8", "median latency (µs): original / float32 / int8",
+                   "size (KiB): original / float32 / int8"], rows, raw=True),
+            "<p class=\"rule\">Parity on held-out observations; returns on the training stages' evaluation "
+            "seeds; latency of one action on this machine's CPU.</p>",
             f"<p>All numbers: {link('pi_bundle/benchmark.json', 'pi_bundle/benchmark.json')}</p>"]
     return "\n".join(head + body + ["</section>"])
 

@@ -212,6 +212,21 @@ def _check_evaluation_is_held_out(params: dict[str, SimpleNamespace], path: Path
             raise ParamError(f"{path}: evaluate.seed_start = {cfg.seed_start} is not allowed: the "
                              f"evaluation seeds {evaluation.start}..{evaluation.stop - 1} overlap the "
                              f"training seeds of {stage} ({shared[:5]}); choose a range above them")
+def _seed_ranges(cfg: SimpleNamespace) -> list[tuple[str, int, int]]:
+    """(what, first seed, count) of every seed range the pi_bundle stage plays."""
+    return [("calibration", cfg.calibration.seed_start, cfg.calibration.max_episodes),
+            ("parity", cfg.parity.seed_start, cfg.parity.max_episodes),
+            *((f"evaluation of {e.env_id}", e.seed_start, e.episodes) for e in cfg.evaluation)]
+
+
+def _pi_bundle_seeds_disjoint(cfg: SimpleNamespace) -> bool:
+    ranges = _seed_ranges(cfg)
+    return all(_ranges_disjoint(a[1], a[2], b[1], b[2]) or (a[0].startswith("evaluation")
+                                                             and b[0].startswith("evaluation"))
+               for i, a in enumerate(ranges) for b in ranges[i + 1:])
+
+
+_OBSERVATION_SET = section({"observations": _COUNT, "seed_start": _SEED, "max_episodes": _COUNT})
 
 
 SCHEMA: dict[str, Validator] = {
@@ -425,7 +440,8 @@ SCHEMA: dict[str, Validator] = {
             ("pictures.sub_episode_steps must fit in training.replay_buffer_capacity",
              lambda c: c.pictures.sub_episode_steps <= c.training.replay_buffer_capacity),
         ],
-    ),    # Held-out evaluation of every exported policy; its seeds are checked against every training
+    ),
+    # Held-out evaluation of every exported policy; its seeds are checked against every training
     # stage's in validate_params_file.
     "evaluate": section({
         "episodes": _COUNT,
@@ -434,6 +450,26 @@ SCHEMA: dict[str, Validator] = {
         "atari": section({"episodes": _COUNT, "max_steps": _COUNT}),
         "bootstrap": section({"resamples": integer(minimum=100), "seed": _SEED}),
     }),
+    "pi_bundle": section(
+        {
+            "calibration": _OBSERVATION_SET,
+            "parity": _OBSERVATION_SET,
+            "evaluation": list_of(section({"env_id": gymnasium_env_id(), "episodes": _COUNT,
+                                           "seed_start": _SEED, "max_steps": _COUNT})),
+            "float32_tolerance": number(minimum=0.0, open_min=True),
+            "int8_agreement_target": _PROBABILITY,
+            "int8_target_env_ids": list_of(gymnasium_env_id(), min_length=0),
+            "sample_observations": _COUNT,
+            "benchmark_calls": _COUNT,
+            "seed": _SEED,
+        },
+        checks=[("calibration, parity and evaluation seed ranges (seed_start .. seed_start + "
+                 "max_episodes or episodes - 1) must not overlap", _pi_bundle_seeds_disjoint),
+                ("evaluation must list each env_id once",
+                 lambda c: len({e.env_id for e in c.evaluation}) == len(c.evaluation)),
+                ("sample_observations must not exceed parity.observations",
+                 lambda c: c.sample_observations <= c.parity.observations)],
+    ),
 }
 
 

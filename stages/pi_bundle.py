@@ -1,0 +1,330 @@
+"""SPEC 12 (exercise 10): every trained policy as a Raspberry Pi bundle that needs no TensorFlow.
+
+For each policy in the index: observations are recorded from its own greedy episodes on seeds no
+training or evaluation uses (one set calibrates the int8 quantization, a larger held-out set
+measures parity); it is converted to TFLite in float32 and in full-integer int8; both models are
+compared with the original on the held-out observations, evaluated with the shared evaluation
+helper on the evaluation seeds beside the original, and timed one action at a time.
+
+The bundle (a folder and a byte-reproducible .tar.gz of it) holds the models, manifest.json (per
+policy: environment, observation shape and dtype, action rule, quantization, sha256, converter
+version), the runner ``run_policy.py`` (NumPy and LiteRT only), its requirements and a README. The
+TFLite models are evaluated through that same runner class, so what is measured here is what runs
+on the Pi.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from importlib.metadata import version
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from pi.run_policy import MANIFEST, TFLitePolicy, verify_bundle
+from stages.common.bundle import atomic_folder, sha256_of, size_of, write_reproducible_tar_gz
+from stages.common.evaluation import evaluate_policy
+from stages.common.io import write_json
+from stages.common.params import ParamError
+from stages.common.policies import (
+    INDEX_DIR,
+    PolicyEntry,
+    load_index,
+    load_policy,
+    make_policy_env,
+)
+from stages.common.seeding import seed_everything
+from stages.common.tflite import convert, describe_model, load_original, original_outputs
+from stages.settings import load_params, run_stage
+
+BUNDLE = Path("data/pi_bundle")
+ARCHIVE = Path("data/pi_bundle.tar.gz")
+REPORTS = Path("reports/pi_bundle")
+PI_FILES = Path("pi")
+SHIPPED = ("run_policy.py", "README.md", "requirements-pi.txt", "requirements-pi-gymnasium.txt")
+RUNNER = "run_policy.py"
+PRECISIONS = ("float32", "int8")
+EPISODES_PER_CHUNK = 16
+ACTION_RULES = {
+    "p_left": "action 0 (left) when the output P(left) >= 0.5, else action 1",
+    "action_probabilities": "the action with the highest probability (argmax)",
+    "q_values": "the action with the highest Q-value (argmax, lowest index on ties)",
+    "action": "the output is the action index (the greedy Q-policy's argmax is inside the model)",
+}
+
+
+# --- observations -----------------------------------------------------------------------------
+
+
+def environment_settings(cfg: SimpleNamespace, entry: PolicyEntry) -> SimpleNamespace:
+    for settings in cfg.evaluation:
+        if settings.env_id == entry.env_id:
+            return settings
+    raise ParamError(f"pi_bundle.evaluation has no entry for env_id {entry.env_id!r} "
+                     f"(policy {entry.name}); add its evaluation seeds and episode cap")
+
+
+def episode_maker(entry: PolicyEntry) -> Callable[[], Any] | None:
+    """Atari policies see preprocessed frames; other policies the environment's own observations."""
+    return (lambda: make_policy_env(entry)) if entry.preprocessing else None
+
+
+def record_observations(entry: PolicyEntry, policy: Callable[[np.ndarray], np.ndarray],
+                        wanted: SimpleNamespace, max_steps: int) -> np.ndarray:
+    """``wanted.observations`` observations of the policy's greedy episodes, one seed per episode
+    from ``wanted.seed_start``, evenly spaced over all steps played (episodes are played in
+    chunks until there are enough; fewer if ``max_episodes`` runs out first)."""
+    recorded: list[np.ndarray] = []
+
+    def recording(observations: np.ndarray) -> np.ndarray:
+        recorded.append(np.array(observations))
+        return policy(observations)
+
+    seed, last = wanted.seed_start, wanted.seed_start + wanted.max_episodes
+    while sum(map(len, recorded)) < wanted.observations and seed < last:
+        seeds = list(range(seed, min(seed + EPISODES_PER_CHUNK, last)))
+        evaluate_policy(entry.env_id, recording, seeds, max_steps=max_steps,
+                        make_env=episode_maker(entry), progress=False)
+        seed = seeds[-1] + 1
+    observations = np.concatenate(recorded)
+    # Evenly spaced over every step played: the episodes' ends as well as their starts.
+    observations = observations[np.linspace(0, len(observations) - 1, min(len(observations), wanted.observations)).astype(np.int64)]
+    if len(observations) < wanted.observations:
+        print(f"warning: {entry.name}: only {len(observations)} observations in "
+              f"{wanted.max_episodes} episodes (wanted {wanted.observations})")
+    return observations
+
+
+def check_seeds_unseen(cfg: SimpleNamespace, entry: PolicyEntry) -> None:
+    for key in ("calibration", "parity"):
+        wanted = getattr(cfg, key)
+        seen = [s for s in entry.training_seeds if wanted.seed_start <= s < wanted.seed_start + wanted.max_episodes]
+        if seen:
+            raise ParamError(f"pi_bundle.{key}.seed_start = {wanted.seed_start} is not allowed: policy "
+                             f"{entry.name} was trained on seed {seen[0]} of that range")
+
+
+# --- parity -----------------------------------------------------------------------------------
+
+
+def batched(function: Callable[[np.ndarray], np.ndarray], observations: np.ndarray,
+            size: int = 1024) -> np.ndarray:
+    return np.concatenate([function(observations[i:i + size]) for i in range(0, len(observations), size)])
+
+
+def margins(output: str, reference: np.ndarray) -> np.ndarray:
+    """How far each of the original's outputs is from choosing another action (inf: no margin
+    to speak of, the output being the action itself)."""
+    if output == "p_left":
+        return np.abs(reference.reshape(len(reference)) - 0.5)
+    if output in ("action_probabilities", "q_values"):
+        top_two = np.sort(reference, axis=1)[:, -2:]
+        return top_two[:, 1] - top_two[:, 0]
+    return np.full(len(reference), np.inf)
+
+
+def parity(reference: np.ndarray, reference_actions: np.ndarray, outputs: np.ndarray,
+           actions: np.ndarray, ties: np.ndarray) -> dict[str, Any]:
+    same = actions == reference_actions
+    difference = np.abs(outputs.astype(np.float64) - reference.astype(np.float64))
+    return {
+        "observations": len(reference),
+        "max_abs_diff": float(np.max(difference)),
+        # relative to the output's size where it exceeds 1 (Q-values near 100 have ulps of 1e-5)
+        "max_scaled_diff": float(np.max(difference / np.maximum(1.0, np.abs(reference)))),
+        "action_agreement": float(np.mean(same)),
+        "action_agreement_without_ties": float(np.mean(same[~ties])) if (~ties).any() else 1.0,
+        "ties": int(ties.sum()),
+    }
+
+
+# --- timing -----------------------------------------------------------------------------------
+
+
+def latency(act: Callable[[np.ndarray], Any], observation: np.ndarray, calls: int) -> dict[str, float]:
+    """Median and 99th percentile of one action for one observation, after a warm-up."""
+    batch = observation[None]
+    for _ in range(min(calls, 20)):
+        act(batch)
+    times = np.empty(calls)
+    for i in range(calls):
+        start = time.perf_counter()
+        act(batch)
+        times[i] = time.perf_counter() - start
+    return {"median_wall_time_s": float(np.median(times)),
+            "p99_wall_time_s": float(np.percentile(times, 99))}
+
+
+# --- one policy -------------------------------------------------------------------------------
+
+
+def bundle_policy(cfg: SimpleNamespace, entry: PolicyEntry, folder: Path) -> tuple[dict, dict]:
+    """Convert, check, evaluate and time one policy; its manifest entry and its report."""
+    settings = environment_settings(cfg, entry)
+    check_seeds_unseen(cfg, entry)
+    model = load_original(entry)
+    original = load_policy(entry)
+    calibration = record_observations(entry, original, cfg.calibration, settings.max_steps)
+    held_out = record_observations(entry, original, cfg.parity, settings.max_steps)
+    models = convert(entry, model, calibration)
+
+    spec = {
+        "env_id": entry.env_id, "env_kwargs": entry.env_kwargs, "max_steps": settings.max_steps,
+        "observation_shape": list(entry.observation_shape),
+        "observation_dtype": entry.observation_dtype, "n_actions": entry.n_actions,
+        "output": models.output, "action_rule": ACTION_RULES[models.output],
+        "preprocessing": entry.preprocessing,
+        "source": {"policy": entry.name, "stage": entry.stage,
+                   "algorithm": getattr(entry, "algorithm", None) or entry.details.get("algorithm", entry.name),
+                   "seed": getattr(entry, "seed", None)},
+        "models": {},
+    }
+    for precision in PRECISIONS:
+        content = getattr(models, precision)
+        file = f"models/{entry.name}.{precision}.tflite"
+        (folder / file).write_bytes(content)
+        spec["models"][precision] = {"file": file, "size_bytes": len(content),
+                                     "converted_by": f"tensorflow {models.tensorflow_version}",
+                                     "input_normalization": (models.int8_input_normalization
+                                                             if precision == "int8" else None),
+                                     "outputs": ("Q(s, a) - Q(s, 0): the same argmax as the Q-values"
+                                                 if precision == "int8" and models.int8_outputs_q_differences
+                                                 else "as the original model"),
+                                     **describe_model(content)}
+
+    reference = batched(original_outputs(entry, model), held_out)
+    reference_actions = batched(original, held_out)
+    margin = margins(models.output, reference)
+    ties = margin < cfg.float32_tolerance
+    report: dict[str, Any] = {"env_id": entry.env_id, "output": models.output,
+                              "calibration_observations": len(calibration),
+                              "size_bytes": {"original": size_of(entry.model_path)}}
+    tflite = {p: TFLitePolicy(folder, spec, p) for p in PRECISIONS}
+    for precision, policy in tflite.items():
+        expected = reference
+        if precision == "int8" and models.int8_outputs_q_differences:
+            expected = reference - reference[:, :1]
+        report[precision] = parity(expected, reference_actions, batched(policy.outputs, held_out),
+                                   batched(policy.actions, held_out), ties)
+        report["size_bytes"][precision] = spec["models"][precision]["size_bytes"]
+    check_float32(cfg, entry, report["float32"])
+    # int8 outputs move in steps of the output scale: a choice closer than one step is a coin toss.
+    step = spec["models"]["int8"]["output"]["scale"] or 0.0
+    clear = margin >= step
+    report["int8"]["output_step"] = step
+    report["int8"]["action_agreement_margin_above_step"] = float(np.mean(
+        batched(tflite["int8"].actions, held_out[clear]) == reference_actions[clear])) if clear.any() else 1.0
+    report["int8"]["observations_margin_above_step"] = int(clear.sum())
+    report["int8"]["meets_target"] = (report["int8"]["action_agreement"] >= cfg.int8_agreement_target
+                                      if entry.env_id in cfg.int8_target_env_ids else None)
+    spec["parity"] = {"held_out_observations": len(held_out),
+                      "float32_max_abs_diff": report["float32"]["max_abs_diff"],
+                      "int8_action_agreement": report["int8"]["action_agreement"]}
+
+    seeds = list(range(settings.seed_start, settings.seed_start + settings.episodes))
+    players = {"original": original, **{p: tflite[p].actions for p in PRECISIONS}}
+    report["evaluation"] = {"seeds": [seeds[0], seeds[-1]], "max_steps": settings.max_steps}
+    for variant, act in players.items():
+        result = evaluate_policy(entry.env_id, act, seeds, max_steps=settings.max_steps,
+                                 make_env=episode_maker(entry), progress=False)
+        report["evaluation"][variant] = {"mean": result.mean, "std": result.std}
+
+    report["latency"] = {variant: latency(act, held_out[0], cfg.benchmark_calls)
+                         for variant, act in players.items()}
+
+    samples = held_out[:cfg.sample_observations]
+    sample_file = f"observations/{entry.name}.npy"
+    np.save(folder / sample_file, samples, allow_pickle=False)
+    spec["sample"] = {"file": sample_file, "expected_actions": {
+        p: [int(a) for a in tflite[p].actions(samples)] for p in PRECISIONS}}
+    return spec, report
+
+
+def check_float32(cfg: SimpleNamespace, entry: PolicyEntry, result: dict[str, Any]) -> None:
+    """The float32 model must act as the original: a bundle that does not is not written.
+
+    Outputs may differ by ``float32_tolerance``, scaled by the output's size above 1: float32
+    sums taken in another order differ by a few units in the last place, 4e-6 near 64.
+    """
+    if result["max_scaled_diff"] > cfg.float32_tolerance or result["action_agreement_without_ties"] < 1.0:
+        raise RuntimeError(f"{entry.name}: the float32 TFLite model differs from the original "
+                           f"(max |diff| / max(1, |output|) {result['max_scaled_diff']:.3g}, action "
+                           f"agreement without ties {result['action_agreement_without_ties']:.6f})")
+
+
+# --- the bundle -------------------------------------------------------------------------------
+
+
+def write_manifest(folder: Path, policies: dict[str, dict]) -> dict[str, Any]:
+    files = {path.relative_to(folder).as_posix(): sha256_of(path)
+             for path in sorted(folder.rglob("*")) if path.is_file()}
+    manifest = {
+        "format": 1,
+        "description": "Trained policies of the chapter 18 pipeline as TFLite models; run them with "
+                       "run_policy.py (see README.md)",
+        "converted_by": f"tensorflow {tf.__version__}",
+        "runtime": f"ai-edge-litert {version('ai-edge-litert')}",
+        "files": files,
+        "policies": policies,
+    }
+    write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+def print_table(reports: dict[str, dict]) -> None:
+    print(f"{'policy':40} {'int8 agree':>10} {'f32 max diff':>12} {'return orig/f32/int8':>26} "
+          f"{'median ms orig/f32/int8':>26} {'KB orig/f32/int8':>20}")
+    for name, r in reports.items():
+        returns = "/".join(f"{r['evaluation'][v]['mean']:.1f}" for v in ("original", *PRECISIONS))
+        times = "/".join(f"{r['latency'][v]['median_wall_time_s'] * 1e3:.3f}" for v in ("original", *PRECISIONS))
+        sizes = "/".join(f"{r['size_bytes'][v] / 1024:.0f}" for v in ("original", *PRECISIONS))
+        print(f"{name:40} {r['int8']['action_agreement']:10.4f} {r['float32']['max_abs_diff']:12.2e} "
+              f"{returns:>26} {times:>26} {sizes:>20}")
+
+
+def main() -> None:
+    cfg = load_params("pi_bundle")
+    seed_everything(cfg.seed)
+    index = load_index(INDEX_DIR)
+    if not index:
+        raise SystemExit(f"error: no policies in {INDEX_DIR}: run the training stages first")
+    reports: dict[str, dict] = {}
+    with atomic_folder(BUNDLE) as folder:
+        for directory in ("models", "observations"):
+            (folder / directory).mkdir()
+        for name in SHIPPED:
+            shutil.copyfile(PI_FILES / name, folder / name)
+        (folder / RUNNER).chmod(0o755)
+        policies = {}
+        for name, entry in index.items():
+            started = time.perf_counter()
+            policies[name], reports[name] = bundle_policy(cfg, entry, folder)
+            reports[name]["bundle_wall_time_s"] = time.perf_counter() - started
+            print(f"{name}: int8 agreement {reports[name]['int8']['action_agreement']:.4f} "
+                  f"({time.perf_counter() - started:.1f} s)", flush=True)
+        write_manifest(folder, policies)
+        verify_bundle(folder)
+    write_reproducible_tar_gz(BUNDLE, ARCHIVE, executables=frozenset({RUNNER}))
+
+    write_json(REPORTS / "benchmark.json", reports)
+    write_json(REPORTS / "metrics.json", {
+        name: {"int8_action_agreement": r["int8"]["action_agreement"],
+               "int8_meets_target": r["int8"]["meets_target"],
+               "float32_max_abs_diff": r["float32"]["max_abs_diff"],
+               "float32_action_agreement": r["float32"]["action_agreement"],
+               "return_original": r["evaluation"]["original"]["mean"],
+               "return_float32": r["evaluation"]["float32"]["mean"],
+               "return_int8": r["evaluation"]["int8"]["mean"],
+               "size_bytes_float32": r["size_bytes"]["float32"],
+               "size_bytes_int8": r["size_bytes"]["int8"]}
+        for name, r in reports.items()})
+    print_table(reports)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,295 @@
+"""The Raspberry Pi bundle: checksums, parity, refusals, reproducible archive, and an emulated Pi.
+
+The stage runs once (module fixture) in a small workspace on a policy index made here, one policy
+of each kind: P(left) (a linear rule that balances CartPole), action probabilities (LunarLander),
+Q-values, and a TF-Agents PolicySaver export. The quick profile's real policies go through the
+same stage in tests/test_pipeline.py. The runner is always started in a process that cannot
+import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from stages.common.bundle import write_reproducible_tar_gz
+from stages.common.params import ParamError, read_params_file, validate_section
+from stages.common.workspace import REPO_ROOT, engine_env, merge
+from stages.settings import SCHEMA
+
+PI = REPO_ROOT / "pi"
+CARTPOLE = "balance_p_left"
+EXIT_BAD_BUNDLE, EXIT_BAD_INPUT = 3, 4
+# The runner, in a process where TensorFlow cannot be imported (the Pi has none).
+NO_TENSORFLOW = ("import runpy, sys; sys.modules['tensorflow'] = None; sys.modules['tf_keras'] = None; "
+                 "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def runner(bundle: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_TENSORFLOW, str(bundle / "run_policy.py"), *args],
+                          capture_output=True, text=True, env=engine_env())
+
+
+# --- a policy index of every kind -------------------------------------------------------------
+
+
+def _keras(layers: list, seed: int):
+    import tensorflow as tf
+    import tf_keras
+
+    tf.keras.utils.set_random_seed(seed)
+    return tf_keras.Sequential(layers)
+
+
+def build_index(index: Path) -> None:
+    import tf_keras
+    from tf_agents.environments.tf_py_environment import TFPyEnvironment
+    from tf_agents.networks.q_network import QNetwork
+    from tf_agents.policies.greedy_policy import GreedyPolicy
+    from tf_agents.policies.policy_saver import PolicySaver
+    from tf_agents.policies.q_policy import QPolicy
+
+    from stages.common.policies import export_keras_policy, export_saved_policy
+    from stages.common.tf_env import make_py_environment
+
+    cartpole = {"stage": "test", "env_id": "CartPole-v1", "training_seeds": (0,)}
+    # P(left) = sigmoid(-10 (3 angle + angular velocity)): push toward the side the pole falls to.
+    balance = _keras([tf_keras.Input((4,)), tf_keras.layers.Dense(1, activation="sigmoid")], 0)
+    balance.set_weights([np.array([[0.0], [0.0], [-30.0], [-10.0]], np.float32), np.zeros(1, np.float32)])
+    export_keras_policy(balance, index / CARTPOLE, output="p_left", **cartpole)
+    q_values = _keras([tf_keras.Input((4,)), tf_keras.layers.Dense(16, activation="elu"),
+                       tf_keras.layers.Dense(2)], 1)
+    export_keras_policy(q_values, index / "random_q_values", output="q_values", **cartpole)
+    lander = _keras([tf_keras.Input((8,)), tf_keras.layers.Dense(16, activation="relu"),
+                     tf_keras.layers.Dense(4, activation="softmax")], 2)
+    export_keras_policy(lander, index / "random_lander", output="action_probabilities", stage="test",
+                        env_id="LunarLander-v3")
+
+    tf_env = TFPyEnvironment(make_py_environment("CartPole-v1"))
+    q_net = QNetwork(tf_env.observation_spec(), tf_env.action_spec(), fc_layer_params=(8,))
+    policy = GreedyPolicy(QPolicy(tf_env.time_step_spec(), tf_env.action_spec(), q_network=q_net))
+    saver = PolicySaver(policy, batch_size=None)
+    export_saved_policy(lambda folder: saver.save(str(folder)), index / "tf_agents_q", observation_shape=(4,),
+                        observation_dtype="float32", n_actions=2, **cartpole)
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory) -> Path:
+    """A workspace where the pi_bundle stage ran on the index above (quick-profile settings)."""
+    ws = tmp_path_factory.mktemp("pi") / "ws"
+    ws.mkdir()
+    for name in ("stages", "pi"):
+        (ws / name).symlink_to(REPO_ROOT / name)
+    params = merge(read_params_file(REPO_ROOT / "params.yaml"),
+                   yaml.safe_load((REPO_ROOT / "profiles/quick.yaml").read_text()))
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    build_index(ws / "data/policies")
+    result = subprocess.run([sys.executable, "-m", "stages.pi_bundle"], cwd=ws, capture_output=True,
+                            text=True, env=engine_env())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return ws
+
+
+def manifest_of(bundle: Path) -> dict:
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+def copy_of(bundle: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(bundle, tmp_path / "pi_bundle"))
+
+
+# --- the bundle -------------------------------------------------------------------------------
+
+
+def test_every_file_is_in_the_manifest_with_its_checksum(bundled):
+    bundle = bundled / "data/pi_bundle"
+    manifest = manifest_of(bundle)
+    files = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == files - {"manifest.json"}
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == digest, name
+    assert set(manifest["policies"]) == {CARTPOLE, "random_q_values", "random_lander", "tf_agents_q"}
+    for spec in manifest["policies"].values():
+        assert set(spec["models"]) == {"float32", "int8"}
+        assert spec["models"]["int8"]["input"]["dtype"] == "int8"  # float observations: full integer
+        assert spec["models"]["float32"]["converted_by"].startswith("tensorflow 2.")
+    assert manifest["policies"]["tf_agents_q"]["output"] == "action"
+    int8 = manifest["policies"][CARTPOLE]["models"]["int8"]
+    assert int8["output"]["scale"] > 0 and len(int8["input_normalization"]["scale"]) == 4
+
+
+def test_the_archive_holds_the_folder_and_is_reproducible(bundled, tmp_path):
+    bundle, archive = bundled / "data/pi_bundle", bundled / "data/pi_bundle.tar.gz"
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 for m in members)
+        assert [m.name for m in members] == sorted(m.name for m in members)
+        for member in members:
+            if member.isfile():
+                assert tar.extractfile(member).read() == (bundle.parent / member.name).read_bytes()
+        assert tar.getmember("pi_bundle/run_policy.py").mode == 0o755
+    write_reproducible_tar_gz(bundle, tmp_path / "again.tar.gz", executables=frozenset({"run_policy.py"}))
+    assert (tmp_path / "again.tar.gz").read_bytes() == archive.read_bytes()
+    assert archive.read_bytes()[4:8] == b"\0\0\0\0"  # no date in the gzip header
+
+
+def test_float32_matches_the_original_and_int8_agreement_is_measured(bundled):
+    report = json.loads((bundled / "reports/pi_bundle/benchmark.json").read_text())
+    for name, policy in report.items():
+        assert policy["float32"]["observations"] == 500, name
+        assert policy["float32"]["max_scaled_diff"] <= 1e-5, name
+        assert policy["float32"]["action_agreement_without_ties"] == 1.0, name
+        assert 0.0 <= policy["int8"]["action_agreement"] <= 1.0
+        assert policy["evaluation"]["float32"]["mean"] == policy["evaluation"]["original"]["mean"], name
+        for variant in ("original", "float32", "int8"):
+            assert policy["latency"][variant]["median_wall_time_s"] > 0
+    # This rule sits on its decision boundary (it balances by switching): int8 flips some choices.
+    assert report[CARTPOLE]["int8"]["action_agreement"] >= 0.85
+    assert report[CARTPOLE]["evaluation"]["original"]["mean"] >= 150  # the rule balances the pole
+    metrics = json.loads((bundled / "reports/pi_bundle/metrics.json").read_text())
+    assert metrics[CARTPOLE]["int8_meets_target"] is (metrics[CARTPOLE]["int8_action_agreement"] >= 0.99)
+
+
+# --- the runner -------------------------------------------------------------------------------
+
+
+def test_the_runner_acts_as_the_manifest_expects_without_tensorflow(bundled):
+    bundle = bundled / "data/pi_bundle"
+    for name, spec in manifest_of(bundle)["policies"].items():
+        for precision, expected in spec["sample"]["expected_actions"].items():
+            result = runner(bundle, "act", name, bundle / spec["sample"]["file"], "--precision", precision)
+            assert result.returncode == 0, result.stderr
+            assert [int(a) for a in result.stdout.split()] == expected, (name, precision)
+
+
+def test_the_runner_plays_episodes(bundled):
+    result = runner(bundled / "data/pi_bundle", "play", CARTPOLE, "--episodes", "2", "--seed", "10000")
+    assert result.returncode == 0, result.stderr
+    assert "episode 1 seed 10001 return" in result.stdout and "mean return" in result.stdout
+
+
+def test_a_corrupted_or_missing_model_is_refused(bundled, tmp_path):
+    bundle = copy_of(bundled / "data/pi_bundle", tmp_path)
+    model = bundle / manifest_of(bundle)["policies"][CARTPOLE]["models"]["float32"]["file"]
+    content = bytearray(model.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    model.write_bytes(bytes(content))
+    result = runner(bundle, "act", CARTPOLE, bundle / f"observations/{CARTPOLE}.npy")
+    assert result.returncode == EXIT_BAD_BUNDLE and "checksum mismatch" in result.stderr
+    assert result.stdout == ""
+    model.unlink()
+    result = runner(bundle, "list")
+    assert result.returncode == EXIT_BAD_BUNDLE and f"missing file {model.relative_to(bundle)}" in result.stderr
+
+
+def test_a_manifest_naming_a_model_for_another_shape_is_refused(bundled, tmp_path):
+    bundle = copy_of(bundled / "data/pi_bundle", tmp_path)
+    manifest = manifest_of(bundle)
+    lander = manifest["policies"]["random_lander"]["models"]["float32"]
+    manifest["policies"][CARTPOLE]["models"]["float32"] = lander  # checksums still all correct
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    result = runner(bundle, "play", CARTPOLE, "--episodes", "1")
+    assert result.returncode == EXIT_BAD_BUNDLE
+    assert "takes observations of shape (8,), but the manifest says (4,)" in result.stderr
+
+
+def test_unknown_policies_and_pickled_observations_are_refused(bundled, tmp_path):
+    bundle = bundled / "data/pi_bundle"
+    result = runner(bundle, "act", "no_such_policy", bundle / f"observations/{CARTPOLE}.npy")
+    assert result.returncode == EXIT_BAD_BUNDLE and "unknown policy 'no_such_policy'" in result.stderr
+    pickled = tmp_path / "objects.npy"
+    np.save(pickled, np.array([{"observation": 1}], dtype=object), allow_pickle=True)
+    result = runner(bundle, "act", CARTPOLE, pickled)
+    assert result.returncode == EXIT_BAD_INPUT and "pickles are refused" in result.stderr
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((3, 5), np.float32))
+    result = runner(bundle, "act", CARTPOLE, wrong)
+    assert result.returncode == EXIT_BAD_INPUT and "shape (5,)" in result.stderr
+
+
+def test_the_runners_atari_preprocessing_is_the_pipelines():
+    """run_policy.py rebuilds Atari observations without project code: the same frames."""
+    from pi import run_policy
+    from stages.common.atari import make_atari_env, preprocessing_description
+
+    prep = preprocessing_description(frame_skip=4, screen_size=84, noop_max=30, frame_stack=4,
+                                     max_episode_steps=60, after_reset={"action": "FIRE", "steps": 1},
+                                     after_life_loss={"action": "FIRE", "steps": 1})
+    ours, theirs = make_atari_env("BreakoutNoFrameskip-v4", prep), run_policy.make_atari_env(
+        "BreakoutNoFrameskip-v4", prep, None)
+    for env in (ours, theirs):
+        env.action_space.seed(3)
+    actions = np.random.default_rng(3).integers(0, 4, size=60)
+    a, _ = ours.reset(seed=11)
+    b, _ = theirs.reset(seed=11)
+    assert np.array_equal(a, b)
+    for action in actions:
+        a, ra, ta, ua, _ = ours.step(int(action))
+        b, rb, tb, ub, _ = theirs.step(int(action))
+        assert np.array_equal(a, b) and (ra, ta, ua) == (rb, tb, ub)
+        if ta or ua:
+            break
+
+
+# --- parameters -------------------------------------------------------------------------------
+
+
+def test_overlapping_seed_ranges_are_refused():
+    params = read_params_file(REPO_ROOT / "params.yaml")
+    params["pi_bundle"]["parity"]["seed_start"] = params["pi_bundle"]["calibration"]["seed_start"] + 5
+    with pytest.raises(ParamError, match="seed ranges .* must not overlap"):
+        validate_section(params, "pi_bundle", SCHEMA)
+
+
+# --- an emulated Raspberry Pi -----------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_the_bundle_runs_on_an_emulated_raspberry_pi(bundled, tmp_path):
+    """Debian bookworm arm64 under qemu: same returns as here, and a corrupted model is refused.
+
+    Builds the root once (about 4 minutes, cached in /var/cache/rl-pipeline by requirements).
+    """
+    from tests.emulated_pi import emulated_pi, emulation_problem, run_in_root
+
+    problem = emulation_problem()
+    if problem:
+        pytest.skip(problem)
+    bundle = bundled / "data/pi_bundle"
+    play = ["play", CARTPOLE, "--episodes", "20", "--seed", "10000"]
+    here = runner(bundle, *play)
+    assert here.returncode == 0, here.stderr
+    with emulated_pi([PI / "requirements-pi.txt", PI / "requirements-pi-gymnasium.txt"]) as root:
+        target = root / "opt/pi_bundle"
+        shutil.rmtree(target, ignore_errors=True)
+        with tarfile.open(bundled / "data/pi_bundle.tar.gz") as tar:
+            tar.extractall(root / "opt", filter="data")
+        try:
+            machine = run_in_root(root, ["python3", "-c", "import platform; print(platform.machine())"])
+            assert machine.stdout.strip() == "aarch64", machine.stderr
+            on_pi = run_in_root(root, ["python3", "/opt/pi_bundle/run_policy.py", *play])
+            assert on_pi.returncode == 0, on_pi.stderr
+            assert on_pi.stdout.splitlines()[:20] == here.stdout.splitlines()[:20]
+            assert on_pi.stdout == here.stdout
+
+            model = target / manifest_of(target)["policies"][CARTPOLE]["models"]["float32"]["file"]
+            model.write_bytes(model.read_bytes()[:-1] + b"\0")
+            refused = run_in_root(root, ["python3", "/opt/pi_bundle/run_policy.py", *play])
+            assert refused.returncode == EXIT_BAD_BUNDLE and "checksum mismatch" in refused.stderr
+        finally:
+            shutil.rmtree(target, ignore_errors=True)
+
+
+def test_runner_help_names_the_commands():
+    result = subprocess.run([sys.executable, str(PI / "run_policy.py"), "--help"], capture_output=True,
+                            text=True)
+    assert result.returncode == 0 and all(c in result.stdout for c in ("list", "play", "act"))
