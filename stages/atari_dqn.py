@@ -58,6 +58,7 @@ from stages.common.tf_env import GymnasiumPyEnvironment
 from stages.settings import load_params, run_stage
 
 GAMES = ("breakout", "space_invaders")
+OPTIMIZER = "Keras RMSprop (epsilon added to the root)"
 MEMORY_HEADROOM_BYTES = 2 * 1024**3  # TensorFlow, the networks, the environment, a checkpoint's buffers
 
 
@@ -91,10 +92,7 @@ def build_agent(tf_env: TFPyEnvironment, cfg: SimpleNamespace) -> tuple[DqnAgent
         conv_layer_params=[tuple(layer) for layer in cfg.network.conv_layers],
         fc_layer_params=tuple(cfg.network.fc_layers),
     )
-    optimizer = tf.compat.v1.train.RMSPropOptimizer(
-        learning_rate=agent_cfg.learning_rate, decay=agent_cfg.rmsprop_rho,
-        momentum=agent_cfg.rmsprop_momentum, epsilon=agent_cfg.rmsprop_epsilon,
-        centered=agent_cfg.rmsprop_centered)
+    optimizer = rmsprop(agent_cfg)
     train_step = tf.Variable(0, dtype=tf.int64, name="train_step")
     epsilon = tf_keras.optimizers.schedules.PolynomialDecay(
         initial_learning_rate=agent_cfg.epsilon_start,
@@ -107,6 +105,19 @@ def build_agent(tf_env: TFPyEnvironment, cfg: SimpleNamespace) -> tuple[DqnAgent
         train_step_counter=train_step, epsilon_greedy=lambda: epsilon(train_step))
     agent.initialize()
     return agent, lambda: float(epsilon(train_step))
+
+
+def rmsprop(agent_cfg: SimpleNamespace) -> tf_keras.optimizers.legacy.RMSprop:
+    """The book's RMSprop: Keras' rule, step = lr * g / (sqrt(ms - mg^2) + epsilon).
+
+    TF1's RMSPropOptimizer adds epsilon under the root instead; with DQN's gradients (1e-4 to
+    1e-6 per weight) sqrt(1e-5) then dominates and the steps of the convolutions and the dense
+    layer shrink 25-300x. (Keras keeps its rule only without momentum, as the book has it.)
+    """
+    return tf_keras.optimizers.legacy.RMSprop(
+        learning_rate=agent_cfg.learning_rate, rho=agent_cfg.rmsprop_rho,
+        momentum=agent_cfg.rmsprop_momentum, epsilon=agent_cfg.rmsprop_epsilon,
+        centered=agent_cfg.rmsprop_centered)
 
 
 def buffer_bytes(agent: DqnAgent, capacity: int) -> int:
@@ -343,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
                                        agent=cfg.agent, training=cfg.training))
     for how_long in ("iterations", "log_interval", "checkpoint_interval"):
         del settings["training"][how_long]
+    settings["agent"]["optimizer"] = OPTIMIZER  # checkpoints trained with TF1's RMSprop start over
     checkpoint = TrainingCheckpoint(paths.data / "checkpoints", settings, cfg.training.iterations)
     if checkpoint.reset_reason:
         print(f"starting over: the checkpoint in {checkpoint.folder} was dropped because "
