@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,15 @@ def quick_workspace(tmp_path_factory):
         return create_workspace(tmp_path_factory.mktemp(name) / "repo", profile="quick")
 
     return make
+
+
+SNAKEMAKE = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2"]
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory) -> Path:
+    """The quick profile run once through Snakemake (the local reference run); tests that change
+    things work on clones, and other engines' runs are compared with it."""
+    ws = create_workspace(tmp_path_factory.mktemp("quick") / "repo", profile="quick")
+    run(SNAKEMAKE, ws)
+    return ws

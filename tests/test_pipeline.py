@@ -17,14 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common.workspace import create_workspace
-from tests.conftest import SNAKEMAKE_DIRECTORY_MARKER, file_digests, run
+from tests.conftest import SNAKEMAKE, SNAKEMAKE_DIRECTORY_MARKER, file_digests, run
 from tests.test_dag import dvc_view
 
 pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
-SNAKEMAKE = [str(BIN / "snakemake"), "--cores", "2"]
 DVC = str(BIN / "dvc")
 
 
@@ -58,14 +56,6 @@ def mtimes(workspace: Path, paths: list[str]) -> dict[str, int]:
 
 def outputs_of(workspace: Path, stage: str) -> list[str]:
     return dvc_view(workspace)[stage]["outs"]
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> Path:
-    """The quick profile run once through Snakemake; tests that change things work on clones."""
-    ws = create_workspace(tmp_path_factory.mktemp("quick") / "repo", profile="quick")
-    run(SNAKEMAKE, ws)
-    return ws
 
 
 @pytest.fixture
