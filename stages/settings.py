@@ -411,6 +411,7 @@ SCHEMA: dict[str, Validator] = {
         "resamples": integer(minimum=100),
         "seed": _SEED,
         "curve_points": integer(minimum=2),
+        "min_runs_for_claims": integer(minimum=2),
     }),
 }
 

@@ -117,7 +117,8 @@ def synthetic_workspace(root, seeds=(0, 1, 2, 3, 4)):
     pd.DataFrame(rows, columns=["policy", "algorithm", "seed", "max_steps", "episode", "env_seed",
                                 "return"]).to_csv(root / "reports/evaluate/returns.csv", index=False)
     (root / "params.yaml").write_text(
-        "aggregate: {confidence: 0.95, resamples: 1000, seed: 0, curve_points: 10}\n")
+        "aggregate: {confidence: 0.95, resamples: 1000, seed: 0, curve_points: 10,"
+        " min_runs_for_claims: 5}\n")
 
 
 def run_aggregate(workspace):
@@ -153,3 +154,14 @@ def test_the_aggregate_stage_on_synthetic_runs(tmp_path):
     first = (tmp_path / "reports/aggregate/summary.csv").read_bytes()
     run_aggregate(tmp_path)
     assert (tmp_path / "reports/aggregate/summary.csv").read_bytes() == first
+
+
+def test_too_few_runs_support_no_claim(tmp_path):
+    """Two runs of a strong algorithm above two of a weak one: P(X > Y)'s bootstrap interval is
+    [1, 1], yet two seeds cannot carry a claim (min_runs_for_claims)."""
+    synthetic_workspace(tmp_path, seeds=(0, 1))
+    run_aggregate(tmp_path)
+    comparisons = pd.read_csv(tmp_path / "reports/aggregate/probability_of_improvement.csv")
+    strong_weak = comparisons[(comparisons["algorithm_x"] == "strong") & (comparisons["algorithm_y"] == "weak")]
+    assert set(strong_weak["ci_low"]) == {1.0} and not comparisons["x_better"].any()
+    assert "No comparison is supported" in (tmp_path / "reports/aggregate/supported_comparisons.txt").read_text()
