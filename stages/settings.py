@@ -445,7 +445,7 @@ def for_training_seed(cfg: SimpleNamespace, section_name: str, seed: int) -> Sim
     disjoint from the section's evaluation seeds.
     """
     count_field = PER_SEED_SECTIONS[section_name]
-    run = SimpleNamespace(**{**vars(cfg), "seed": seed})
+    run = SimpleNamespace(**{**vars(cfg), "seed": _SEED(seed, f"training seed of {section_name}")})
     if count_field is None:
         requirement, held_out = ("evaluation seeds must not include the training seed",
                                  _evaluation_seeds_avoid_training)
