@@ -1,18 +1,19 @@
 """SPEC 6: deep Q-networks on CartPole, one variant per run.
 
-    python -m stages.dqn --variant double_dqn
+    python -m stages.dqn --variant double_dqn --seed 0
 
 Settings shared by every variant are in params.yaml's ``dqn`` section; what makes a variant
 (learning rate, loss, dueling head, target network, double Q-learning, prioritised replay) is its
-entry in ``dqn_variants``. dvc.yaml declares the stage once, as a matrix over the variant names.
+entry in ``dqn_variants``. dvc.yaml declares the stage once, as a matrix over the variant names
+and the training seeds of params.yaml's ``seeds`` (without ``--seed``: the ``dqn`` section's seed).
 
 Training follows the book: epsilon-greedy episodes with a decaying epsilon, a small replay
 memory, learning once the warm-up episodes have filled it, and the weights of the best episode
 kept. ``learn_every`` sets how often a gradient step is taken: after each episode (what the
 book's code does) or after each environment step. Keeping the best weights can hide a collapse
 at the end of training (the book's Double DQN ended on a 55-step episode), so both policies are
-exported and evaluated: ``<variant>`` (best-kept weights) and ``<variant>_final`` (the weights
-at the end of training).
+exported and evaluated: ``<variant>_s<seed>`` (best-kept weights) and ``<variant>_final_s<seed>``
+(the weights at the end of training).
 Evaluation is greedy, on seeds disjoint from training, at each step limit of
 ``dqn.evaluation.max_steps`` (the book's 200 and CartPole-v1's own 500).
 """
@@ -38,10 +39,11 @@ from stages.common.frames import record_episode, write_gif
 from stages.common.io import write_csv, write_json
 from stages.common.params import ParamError
 from stages.common.plotting import new_figure, save_figure
-from stages.common.policies import INDEX_DIR, PolicyEntry, export_keras_policy, load_policy
+from stages.common.policies import (INDEX_DIR, PolicyEntry, export_keras_policy, load_policy,
+                                    seeded_policy_name)
 from stages.common.replay import PrioritizedReplayMemory, ReplayMemory
 from stages.common.seeding import seed_everything
-from stages.settings import load_params, run_stage
+from stages.settings import for_training_seed, load_params, run_stage
 
 MOVING_AVERAGE_EPISODES = 20  # the smoothed curve in the figure, the log and the progress bar
 
@@ -179,20 +181,26 @@ def plot_returns(run: TrainingRun, variant: SimpleNamespace, title: str, path: s
 
 
 def export_policies(learner: DeepQLearner, run: TrainingRun, cfg: SimpleNamespace,
-                    variant: SimpleNamespace, name: str, title: str) -> dict[str, PolicyEntry]:
-    """The best-kept weights as ``<name>``, the final weights as ``<name>_final``."""
+                    variant: SimpleNamespace, name: str, title: str,
+                    training_log: str) -> dict[str, PolicyEntry]:
+    """The best-kept weights as ``<name>_s<seed>``, the final weights as ``<name>_final_s<seed>``."""
     best = tf_keras.models.clone_model(learner.online)
     best.set_weights(run.best_weights)
-    common = dict(stage=f"dqn@{name}", env_id=cfg.env_id, output="q_values",
+    common = dict(stage=f"dqn@{name}-{cfg.seed}", seed=cfg.seed, env_id=cfg.env_id, output="q_values",
                   training_max_steps=variant.max_steps, training_seeds=(cfg.seed,))
     final_return = float(run.returns[-1])
     return {
-        "best": export_keras_policy(best, INDEX_DIR / name, **common, details={
-            "algorithm": title, "weights": "best training episode (latest of ties)",
-            "episode": run.best_episode, "training_return": run.best_return}),
-        "final": export_keras_policy(learner.online, INDEX_DIR / f"{name}_final", **common, details={
-            "algorithm": title, "weights": "end of training",
-            "episode": len(run.log) - 1, "training_return": final_return}),
+        "best": export_keras_policy(
+            best, INDEX_DIR / seeded_policy_name(name, cfg.seed), algorithm=name, **common, details={
+                "algorithm": title, "weights": "best training episode (latest of ties)",
+                "episode": run.best_episode, "training_return": run.best_return,
+                "training_log": training_log}),
+        "final": export_keras_policy(
+            learner.online, INDEX_DIR / seeded_policy_name(f"{name}_final", cfg.seed),
+            algorithm=f"{name}_final", **common, details={
+                "algorithm": title, "weights": "end of training",
+                "episode": len(run.log) - 1, "training_return": final_return,
+                "training_log": training_log}),
     }
 
 
@@ -209,21 +217,25 @@ def evaluate(entries: dict[str, PolicyEntry], cfg: SimpleNamespace) -> dict:
     return results
 
 
-def parse_variant(argv: list[str]) -> str:
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train one DQN variant of params.yaml's dqn_variants.")
     parser.add_argument("--variant", required=True, help="a key of dqn_variants in params.yaml")
-    return parser.parse_args(argv).variant
+    parser.add_argument("--seed", type=int, default=None,
+                        help="training seed (default: the dqn section's own seed, the book's run)")
+    return parser.parse_args(argv)
 
 
 def main() -> None:
-    name = parse_variant(sys.argv[1:])
+    args = parse_arguments(sys.argv[1:])
+    name = args.variant
     cfg = load_params("dqn")
+    cfg = for_training_seed(cfg, "dqn", cfg.seed if args.seed is None else args.seed)
     variants = load_params("dqn_variants")
     if name not in variants:
         raise ParamError(f"dqn_variants has no variant '{name}'; known: {', '.join(variants)}")
     variant = variants[name]
     title = variant_title(variant)
-    reports, data = f"reports/dqn/{name}", f"data/dqn/{name}"
+    reports, data = f"reports/dqn/{name}/s{cfg.seed}", f"data/dqn/{name}/s{cfg.seed}"
 
     # A network this small runs fastest on one thread, and one thread keeps its sums in one order.
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -244,11 +256,12 @@ def main() -> None:
     started = time.perf_counter()
     run = train(variant, learner, memory, rng, env_id=cfg.env_id, seed=cfg.seed, name=name)
     training_time = time.perf_counter() - started
-    write_csv(f"{data}/training_log.csv", pd.DataFrame(run.log)[
+    training_log = f"{data}/training_log.csv"
+    write_csv(training_log, pd.DataFrame(run.log)[
         ["episode", "return", "mean_return", "epsilon", "loss", "gradient_steps", "wall_time_s"]])
     plot_returns(run, variant, f"{title} on {cfg.env_id}", f"{reports}/{name}_rewards_plot.png")
 
-    entries = export_policies(learner, run, cfg, variant, name, title)
+    entries = export_policies(learner, run, cfg, variant, name, title, training_log)
     started = time.perf_counter()
     evaluation = evaluate(entries, cfg)
     evaluation_time = time.perf_counter() - started
@@ -263,6 +276,7 @@ def main() -> None:
     returns = run.returns
     write_json(f"{reports}/metrics.json", {
         "variant": name,
+        "seed": cfg.seed,
         "algorithm": title,
         "training": {
             "episodes": variant.episodes,

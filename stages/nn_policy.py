@@ -5,10 +5,14 @@ in the step its episode ends. At each iteration the network's P(left) for the cu
 observations is pushed, by binary cross-entropy, toward the hard-coded policy's choice (P(left) = 1
 when the pole leans left), and the environments move on with actions sampled from the P(left)
 computed before that update: the network drives, the hard-coded policy teaches.
+
+``python -m stages.nn_policy --seed S`` trains with training seed S (dvc.yaml: one run per seed
+of params.yaml's ``seeds``); the policy is ``nn_policy_s<S>``.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 
 import gymnasium as gym
@@ -21,15 +25,14 @@ from stages.cartpole_basics import LEFT, basic_policy
 from stages.common.assessment import assess_policy, record_policy_gif
 from stages.common.book import book_value
 from stages.common.io import write_json
-from stages.common.policies import INDEX_DIR, actions_from_outputs, export_keras_policy
+from stages.common.policies import (INDEX_DIR, actions_from_outputs, export_keras_policy,
+                                    seeded_policy_name)
 from stages.common.policy_gradients import make_optimizer, policy_network
 from stages.common.seeding import seed_everything
 from stages.common.training_log import TrainingLog, plot_learning_curve
-from stages.settings import load_params, run_stage
+from stages.settings import load_seeded_params, run_stage, training_seed_argument
 
 NAME = "nn_policy"
-DATA = f"data/{NAME}"
-REPORTS = f"reports/{NAME}"
 
 
 def make_imitation_step(model: tf_keras.Model, optimizer: tf_keras.optimizers.Optimizer):
@@ -49,7 +52,8 @@ def make_imitation_step(model: tf_keras.Model, optimizer: tf_keras.optimizers.Op
 
 
 def main() -> None:
-    cfg = load_params(NAME)
+    cfg = load_seeded_params(NAME, training_seed_argument(sys.argv[1:], __doc__.splitlines()[0]))
+    data, reports = f"data/{NAME}/s{cfg.seed}", f"reports/{NAME}/s{cfg.seed}"
     hard_coded_mean_return = book_value("cartpole_basics")  # SPEC 1: the policy imitated
     book_final_loss = book_value("nn_policy", "final_loss")
     rng = seed_everything(cfg.seed)
@@ -80,22 +84,25 @@ def main() -> None:
             log.record(iteration, mean_return, float(loss))
             bar.set_postfix(loss=f"{float(loss):.3f}", mean_return=f"{mean_return:.1f}", refresh=False)
     envs.close()
-    log.write(f"{DATA}/training_log.csv")
-    plot_learning_curve(log.frame(), f"{REPORTS}/learning_curve.png",
+    log.write(f"{data}/training_log.csv")
+    plot_learning_curve(log.frame(), f"{reports}/learning_curve.png",
                         f"Imitation over {cfg.environments} environments: latest episodes' return",
                         reference={"hard-coded policy (SPEC 1)": hard_coded_mean_return}, loss=True)
 
     entry = export_keras_policy(
-        model, INDEX_DIR / NAME, stage=NAME, env_id=cfg.env_id, output="p_left",
+        model, INDEX_DIR / seeded_policy_name(NAME, cfg.seed), stage=f"{NAME}@{cfg.seed}",
+        algorithm=NAME, seed=cfg.seed, env_id=cfg.env_id, output="p_left",
         training_max_steps=cfg.max_steps, training_seeds=tuple(env_seeds),
         details={"algorithm": "imitation of the hard-coded policy (binary cross-entropy)",
-                 "seed": cfg.seed, "iterations": cfg.iterations, "environments": cfg.environments})
+                 "iterations": cfg.iterations, "environments": cfg.environments,
+                 "training_log": f"{data}/training_log.csv"})
     eval_seeds = list(range(cfg.eval_seed_start, cfg.eval_seed_start + cfg.eval_episodes))
     evaluation = assess_policy(entry, eval_seeds, cfg.max_steps)
-    gif = record_policy_gif(entry, f"{REPORTS}/policy.gif", cfg.gif_seed, cfg.max_steps, cfg.gif_fps)
+    gif = record_policy_gif(entry, f"{reports}/policy.gif", cfg.gif_seed, cfg.max_steps, cfg.gif_fps)
 
     losses = log.frame()["loss"]
-    write_json(f"{REPORTS}/metrics.json", {
+    write_json(f"{reports}/metrics.json", {
+        "seed": cfg.seed,
         "training": {
             "iterations": cfg.iterations,
             "final_loss": float(losses.iloc[-1]),

@@ -5,48 +5,55 @@ cross-entropy toward the action it took by the step's discounted return (standar
 whole batch), and makes one update. The episodes are played side by side and the update is one
 batched gradient (stages/common/policy_gradients.py), the same update as the book's per-step
 tapes; benchmarks/reinforce_speed.py measures the difference in time.
+
+``python -m stages.pg_cartpole --seed S`` trains with training seed S (dvc.yaml: one run per
+seed of params.yaml's ``seeds``); the policy is ``pg_cartpole_s<S>``.
 """
 
 from __future__ import annotations
+
+import sys
 
 import tensorflow as tf  # noqa: F401  (imported before seeding, so TensorFlow is seeded too)
 
 from stages.common.assessment import assess_policy, record_policy_gif
 from stages.common.book import book_value
 from stages.common.io import write_json
-from stages.common.policies import INDEX_DIR, export_keras_policy
+from stages.common.policies import INDEX_DIR, export_keras_policy, seeded_policy_name
 from stages.common.policy_gradients import train_reinforce, training_env_seeds
 from stages.common.seeding import seed_everything
 from stages.common.training_log import plot_learning_curve
-from stages.settings import load_params, run_stage
+from stages.settings import load_seeded_params, run_stage, training_seed_argument
 
 NAME = "pg_cartpole"
-DATA = f"data/{NAME}"
-REPORTS = f"reports/{NAME}"
 
 
 def main() -> None:
-    cfg = load_params(NAME)
+    cfg = load_seeded_params(NAME, training_seed_argument(sys.argv[1:], __doc__.splitlines()[0]))
+    data, reports = f"data/{NAME}/s{cfg.seed}", f"reports/{NAME}/s{cfg.seed}"
     book_final_mean_return = book_value(NAME)  # the book's last iteration (of at most 200)
     rng = seed_everything(cfg.seed)
 
     model, log = train_reinforce(cfg, "p_left", rng, desc="REINFORCE on CartPole")
-    log.write(f"{DATA}/training_log.csv")
-    plot_learning_curve(log.frame(), f"{REPORTS}/learning_curve.png",
+    log.write(f"{data}/training_log.csv")
+    plot_learning_curve(log.frame(), f"{reports}/learning_curve.png",
                         f"REINFORCE on {cfg.env_id}: {cfg.episodes_per_iteration} episodes per iteration",
                         reference={"book, last iteration": book_final_mean_return,
                                    "step cap": cfg.max_steps})
 
     entry = export_keras_policy(
-        model, INDEX_DIR / NAME, stage=NAME, env_id=cfg.env_id, output="p_left",
+        model, INDEX_DIR / seeded_policy_name(NAME, cfg.seed), stage=f"{NAME}@{cfg.seed}",
+        algorithm=NAME, seed=cfg.seed, env_id=cfg.env_id, output="p_left",
         training_max_steps=cfg.max_steps, training_seeds=tuple(training_env_seeds(cfg)),
-        details={"algorithm": "REINFORCE", "seed": cfg.seed, "iterations": cfg.iterations,
-                 "episodes_per_iteration": cfg.episodes_per_iteration, "discount": cfg.discount})
+        details={"algorithm": "REINFORCE", "iterations": cfg.iterations,
+                 "episodes_per_iteration": cfg.episodes_per_iteration, "discount": cfg.discount,
+                 "training_log": f"{data}/training_log.csv"})
     eval_seeds = range(cfg.eval_seed_start, cfg.eval_seed_start + cfg.eval_episodes)
     evaluation = assess_policy(entry, list(eval_seeds), cfg.max_steps)
-    gif = record_policy_gif(entry, f"{REPORTS}/policy.gif", cfg.gif_seed, cfg.max_steps, cfg.gif_fps)
+    gif = record_policy_gif(entry, f"{reports}/policy.gif", cfg.gif_seed, cfg.max_steps, cfg.gif_fps)
 
-    write_json(f"{REPORTS}/metrics.json", {
+    write_json(f"{reports}/metrics.json", {
+        "seed": cfg.seed,
         "training": {
             "iterations": cfg.iterations,
             "final_mean_return": float(log.frame()["mean_return"].iloc[-1]),

@@ -24,7 +24,7 @@ import platform
 import subprocess
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +70,24 @@ class Layout:
     policies: tuple[str, ...] = ()  # policy names or algorithms whose evaluation the section shows
     texts: tuple[str, ...] = ()
 
+    def for_seed(self, seed: int) -> "Layout":
+        """Per-seed stages keep one folder per training seed (``s{seed}``): show ``seed``'s."""
+        def fill(value: Any) -> Any:
+            if isinstance(value, str):
+                return value.replace("{seed}", str(seed))
+            return tuple(fill(v) for v in value) if isinstance(value, tuple) else value
+        return replace(self, **{f.name: fill(getattr(self, f.name)) for f in fields(self)})
+
+
+def layout_of(experiment: str, params: dict[str, Any]) -> Layout:
+    """The experiment's layout with the figures of the first training seed of ``seeds``."""
+    return LAYOUTS.get(experiment, Layout(())).for_seed(params.get("seeds", [42])[0])
+
 
 def _dqn(variant: str) -> Layout:
-    return Layout(("dqn", f"dqn_variants.{variant}"), (f"dqn/{variant}/{variant}_rewards_plot.png",),
-                  (f"dqn/{variant}/{variant}.gif",), f"dqn/{variant}/metrics.json",
-                  (variant, f"{variant}_final"))
+    folder = f"dqn/{variant}/s{{seed}}"
+    return Layout(("dqn", f"dqn_variants.{variant}", "seeds"), (f"{folder}/{variant}_rewards_plot.png",),
+                  (f"{folder}/{variant}.gif",), f"{folder}/metrics.json", (variant, f"{variant}_final"))
 
 
 def _atari(game: str) -> Layout:
@@ -87,7 +100,7 @@ def _atari(game: str) -> Layout:
 
 
 def _lunar(config: str) -> Layout:
-    folder = f"pg_lunarlander/{config}"
+    folder = "pg_lunarlander/solve/s{seed}" if config == "solve" else f"pg_lunarlander/{config}"
     return Layout((f"pg_lunarlander.{config}",), (f"{folder}/learning_curve.png",), (f"{folder}/policy.gif",),
                   f"{folder}/metrics.json", (f"pg_lunarlander_{config}",))
 
@@ -98,10 +111,11 @@ LAYOUTS: dict[str, Layout] = {
     "markov_chain": Layout(("markov_chain",), metrics="markov_chain/metrics.json",
                            texts=("markov_chain/runs.txt",)),
     "mdp": Layout(("mdp",), ("mdp/q_value_plot.png",), metrics="mdp/metrics.json"),
-    "nn_policy": Layout(("nn_policy",), ("nn_policy/learning_curve.png",), ("nn_policy/policy.gif",),
-                        "nn_policy/metrics.json", ("nn_policy",)),
-    "pg_cartpole": Layout(("pg_cartpole",), ("pg_cartpole/learning_curve.png",), ("pg_cartpole/policy.gif",),
-                          "pg_cartpole/metrics.json", ("pg_cartpole",)),
+    "nn_policy": Layout(("nn_policy", "seeds"), ("nn_policy/s{seed}/learning_curve.png",),
+                        ("nn_policy/s{seed}/policy.gif",), "nn_policy/s{seed}/metrics.json", ("nn_policy",)),
+    "pg_cartpole": Layout(("pg_cartpole", "seeds"), ("pg_cartpole/s{seed}/learning_curve.png",),
+                          ("pg_cartpole/s{seed}/policy.gif",), "pg_cartpole/s{seed}/metrics.json",
+                          ("pg_cartpole",)),
     "dqn": _dqn("dqn"),
     "double_dqn": _dqn("double_dqn"),
     "dueling_double_dqn": _dqn("dueling_double_dqn"),
@@ -247,11 +261,12 @@ def close(found: Any, expected: Any, tolerance: float) -> bool:
     return abs(float(found) - float(expected)) <= tolerance
 
 
-def measure(experiment: str, entry: dict[str, Any], returns: pd.DataFrame | None, bootstrap: Any) -> Measurement:
+def measure(experiment: str, entry: dict[str, Any], returns: pd.DataFrame | None, bootstrap: Any,
+            params: dict[str, Any]) -> Measurement:
     headline = entry["headline"]
     how, rule = headline["measured_by"], headline["verdict"]
-    layout = LAYOUTS.get(experiment)
-    metrics = read_json(REPORTS / layout.metrics) if layout and layout.metrics else None
+    layout = layout_of(experiment, params)
+    metrics = read_json(REPORTS / layout.metrics) if layout.metrics else None
     wall = wall_time_of(metrics)
     if "metrics" in how:
         data = read_json(Path(how["metrics"]))
@@ -381,7 +396,7 @@ def details_table(entry: dict[str, Any]) -> str:
 
 def experiment_section(name: str, entry: dict[str, Any], m: Measurement, params: dict[str, Any],
                        summary: pd.DataFrame | None) -> str:
-    layout = LAYOUTS.get(name, Layout(()))
+    layout = layout_of(name, params)
     headline = entry["headline"]
     parts = [f'<section id="{esc(name)}">', f"<h2>{esc(entry['title'])} <small>({esc(entry['spec'])})</small></h2>",
              banner(params),
@@ -425,6 +440,11 @@ def aggregate_section(params: dict[str, Any]) -> str:
     body = [csv_table(AGGREGATE / "summary.csv"),
             files_block(("aggregate/interval_estimates.png", "aggregate/learning_curves.png"),
                         lambda p: image(p, p), "figure"),
+            "<h3>Supported comparisons</h3>",
+            "<p class=\"rule\">An algorithm is said to beat another only when the whole 95% interval of "
+            "P(X &gt; Y) lies above 1/2, with enough runs per algorithm (aggregate.min_runs_for_claims).</p>",
+            "<pre>" + esc((AGGREGATE / "supported_comparisons.txt").read_text()) + "</pre>"
+            if (AGGREGATE / "supported_comparisons.txt").is_file() else "",
             "<h3>Probability of improvement</h3>", csv_table(AGGREGATE / "probability_of_improvement.csv"),
             f"<p>All numbers: {link('aggregate/metrics.json', 'aggregate/metrics.json')}</p>"
             if (AGGREGATE / "metrics.json").is_file() else ""]
@@ -485,7 +505,7 @@ def provenance_section(index: dict[str, Any], params: dict[str, Any]) -> str:
 def render(params: dict[str, Any], bootstrap: Any) -> str:
     experiments = book_experiments(BOOK_RESULTS)
     returns, summary = read_csv(EVALUATION / "returns.csv"), read_csv(EVALUATION / "summary.csv")
-    measured = {name: measure(name, entry, returns, bootstrap) for name, entry in experiments.items()}
+    measured = {name: measure(name, entry, returns, bootstrap, params) for name, entry in experiments.items()}
     index = load_index(INDEX_DIR)
     profile = params.get("profile", "full")
     nav = " | ".join(link(f"#{name}", entry["title"]) for name, entry in experiments.items())

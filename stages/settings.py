@@ -6,6 +6,7 @@ Stages load their section with :func:`load_params`; the Snakefile validates the 
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -149,6 +150,13 @@ def _held_out(count_field: str) -> tuple[str, Callable[[SimpleNamespace], bool]]
                                        getattr(c, count_field)))
 
 
+def _distinct_seeds(value: object, key: str) -> list[int]:
+    seeds = list_of(_SEED)(value, key)
+    if len(set(seeds)) != len(seeds):
+        raise ParamError(f"{key} = {value!r} is not allowed: expected distinct seeds")
+    return seeds
+
+
 def _env_family(prefix: str) -> tuple[str, Callable[[SimpleNamespace], bool]]:
     return (f"env_id must be a {prefix} environment", lambda c: c.env_id.startswith(f"{prefix}-"))
 
@@ -179,20 +187,26 @@ def _reinforce(env_family: str) -> Validator:
 
 
 def training_seeds(params: dict[str, SimpleNamespace]) -> dict[str, set[int]]:
-    """Every seed each training stage starts an environment or a generator from, by stage."""
+    """Every seed each training run starts an environment or a generator from, by run.
+
+    Per-seed sections (PER_SEED_SECTIONS) count once per training seed of ``seeds``, each with its
+    own block of environment seeds.
+    """
     seeds: dict[str, set[int]] = {}
-
-    def reinforce(name: str, cfg: SimpleNamespace, count: int) -> None:
-        seeds[name] = {cfg.seed, *range(cfg.env_seed_start, cfg.env_seed_start + count)}
-
-    if "nn_policy" in params:
-        reinforce("nn_policy", params["nn_policy"], params["nn_policy"].environments)
-    if "pg_cartpole" in params:
-        reinforce("pg_cartpole", params["pg_cartpole"], params["pg_cartpole"].episodes_per_iteration)
-    for config, cfg in vars(params.get("pg_lunarlander", SimpleNamespace())).items():
-        reinforce(f"pg_lunarlander.{config}", cfg, cfg.episodes_per_iteration)
-    if "dqn" in params:
-        seeds["dqn"] = {params["dqn"].seed}
+    sections = {"nn_policy": params.get("nn_policy"), "pg_cartpole": params.get("pg_cartpole"),
+                "dqn": params.get("dqn"),
+                **{f"pg_lunarlander.{config}": cfg
+                   for config, cfg in vars(params.get("pg_lunarlander", SimpleNamespace())).items()}}
+    for name, cfg in sections.items():
+        if cfg is None:
+            continue
+        runs = ([for_training_seed(cfg, name, seed) for seed in params.get("seeds", [cfg.seed])]
+                if name in PER_SEED_SECTIONS else [cfg])
+        for run in runs:
+            count_field = PER_SEED_SECTIONS.get(name, "episodes_per_iteration")
+            env_seeds = (range(run.env_seed_start, run.env_seed_start + getattr(run, count_field))
+                         if count_field else ())
+            seeds[f"{name} (seed {run.seed})"] = {run.seed, *env_seeds}
     if "atari_dqn" in params:
         seeds["atari_dqn"] = {params["atari_dqn"].training.seed}
     if "custom_env" in params:
@@ -232,6 +246,8 @@ _OBSERVATION_SET = section({"observations": _COUNT, "seed_start": _SEED, "max_ep
 SCHEMA: dict[str, Validator] = {
     # "quick" marks a preview run with tiny settings (see profiles/quick.yaml).
     "profile": one_of("full", "quick"),
+    # Training seeds of every CartPole-scale training stage (dvc.yaml: one instance per seed).
+    "seeds": _distinct_seeds,
     "markov_chain": section(
         {
             "transition_matrix": list_of(list_of(_PROBABILITY), min_length=2),
@@ -470,7 +486,58 @@ SCHEMA: dict[str, Validator] = {
                 ("sample_observations must not exceed parity.observations",
                  lambda c: c.sample_observations <= c.parity.observations)],
     ),
+    "aggregate": section({
+        "confidence": number(minimum=0.5, maximum=1.0, open_max=True),
+        "resamples": integer(minimum=100),
+        "seed": _SEED,
+        "curve_points": integer(minimum=2),
+        "min_runs_for_claims": integer(minimum=2),
+    }),
 }
+
+
+# Sections trained once per training seed (dvc.yaml matrices over `seeds`), with the field that
+# counts the environment seeds a run starts from (None: the seed itself seeds the environment).
+PER_SEED_SECTIONS: dict[str, str | None] = {
+    "nn_policy": "environments",
+    "pg_cartpole": "episodes_per_iteration",
+    "pg_lunarlander.solve": "episodes_per_iteration",
+    "dqn": None,
+}
+
+
+def environment_seed_start(section_start: int, environments: int, section_seed: int, seed: int) -> int:
+    """First environment seed of training seed ``seed``'s run, in blocks of ``environments`` seeds.
+
+    A stage's params section describes one run: its ``seed`` (the book's 42) and the environment
+    seeds from ``section_start``. Training seed ``seed`` takes block ``seed XOR section_seed``, a
+    one-to-one map that gives the section's own seed block 0: that run is exactly the section's
+    single-seed run, and no two training seeds share an environment seed.
+    """
+    return section_start + (seed ^ section_seed) * environments
+
+
+def for_training_seed(cfg: SimpleNamespace, section_name: str, seed: int) -> SimpleNamespace:
+    """``cfg`` as training seed ``seed``'s run uses it: only the seeds differ between runs.
+
+    Weights, action sampling and exploration take ``seed``; the environment seeds move to the
+    seed's own block (:func:`environment_seed_start`). The run's training seeds must stay
+    disjoint from the section's evaluation seeds.
+    """
+    count_field = PER_SEED_SECTIONS[section_name]
+    run = SimpleNamespace(**{**vars(cfg), "seed": _SEED(seed, f"training seed of {section_name}")})
+    if count_field is None:
+        requirement, held_out = ("evaluation seeds must not include the training seed",
+                                 _evaluation_seeds_avoid_training)
+    else:
+        run.env_seed_start = environment_seed_start(cfg.env_seed_start, getattr(cfg, count_field),
+                                                    cfg.seed, seed)
+        requirement, held_out = _held_out(count_field)
+    if not held_out(run):
+        raise ParamError(f"seeds: training seed {seed} is not allowed for {section_name}: "
+                         f"{requirement} (this seed's environments start at "
+                         f"{getattr(run, 'env_seed_start', seed)})")
+    return run
 
 
 def load_params(stage: str, path: Path = PARAMS_FILE) -> SimpleNamespace:
@@ -478,10 +545,37 @@ def load_params(stage: str, path: Path = PARAMS_FILE) -> SimpleNamespace:
     return validate_section(read_params_file(path), stage, SCHEMA, path)
 
 
+def load_seeded_params(section_name: str, seed: int | None,
+                       path: Path = PARAMS_FILE) -> SimpleNamespace:
+    """A section of PER_SEED_SECTIONS as training seed ``seed``'s run uses it; ``None`` means the
+    section's own seed (its single, reference run)."""
+    top, _, sub = section_name.partition(".")
+    cfg = load_params(top, path)
+    cfg = getattr(cfg, sub) if sub else cfg
+    return for_training_seed(cfg, section_name, cfg.seed if seed is None else seed)
+
+
 def validate_params_file(path: Path = PARAMS_FILE) -> dict:
+    """Every section, and every per-seed section under every training seed of ``seeds``."""
     params = validate_all(read_params_file(path), SCHEMA, path)
+    for section_name in PER_SEED_SECTIONS:
+        top, _, sub = section_name.partition(".")
+        cfg = getattr(params[top], sub) if sub else params[top]
+        for seed in params["seeds"]:
+            try:
+                for_training_seed(cfg, section_name, seed)
+            except ParamError as error:
+                raise ParamError(f"{path}: {error}") from None
     _check_evaluation_is_held_out(params, path)
     return params
+
+
+def training_seed_argument(argv: list[str], description: str) -> int | None:
+    """``--seed S`` of a per-seed stage (dvc.yaml passes each seed of ``seeds``); None: the section's."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="training seed (default: the section's own seed, the book's run)")
+    return parser.parse_args(argv).seed
 
 
 def run_stage(main: Callable[[], None]) -> None:

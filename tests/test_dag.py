@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import subprocess
 import sys
@@ -105,6 +106,7 @@ def test_the_agreement_check_catches_drift(repo_root, quick_workspace):
     assert any(p.startswith("mdp: outputs") for p in problems)
 
 
+@functools.cache  # stages instantiated per seed or variant share a module: import it once
 def _project_modules_imported_by(module: str, root: Path) -> set[str]:
     code = (f"import sys, {module}; print('\\n'.join(m.__file__ for m in list(sys.modules.values()) "
             "if getattr(m, '__file__', None)))")

@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import SNAKEMAKE_DIRECTORY_MARKER, file_digests, run
+from tests.conftest import SNAKEMAKE, SNAKEMAKE_DIRECTORY_MARKER, file_digests, run
 from tests.test_dag import dvc_view
 
 pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
-SNAKEMAKE = [str(BIN / "snakemake"), "--cores", "2"]
 DVC = str(BIN / "dvc")
 
 

@@ -28,7 +28,8 @@ from stages.common.policy_gradients import (
     policy_gradient_loss,
     policy_network,
 )
-from stages.settings import validate_params_file
+from stages.common.policies import load_index
+from stages.settings import load_seeded_params, validate_params_file
 from tests.conftest import run
 from tests.test_params import write_params
 
@@ -131,6 +132,22 @@ def test_evaluation_seeds_must_be_held_out(tmp_path, section):
         validate_params_file(write_params(tmp_path, overlap))
 
 
+def test_every_training_seed_keeps_the_evaluation_seeds_held_out(tmp_path):
+    """Seed s trains on its own block of environment seeds; the section's seed keeps block 0."""
+    path = write_params(tmp_path, lambda p: None)
+    book = load_seeded_params("pg_cartpole", None, path)
+    assert (book.seed, book.env_seed_start) == (42, 0)
+    starts = {load_seeded_params("pg_cartpole", s, path).env_seed_start for s in range(50)}
+    assert len(starts) == 50 and all(start % 10 == 0 for start in starts)  # disjoint blocks of 10
+    assert load_seeded_params("dqn", 3, path).seed == 3
+    # Seed 226 (block 226 XOR 42 = 200) would train nn_policy on environments 10000..10049, its
+    # evaluation seeds: refused.
+    with pytest.raises(ParamError, match="training seed 226 is not allowed for nn_policy"):
+        validate_params_file(write_params(tmp_path, lambda p: p.update(seeds=[42, 226])))
+    with pytest.raises(ParamError, match="seeds = \\[0, 0\\] is not allowed: expected distinct seeds"):
+        validate_params_file(write_params(tmp_path, lambda p: p.update(seeds=[0, 0])))
+
+
 def test_each_lunarlander_configuration_is_validated(tmp_path):
     path = write_params(tmp_path, lambda p: p["pg_lunarlander"]["solve"].update(discount=1.5))
     with pytest.raises(ParamError, match=r"pg_lunarlander\.solve\.discount = 1\.5"):
@@ -146,7 +163,7 @@ import numpy as np
 from stages.common.evaluation import evaluate_policy
 from stages.common.policies import load_index, load_policy
 index = load_index()
-entry = index["pg_cartpole"]
+entry = index["pg_cartpole_s42"]
 result = evaluate_policy(entry.env_id, load_policy(entry, rng=np.random.default_rng(0)), [7, 8],
                          max_steps=entry.training_max_steps, progress=False)
 trainers = sorted(m for m in sys.modules if m in ("stages.pg_cartpole", "stages.common.policy_gradients"))
@@ -157,9 +174,12 @@ print(entry.output, len(result.returns), trainers)
 @pytest.mark.e2e
 def test_a_trained_policy_plays_from_the_index_without_its_stage(quick_workspace):
     ws = quick_workspace("pg")
-    run([sys.executable, "-m", "stages.pg_cartpole"], ws)
+    run([sys.executable, "-m", "stages.pg_cartpole"], ws)  # without --seed: the section's own, 42
     played = run([sys.executable, "-c", PLAY_FROM_THE_INDEX], ws).stdout.split("\n")[-2]
     assert played == "p_left 2 []"
+    entry = load_index(ws / "data/policies")["pg_cartpole_s42"]
+    assert (entry.algorithm, entry.seed, entry.stage) == ("pg_cartpole", 42, "pg_cartpole@42")
+    assert (ws / entry.details["training_log"]).is_file()
     lunar = run([sys.executable, "-m", "stages.pg_lunarlander", "nonsense"], ws, check=False)
     assert lunar.returncode == 2 and "config one of book, solve" in lunar.stderr
     assert not (ws / "reports/pg_lunarlander").exists()

@@ -66,6 +66,11 @@ class PolicyEntry:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     # Free-form facts worth keeping with the model (algorithm, variant, which weights were kept).
     details: dict[str, Any] = field(default_factory=dict)
+    # Runs of one algorithm over several training seeds: what was trained (e.g. "pg_cartpole",
+    # "dqn_final") and from which seed; the policy is named "<algorithm>_s<seed>". Omitted (None)
+    # for single-run policies, so their entries stay as they were.
+    algorithm: str | None = None
+    seed: int | None = None
     version: int = ENTRY_VERSION
     folder: Path | None = field(default=None, compare=False, repr=False)
 
@@ -80,7 +85,8 @@ class PolicyEntry:
         data.pop("folder")
         data["observation_shape"] = list(self.observation_shape)
         data["training_seeds"] = list(self.training_seeds)
-        return data
+        return {key: value for key, value in data.items()
+                if not (key in ("algorithm", "seed") and value is None)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], folder: Path | None = None) -> PolicyEntry:
@@ -98,6 +104,11 @@ class PolicyEntry:
         values["observation_shape"] = tuple(int(n) for n in data["observation_shape"])
         values["training_seeds"] = tuple(int(s) for s in data.get("training_seeds", ()))
         return cls(**values, folder=folder)
+
+
+def seeded_policy_name(algorithm: str, seed: int) -> str:
+    """The index name of one training seed's run of an algorithm, e.g. ``pg_cartpole_s42``."""
+    return f"{algorithm}_s{seed}"
 
 
 def actions_from_outputs(output: str, outputs: np.ndarray,

@@ -1,0 +1,167 @@
+"""Interval estimates across runs (stages/common/statistics.py) and the aggregate stage's tables,
+on synthetic data whose answers are known."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from stages.common.statistics import (
+    Interval,
+    curve_intervals,
+    interval_estimates,
+    iqm,
+    probability_of_improvement,
+    probability_of_improvement_interval,
+)
+from stages.common.workspace import REPO_ROOT, engine_env
+
+
+def test_iqm_is_the_mean_of_the_middle_half():
+    assert iqm(np.array([0.0, 1, 2, 3, 4, 5, 6, 100])) == pytest.approx(np.mean([2, 3, 4, 5]))
+    # Five runs: one dropped at each end, the middle three averaged; an outlier run does not move it.
+    assert iqm(np.array([10.0, 20, 30, 40, 1e6])) == pytest.approx(30.0)
+
+
+def test_probability_of_improvement_counts_pairs_and_ties_half():
+    assert probability_of_improvement(np.array([3.0, 4]), np.array([1.0, 2])) == 1.0
+    assert probability_of_improvement(np.array([1.0, 2]), np.array([3.0, 4])) == 0.0
+    # Pairs (x, y): (2,1) win, (2,2) tie, (2,3) loss, and the same for x = 2 again: (1 + 0.5) / 3.
+    assert probability_of_improvement(np.array([2.0, 2]), np.array([1.0, 2, 3])) == pytest.approx(0.5)
+    x, y = np.array([5.0, 1, 3]), np.array([2.0, 4])
+    assert (probability_of_improvement(x, y) + probability_of_improvement(y, x)) == pytest.approx(1.0)
+
+
+def test_intervals_cover_the_point_and_shrink_with_more_runs():
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(100, 20, size=5), rng.normal(100, 20, size=200)
+    for name, interval in interval_estimates(few, np.random.default_rng(1), resamples=2000).items():
+        assert interval.low <= interval.point <= interval.high, name
+    wide = interval_estimates(few, np.random.default_rng(1), resamples=2000)["iqm"]
+    narrow = interval_estimates(many, np.random.default_rng(1), resamples=2000)["iqm"]
+    assert narrow.high - narrow.low < wide.high - wide.low
+
+
+def test_the_mean_interval_matches_scipys_percentile_bootstrap():
+    scores = np.array([480.0, 500, 230, 410, 500])
+    ours = interval_estimates(scores, np.random.default_rng(7), resamples=5000)["mean"]
+    ci = stats.bootstrap((scores,), np.mean, n_resamples=5000, method="percentile",
+                         rng=np.random.default_rng(7)).confidence_interval
+    assert (ours.low, ours.high) == pytest.approx((ci.low, ci.high))
+    assert ours.point == pytest.approx(424.0)
+
+
+def test_same_draws_same_intervals_and_agreeing_runs_have_no_spread():
+    scores = np.array([3.0, 9, 4, 7])
+    first = interval_estimates(scores, np.random.default_rng(3), resamples=1000)
+    assert interval_estimates(scores, np.random.default_rng(3), resamples=1000) == first
+    assert interval_estimates(np.full(5, 500.0), np.random.default_rng(0))["iqm"] == Interval(500, 500, 500)
+    assert interval_estimates(np.array([7.0]), np.random.default_rng(0))["median"] == Interval(7, 7, 7)
+
+
+def test_a_clear_winner_is_supported_and_a_coin_flip_is_not():
+    rng = np.random.default_rng(0)
+    strong, weak = rng.normal(400, 10, size=5), rng.normal(100, 10, size=5)
+    win = probability_of_improvement_interval(strong, weak, np.random.default_rng(1), resamples=2000)
+    assert win.point == 1.0 and win.low == 1.0  # every resample of separated runs still separates
+    a, b = rng.normal(100, 30, size=5), rng.normal(100, 30, size=5)
+    draw = probability_of_improvement_interval(a, b, np.random.default_rng(1), resamples=2000)
+    assert draw.low < 0.5 < draw.high
+
+
+def test_curve_intervals_are_pointwise():
+    runs = np.array([[0.0, 10, 20], [0.0, 12, 24], [0.0, 14, 30], [0.0, 11, 26]])
+    point, low, high = curve_intervals(runs, np.random.default_rng(0), resamples=1000)
+    np.testing.assert_allclose(point, iqm(runs, axis=0))
+    assert (low[0], high[0]) == (0.0, 0.0)  # runs agree at the first point
+    assert np.all(low <= point) and np.all(point <= high)
+
+
+def synthetic_workspace(root, seeds=(0, 1, 2, 3, 4)):
+    """Policies of three algorithms (one clearly best), their training logs, a returns.csv."""
+    from stages.common.policies import PolicyEntry, _write_entry
+
+    rng = np.random.default_rng(0)
+    rows = []
+    levels = {"strong": 450.0, "weak": 60.0, "weak_final": 62.0}
+    for algorithm, level in levels.items():
+        training = algorithm.removesuffix("_final")
+        for seed in seeds:
+            name = f"{algorithm}_s{seed}"
+            log = f"data/{training}/s{seed}/training_log.csv"
+            (root / log).parent.mkdir(parents=True, exist_ok=True)
+            iterations = np.arange(30)
+            pd.DataFrame({"iteration": iterations,
+                          "mean_return": level * iterations / 29 + rng.normal(0, 5, 30),
+                          "loss": 0.0, "wall_time_s": 0.1}).to_csv(root / log, index=False)
+            folder = root / "data/policies" / name
+            folder.mkdir(parents=True)
+            _write_entry(folder, PolicyEntry(
+                name=name, stage=f"{training}@{seed}", env_id="CartPole-v1", model="model.keras",
+                observation_shape=(4,), observation_dtype="float32", output="p_left", n_actions=2,
+                algorithm=algorithm, seed=seed, details={"training_log": log}))
+            for max_steps in (200, 500):
+                for episode in range(10):
+                    rows.append((name, algorithm, seed, max_steps, episode, 20000 + episode,
+                                 min(max_steps, level + rng.normal(0, 20))))
+    # A single-run policy (no seed) is not an algorithm across seeds: left out.
+    rows.append(("breakout_dqn", "", None, 27000, 0, 10000, 2.0))
+    (root / "reports/evaluate").mkdir(parents=True)
+    pd.DataFrame(rows, columns=["policy", "algorithm", "seed", "max_steps", "episode", "env_seed",
+                                "return"]).to_csv(root / "reports/evaluate/returns.csv", index=False)
+    (root / "params.yaml").write_text(
+        "aggregate: {confidence: 0.95, resamples: 1000, seed: 0, curve_points: 10,"
+        " min_runs_for_claims: 5}\n")
+
+
+def run_aggregate(workspace):
+    env = {**engine_env(), "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run([sys.executable, "-m", "stages.aggregate"], cwd=workspace, env=env,
+                          capture_output=True, text=True, check=True)
+
+
+def test_the_aggregate_stage_on_synthetic_runs(tmp_path):
+    synthetic_workspace(tmp_path)
+    result = run_aggregate(tmp_path)
+    summary = pd.read_csv(tmp_path / "reports/aggregate/summary.csv")
+    assert sorted(summary["algorithm"].unique()) == ["strong", "weak", "weak_final"]
+    assert set(summary["runs"]) == {5} and set(summary["max_steps"]) == {200, 500}
+    strong = summary[(summary["algorithm"] == "strong") & (summary["max_steps"] == 500)].iloc[0]
+    assert strong["iqm_ci_low"] <= strong["iqm"] <= strong["iqm_ci_high"]
+    assert 420 < strong["iqm"] < 480
+
+    comparisons = pd.read_csv(tmp_path / "reports/aggregate/probability_of_improvement.csv")
+    assert len(comparisons) == 2 * 6  # ordered pairs of 3 algorithms, at 2 caps
+    supported = {(r.algorithm_x, r.algorithm_y)
+                 for r in comparisons[comparisons["x_better"]].itertuples()}
+    assert supported == {("strong", "weak"), ("strong", "weak_final")}  # weak vs weak_final: no claim
+    metrics = json.loads((tmp_path / "reports/aggregate/metrics.json").read_text())
+    assert metrics["algorithms"]["strong"]["max_steps_500"]["seeds"] == [0, 1, 2, 3, 4]
+    assert len(metrics["supported_comparisons"]) == 4
+    assert (tmp_path / "reports/aggregate/supported_comparisons.txt").read_text().count("beats") == 4
+    for figure in ("interval_estimates.png", "learning_curves.png"):
+        assert (tmp_path / "reports/aggregate" / figure).stat().st_size > 10_000
+    assert "strong" in result.stdout
+
+    # Same inputs, same bytes (the bootstrap is seeded); timings aside.
+    first = (tmp_path / "reports/aggregate/summary.csv").read_bytes()
+    run_aggregate(tmp_path)
+    assert (tmp_path / "reports/aggregate/summary.csv").read_bytes() == first
+
+
+def test_too_few_runs_support_no_claim(tmp_path):
+    """Two runs of a strong algorithm above two of a weak one: P(X > Y)'s bootstrap interval is
+    [1, 1], yet two seeds cannot carry a claim (min_runs_for_claims)."""
+    synthetic_workspace(tmp_path, seeds=(0, 1))
+    run_aggregate(tmp_path)
+    comparisons = pd.read_csv(tmp_path / "reports/aggregate/probability_of_improvement.csv")
+    strong_weak = comparisons[(comparisons["algorithm_x"] == "strong") & (comparisons["algorithm_y"] == "weak")]
+    assert set(strong_weak["ci_low"]) == {1.0} and not comparisons["x_better"].any()
+    assert "No comparison is supported" in (tmp_path / "reports/aggregate/supported_comparisons.txt").read_text()
