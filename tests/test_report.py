@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 import yaml
+from dvc.repo import Repo
 
 from stages.common.book import book_experiments
 from stages.common.policies import load_index
@@ -140,6 +141,10 @@ def test_dvc_metrics_and_plots_cover_every_stage_and_show_what_a_change_moved(cl
     top_level = yaml.safe_load((ws / "dvc.yaml").read_text())["plots"]
     curves = {path for plot in top_level if isinstance(plot, dict)
               for definition in plot.values() for path in definition["y"]}
+    # Per-seed stages declare each seed's curve where the seed is known: in the stage's own plots.
+    with Repo(str(ws)) as repo:
+        curves |= {out.def_path for stage in repo.index.stages for out in stage.outs
+                   if isinstance(out.plot, dict) and {"x", "y"} <= set(out.plot)}
     assert training_logs <= curves, "every learning curve is a DVC plot with x/y fields"
     for plot in top_level:
         for definition in (plot.values() if isinstance(plot, dict) else []):
@@ -152,14 +157,15 @@ def test_dvc_metrics_and_plots_cover_every_stage_and_show_what_a_change_moved(cl
     params["pg_cartpole"]["iterations"] += 1
     path.write_text(yaml.safe_dump(params, sort_keys=False, default_flow_style=None))
     repro = run([DVC, "repro"], ws).stdout
-    assert {"pg_cartpole", "evaluate", "report"} <= set(_ran(repro))
+    seeds = params["seeds"]
+    assert {*(f"pg_cartpole@{seed}" for seed in seeds), "evaluate", "report"} <= set(_ran(repro))
 
     diff = json.loads(run([DVC, "metrics", "diff", "--json"], ws).stdout)
-    moved = diff["reports/pg_cartpole/metrics.json"]["training.iterations"]
+    moved = diff[f"reports/pg_cartpole/s{seeds[0]}/metrics.json"]["training.iterations"]
     assert (moved["old"], moved["new"]) == (params["pg_cartpole"]["iterations"] - 1, params["pg_cartpole"]["iterations"])
     assert "reports/evaluate/metrics.json" in diff
     plots_diff = json.loads(run([DVC, "plots", "diff", "--json"], ws).stdout)
-    curve = plots_diff["data"]["data/pg_cartpole/training_log.csv"]
+    curve = plots_diff["data"][f"data/pg_cartpole/s{seeds[0]}/training_log.csv"]
     assert {"HEAD", "workspace"} <= {rev for definition in curve for rev in definition["revisions"]}
 
 
