@@ -27,9 +27,9 @@ import numpy as np
 import tensorflow as tf
 
 from pi.run_policy import MANIFEST, TFLitePolicy, verify_bundle
-from stages.common.bundle import atomic_folder, sha256_of, size_of, write_reproducible_tar_gz
+from stages.common.bundle import sha256_of, size_of, write_reproducible_tar_gz
 from stages.common.evaluation import evaluate_policy
-from stages.common.io import write_json
+from stages.common.io import atomic_folder, write_json
 from stages.common.params import ParamError
 from stages.common.policies import (
     INDEX_DIR,

@@ -7,7 +7,6 @@ These tests hold the two to float tolerance on fixed batches.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import gymnasium as gym

@@ -11,10 +11,7 @@ import gzip
 import hashlib
 import io
 import os
-import shutil
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from stages.common.io import atomic_path
@@ -37,25 +34,6 @@ def size_of(path: str | os.PathLike) -> int:
     if path.is_dir():
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return path.stat().st_size
-
-
-@contextmanager
-def atomic_folder(final: str | os.PathLike) -> Iterator[Path]:
-    """Fill a temporary sibling folder, then swap it in: readers see the old or the new folder."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    previous = final.with_name(f".{final.name}.old-{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
-    try:
-        yield temporary
-        if final.exists():
-            os.replace(final, previous)
-        os.replace(temporary, final)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 def _entry(name: str, *, directory: bool = False, size: int = 0, executable: bool = False) -> tarfile.TarInfo:

@@ -26,15 +26,15 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from stages.common.io import atomic_folder
 
 INDEX_DIR = Path("data/policies")
 ENTRY_FILE = "policy.json"
@@ -134,24 +134,6 @@ def actions_from_outputs(output: str, outputs: np.ndarray,
 # --- export -----------------------------------------------------------------------------------
 
 
-@contextmanager
-def _atomic_folder(final: Path) -> Iterator[Path]:
-    """Fill a temporary sibling folder, then swap it in: readers see the old or the new policy."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    previous = final.with_name(f".{final.name}.old-{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
-    try:
-        yield temporary
-        if final.exists():
-            os.replace(final, previous)
-        os.replace(temporary, final)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-        shutil.rmtree(previous, ignore_errors=True)
-
-
 def _normalise_keras_archive(path: Path) -> None:
     """Drop the save date from a ``.keras`` archive so equal weights give equal bytes."""
     with zipfile.ZipFile(path) as archive:
@@ -209,7 +191,7 @@ def export_keras_policy(model: Any, folder: str | os.PathLike, **entry_fields: A
         entry_fields["n_actions"] = 2 if entry_fields.get("output") == "p_left" else units
     entry = PolicyEntry(model=KERAS_MODEL_FILE, **entry_fields)
     PolicyEntry.from_json(entry.to_json())  # the same checks a reader applies
-    with _atomic_folder(folder) as temporary:
+    with atomic_folder(folder) as temporary:
         _without_optimizer(model).save(temporary / KERAS_MODEL_FILE)
         _normalise_keras_archive(temporary / KERAS_MODEL_FILE)
         _write_entry(temporary, entry)
@@ -224,7 +206,7 @@ def export_saved_policy(save: Callable[[Path], None], folder: str | os.PathLike,
     entry_fields.setdefault("output", "tf_agents_policy")
     entry = PolicyEntry(model="saved_policy", **entry_fields)
     PolicyEntry.from_json(entry.to_json())
-    with _atomic_folder(folder) as temporary:
+    with atomic_folder(folder) as temporary:
         save(temporary / entry.model)
         _normalise_saved_model(temporary / entry.model)
         _write_entry(temporary, entry)
