@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from pi.run_policy import MANIFEST, TFLitePolicy, verify_bundle
+from pi.run_policy import MANIFEST, TFLitePolicy, dequantize, quantize, verify_bundle
 from stages.common.bundle import sha256_of, size_of, write_reproducible_tar_gz
 from stages.common.evaluation import evaluate_policy
 from stages.common.io import atomic_folder, write_json
@@ -143,6 +143,23 @@ def parity(reference: np.ndarray, reference_actions: np.ndarray, outputs: np.nda
     }
 
 
+def input_rounding_agreement(model: dict[str, Any], original: Callable[[np.ndarray], np.ndarray],
+                             observations: np.ndarray, reference_actions: np.ndarray) -> float | None:
+    """The original policy's action agreement with itself when only its input is rounded to the
+    int8 model's input grid (float weights and activations otherwise): how much of the int8
+    model's disagreement the 8-bit input alone causes.
+    None when the int8 model's input is not quantized (integer observations such as Atari frames)."""
+    normalization = model.get("input_normalization")
+    if normalization is None or model["input"]["scale"] is None:
+        return None
+    shape = observations.shape[1:]
+    center = np.asarray(normalization["center"], np.float32).reshape(shape)
+    scale = np.asarray(normalization["scale"], np.float32).reshape(shape)
+    grid = dequantize(quantize((observations - center) / scale, model["input"]), model["input"])
+    rounded = (grid * scale + center).astype(observations.dtype)
+    return float(np.mean(batched(original, rounded) == reference_actions))
+
+
 # --- timing -----------------------------------------------------------------------------------
 
 
@@ -220,6 +237,8 @@ def bundle_policy(cfg: SimpleNamespace, entry: PolicyEntry, folder: Path) -> tup
     report["int8"]["action_agreement_margin_above_step"] = float(np.mean(
         batched(tflite["int8"].actions, held_out[clear]) == reference_actions[clear])) if clear.any() else 1.0
     report["int8"]["observations_margin_above_step"] = int(clear.sum())
+    report["int8"]["input_rounding_agreement"] = input_rounding_agreement(
+        spec["models"]["int8"], original, held_out, reference_actions)
     report["int8"]["meets_target"] = (report["int8"]["action_agreement"] >= cfg.int8_agreement_target
                                       if entry.env_id in cfg.int8_target_env_ids else None)
     spec["parity"] = {"held_out_observations": len(held_out),
@@ -277,13 +296,15 @@ def write_manifest(folder: Path, policies: dict[str, dict]) -> dict[str, Any]:
 
 
 def print_table(reports: dict[str, dict]) -> None:
-    print(f"{'policy':40} {'int8 agree':>10} {'f32 max diff':>12} {'return orig/f32/int8':>26} "
+    print(f"{'policy':40} {'int8 agree':>10} {'input only':>10} {'f32 max diff':>12} {'return orig/f32/int8':>26} "
           f"{'median ms orig/f32/int8':>26} {'KB orig/f32/int8':>20}")
     for name, r in reports.items():
         returns = "/".join(f"{r['evaluation'][v]['mean']:.1f}" for v in ("original", *PRECISIONS))
         times = "/".join(f"{r['latency'][v]['median_wall_time_s'] * 1e3:.3f}" for v in ("original", *PRECISIONS))
         sizes = "/".join(f"{r['size_bytes'][v] / 1024:.0f}" for v in ("original", *PRECISIONS))
-        print(f"{name:40} {r['int8']['action_agreement']:10.4f} {r['float32']['max_abs_diff']:12.2e} "
+        rounding = r["int8"]["input_rounding_agreement"]
+        rounding = "-" if rounding is None else f"{rounding:.4f}"
+        print(f"{name:40} {r['int8']['action_agreement']:10.4f} {rounding:>10} {r['float32']['max_abs_diff']:12.2e} "
               f"{returns:>26} {times:>26} {sizes:>20}")
 
 
@@ -315,6 +336,7 @@ def main() -> None:
     write_json(REPORTS / "metrics.json", {
         name: {"int8_action_agreement": r["int8"]["action_agreement"],
                "int8_meets_target": r["int8"]["meets_target"],
+               "int8_input_rounding_agreement": r["int8"]["input_rounding_agreement"],
                "float32_max_abs_diff": r["float32"]["max_abs_diff"],
                "float32_action_agreement": r["float32"]["action_agreement"],
                "return_original": r["evaluation"]["original"]["mean"],

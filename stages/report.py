@@ -468,16 +468,20 @@ def pi_bundle_section(params: dict[str, Any]) -> str:
             esc(name),
             esc(f"{values['float32']['max_abs_diff']:.1e}"),
             esc(f"{int8['action_agreement']:.4f}{target}"),
+            esc("-" if int8.get("input_rounding_agreement") is None else f"{int8['input_rounding_agreement']:.4f}"),
             esc(" / ".join(f"{evaluation[kind]['mean']:.1f}" for kind in ("original", "float32", "int8"))),
             volatile(esc(" / ".join(f"{latency[kind]['median_wall_time_s'] * 1e6:.1f}"
                                     for kind in ("original", "float32", "int8")))),
             esc(" / ".join(f"{size[kind] / 1024:.1f}" for kind in ("original", "float32", "int8"))),
         ])
     body = [table(["policy", "float32 max |diff|", "int8 action agreement",
+                   "agreement with only the input rounded to the int8 grid",
                    "mean return: original / float32 / int8", "median latency (µs): original / float32 / int8",
                    "size (KiB): original / float32 / int8"], rows, raw=True),
             "<p class=\"rule\">Parity on held-out observations; returns on the training stages' evaluation "
-            "seeds; latency of one action on this machine's CPU.</p>",
+            "seeds; latency of one action on this machine's CPU. The fourth column plays the original "
+            "(float) policy on observations rounded to the int8 model's input grid, everything else in "
+            "float: how much of the int8 model's disagreement the 8-bit input alone causes.</p>",
             f"<p>All numbers: {link('pi_bundle/benchmark.json', 'pi_bundle/benchmark.json')}</p>"]
     return "\n".join(head + body + ["</section>"])
 

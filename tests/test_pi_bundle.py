@@ -157,6 +157,25 @@ def test_float32_matches_the_original_and_int8_agreement_is_measured(bundled):
     assert report[CARTPOLE]["evaluation"]["original"]["mean"] >= 150  # the rule balances the pole
     metrics = json.loads((bundled / "reports/pi_bundle/metrics.json").read_text())
     assert metrics[CARTPOLE]["int8_meets_target"] is (metrics[CARTPOLE]["int8_action_agreement"] >= 0.99)
+    rounding = metrics[CARTPOLE]["int8_input_rounding_agreement"]
+    assert 0.5 <= rounding <= 1.0
+
+
+def test_input_rounding_agreement_counts_the_choices_the_int8_input_grid_flips():
+    from stages.pi_bundle import input_rounding_agreement
+
+    model = {"input": {"dtype": "int8", "scale": 0.1, "zero_point": 0},
+             "input_normalization": {"center": [0.0], "scale": [1.0]}}
+    observations = np.linspace(-1, 1, 2001, dtype=np.float32)[:, None]
+    policy = lambda batch: (batch[:, 0] >= 0.33).astype(np.int64)  # noqa: E731
+    # Rounded to the grid, 0.330 ... 0.349 become 0.3 and change action: 20 of 2001 observations.
+    agreement = input_rounding_agreement(model, policy, observations, policy(observations))
+    assert abs(agreement - (1 - 20 / 2001)) <= 1 / 2001
+    on_grid = np.round(observations * 10) / 10
+    assert input_rounding_agreement(model, policy, on_grid, policy(on_grid)) == 1.0
+    # Integer observations (Atari frames) reach the int8 model as they are: nothing to measure.
+    frames = {"input": {"dtype": "uint8", "scale": None, "zero_point": None}, "input_normalization": None}
+    assert input_rounding_agreement(frames, policy, observations, policy(observations)) is None
 
 
 # --- the runner -------------------------------------------------------------------------------
