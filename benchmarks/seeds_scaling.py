@@ -32,8 +32,12 @@ def timed_run(jobs: int, root: Path) -> tuple[float, int]:
     rules = per_seed_rules(workspace)
     snakemake = Path(sys.executable).parent / "snakemake"
     started = time.perf_counter()
-    subprocess.run([str(snakemake), "--cores", str(jobs), "--quiet", *rules], cwd=workspace,
-                   env=engine_env(), check=True, capture_output=True)
+    # Targets go after "--": `--quiet` takes optional values and would swallow them.
+    result = subprocess.run([str(snakemake), "--cores", str(jobs), "--quiet", "all", "--", *rules],
+                            cwd=workspace, env=engine_env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"snakemake with {jobs} job(s) failed (exit {result.returncode}):\n"
+                         f"{result.stderr[-3000:]}")
     return time.perf_counter() - started, len(rules)
 
 
