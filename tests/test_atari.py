@@ -181,6 +181,12 @@ def test_checkpoints_resume_reset_when_stale_and_carry_no_timestamps(tmp_path):
     assert (start, float(weight.numpy())) == (40, 3.5)
     assert log["iteration"].tolist() == [20, 40]  # rows past the checkpoint are dropped
 
+    # The resumed run's next checkpoint replaces the one it started from (max_to_keep=1).
+    step.assign(60)
+    checkpoint.save(pd.DataFrame({"iteration": [20, 40, 60], "loss": [1.0, 0.5, 0.2]}))
+    assert sorted({p.name.split(".")[0] for p in (folder / "tf").glob("ckpt-*")}) == ["ckpt-60"]
+    assert open_run({"lr": 1}, 100)[3] == 60
+
     checkpoint, *_, start, _ = open_run({"lr": 2}, 100)
     assert start == 0 and "other settings (lr)" in checkpoint.reset_reason
 

@@ -107,3 +107,8 @@ class TrainingCheckpoint:
         # The CheckpointState proto in text form, with the path relative to the folder.
         write_text(tf_dir / "checkpoint", f'model_checkpoint_path: "{latest}"\n'
                                           f'all_model_checkpoint_paths: "{latest}"\n')
+        # Without save times TensorFlow treats a checkpoint it recovers at start-up as one to
+        # preserve, so the one a resumed run started from (2.9 GB for Atari) would stay forever.
+        for path in tf_dir.glob("ckpt-*"):
+            if path.name.split(".")[0] != latest:
+                path.unlink()
