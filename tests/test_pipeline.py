@@ -119,3 +119,15 @@ def test_a_bad_parameter_fails_cleanly_and_keeps_earlier_outputs(clone_of_quick_
     message = result.stdout + result.stderr
     assert "markov_chain.runs = -3 is not allowed: expected an integer >= 1" in message
     assert file_digests(ws, outputs) == before
+
+
+def test_a_profiled_workspace_does_not_inherit_the_projects_dvc_lock(tmp_path):
+    from stages.common.workspace import REPO_ROOT, create_workspace
+
+    # The project's dvc.lock records the full profile (five seeds); a quick workspace has other
+    # stages and other hashes, and records its own runs.
+    quick = create_workspace(tmp_path / "quick", profile="quick")
+    assert not (quick / "dvc.lock").exists()
+    assert (quick / "dvc.yaml").is_file() and (quick / "params.yaml").is_file()
+    as_is = create_workspace(tmp_path / "as-is", profile=None)
+    assert (as_is / "dvc.lock").exists() == (REPO_ROOT / "dvc.lock").exists()

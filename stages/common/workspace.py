@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+LOCK_FILE = "dvc.lock"
 GIT_IDENTITY = ["-c", "user.name=rl-pipeline", "-c", "user.email=rl-pipeline@localhost"]
 
 
@@ -45,11 +46,17 @@ def project_files(source: Path) -> list[str]:
 
 
 def create_workspace(target: Path, profile: str | None = "quick", source: Path = REPO_ROOT) -> Path:
-    """Copy the project into ``target`` (which must not exist) and apply ``profile``."""
+    """Copy the project into ``target`` (which must not exist) and apply ``profile``.
+
+    Under a profile, dvc.lock is left behind: it records the project's own run (the full profile),
+    whose stages and hashes a run with other settings does not share; the workspace's engines
+    record its runs in a dvc.lock of its own."""
     target = Path(target)
     if target.exists():
         raise FileExistsError(f"{target} already exists; choose a new directory or remove it")
     for name in project_files(source):
+        if profile is not None and name == LOCK_FILE:
+            continue  # it records a run with other settings; the workspace records its own runs
         destination = target / name
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / name, destination)
