@@ -56,7 +56,7 @@ def create_workspace(target: Path, profile: str | None = "quick", source: Path =
         raise FileExistsError(f"{target} already exists; choose a new directory or remove it")
     for name in project_files(source):
         if profile is not None and name == LOCK_FILE:
-            continue  # it records a run with other settings; the workspace records its own runs
+            continue
         destination = target / name
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / name, destination)
