@@ -18,16 +18,17 @@ envvars:
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 from stages.common.dag import PENDING_DIR, StageSpec, read_dag, record_in_dvc_lock
-from stages.common.params import ParamError
-from stages.settings import validate_params_file
-
-# A bad parameter stops the workflow here, before any job runs or any output is removed.
-try:
-    validate_params_file()
-except ParamError as error:
-    raise WorkflowError(f"invalid parameters: {error}") from None
+from stages.common.settings import ParamError
+from stages.common.validation import validate_pipeline
 
 STAGES = read_dag(workflow.basedir)
+
+# A bad parameter stops the workflow here, before any job runs or any output is removed: every
+# stage's settings are read as the stage itself reads them (stages/common/validation.py).
+try:
+    validate_pipeline(STAGES)
+except ParamError as error:
+    raise WorkflowError(f"invalid parameters: {error}") from None
 
 
 def _output(path):

@@ -8,7 +8,7 @@ environment, for exactly ``--steps`` steps each after a short untimed warm-up.
 
 - book style: ``model.predict`` for each greedy action, a deque of transition tuples, batches
   restacked from the tuples, targets from ``model.predict`` in NumPy, an eager gradient step;
-- pipeline: ``stages.dqn.play_episode`` with the compiled learner and the ring buffer.
+- pipeline: ``play_episode`` of the dqn stage (stages/dqn/__main__.py) with the compiled learner and the ring buffer.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import tf_keras
 
 from stages.common.deep_q import DeepQLearner, build_q_network
 from stages.common.replay import ReplayMemory
-from stages.dqn import play_episode
+from stages.dqn.__main__ import play_episode
 
 ENV_ID = "CartPole-v1"
 EPSILON = 0.1
@@ -52,7 +52,7 @@ class StepBudget(gym.Wrapper):
 def fresh_network(seed: int) -> tf_keras.Model:
     tf_keras.backend.clear_session()
     tf.keras.utils.set_random_seed(seed)
-    return build_q_network(4, 2, [32, 32], dueling=False)
+    return build_q_network(4, 2, [32, 32], activation="elu", dueling=False)
 
 
 def book_style_steps(steps: int, seed: int) -> int:
@@ -87,7 +87,7 @@ def book_style_steps(steps: int, seed: int) -> int:
 
 def pipeline_steps(steps: int, seed: int) -> int:
     """The stage's own episode loop, compiled learner and ring buffer."""
-    learner = DeepQLearner(fresh_network(seed), learning_rate=LEARNING_RATE, loss="mse",
+    learner = DeepQLearner(fresh_network(seed), optimizer="adam", learning_rate=LEARNING_RATE, loss="mse",
                            discount=DISCOUNT, target_network=False, double=False)
     rng = np.random.default_rng(seed)
     memory = ReplayMemory(2000, (4,), rng=rng)

@@ -30,7 +30,7 @@ def timed(play) -> tuple[float, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", default="pg_cartpole", help="a CartPole policy in data/policies")
+    parser.add_argument("--policy", default="pg_cartpole_s42", help="a CartPole policy in data/policies")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)

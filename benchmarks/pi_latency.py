@@ -15,9 +15,9 @@ import argparse
 import numpy as np
 
 import stages  # noqa: F401  (TensorFlow settings before TensorFlow loads)
-from pi.run_policy import TFLitePolicy, verify_bundle
+from pi.policy_runtime import TFLitePolicy, verify_bundle
 from stages.common.policies import INDEX_DIR, load_index, load_policy
-from stages.pi_bundle import BUNDLE, PRECISIONS, latency
+from stages.pi_bundle.__main__ import BUNDLE, PRECISIONS, latency
 
 
 def main() -> None:
@@ -28,6 +28,7 @@ def main() -> None:
     print(f"{'policy':38} {'variant':8} {'median us':>10} {'p99 us':>10} {'speed-up':>9} {'size KB':>9}")
     for name, spec in sorted(manifest["policies"].items()):
         if name not in index:
+            print(f"{name}: bundled, but not in {INDEX_DIR} (a policy since removed): no original to time")
             continue
         if index[name].output == "tf_agents_policy":
             import tf_agents.policies  # noqa: F401  (registers a saved policy's types)

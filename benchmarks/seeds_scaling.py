@@ -23,8 +23,8 @@ from stages.common.workspace import create_workspace, engine_env
 
 
 def per_seed_rules(workspace: Path) -> list[str]:
-    """Rules of the stages that dvc.yaml instantiates per training seed (their cmd takes --seed)."""
-    return [stage.rule_name for stage in read_dag(workspace) if "--seed" in stage.cmd]
+    """Rules of the stages that dvc.yaml instantiates per training seed (a `seed` matrix dimension)."""
+    return [stage.rule_name for stage in read_dag(workspace) if stage.seed is not None]
 
 
 def timed_run(jobs: int, root: Path) -> tuple[float, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 import stages  # noqa: F401  (sets TensorFlow's Keras mode before any test imports TensorFlow)
 from stages.common.html import strip_volatile
@@ -19,6 +21,31 @@ from stages.common.workspace import REPO_ROOT, create_workspace, engine_env
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@functools.cache
+def _repo_stages() -> tuple:
+    from stages.common.dag import read_dag
+
+    return tuple(read_dag(REPO_ROOT))
+
+
+def repo_stages() -> list:
+    """The repository's DAG as DVC resolves it (read once per test session)."""
+    return list(_repo_stages())
+
+
+def edited_params(folder: Path, edit) -> Path:
+    """``folder``/params.yaml: the repository's, changed by ``edit``; with dvc.yaml beside it in a
+    DVC repository of its own, so the DAG it resolves to can be read there."""
+    data = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    edit(data)
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    shutil.copy(REPO_ROOT / "dvc.yaml", folder / "dvc.yaml")
+    if not (folder / ".dvc").exists():
+        subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=folder, check=True)
+    return path
 
 
 def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

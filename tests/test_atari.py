@@ -15,10 +15,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.common.atari import AtariSetupError, area_taps, check_game, make_atari_env, preprocessing_description, shrink
+from pi.policy_runtime import (AtariSetupError, area_taps, check_game, make_atari_env, preprocessing_description,
+                               shrink)
 from stages.common.checkpoints import TrainingCheckpoint
-from stages.common.params import ParamError
-from tests.conftest import file_digests, run
+from stages.common.settings import ParamError
+from stages.common.validation import validate_pipeline
+from tests.conftest import edited_params, file_digests, repo_stages, run
 from tests.test_dag import dvc_view
 
 BIN = Path(sys.executable).parent
@@ -132,23 +134,23 @@ def test_unknown_games_missing_roms_and_absent_actions_are_named(monkeypatch):
         check_game("BreakoutNoFrameskip-v4")
 
 
-def test_bad_atari_settings_fail_before_any_work(tmp_path, repo_root):
-    from stages.settings import load_params
+def test_bad_atari_settings_fail_before_any_work(tmp_path):
+    def forced(params):
+        params["atari_dqn"]["games"]["space_invaders"]["after_reset"]["action"] = "UP"
 
-    params = yaml.safe_load((repo_root / "params.yaml").read_text())
-    params["atari_dqn"]["games"]["space_invaders"]["after_reset"]["action"] = "UP"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(ParamError, match="atari_dqn.games.space_invaders is not allowed: env_id must be"):
-        load_params("atari_dqn", tmp_path / "params.yaml")
-    params = yaml.safe_load((repo_root / "params.yaml").read_text())
-    params["atari_dqn"]["evaluation"]["seed_start"] = params["atari_dqn"]["training"]["seed"]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamError, match="atari_dqn.games.space_invaders is not allowed: "
+                                         "SpaceInvadersNoFrameskip-v4 has no action 'UP'"):
+        validate_pipeline(repo_stages(), edited_params(tmp_path, forced))
+
+    def unseen(params):
+        params["atari_dqn"]["evaluation"]["seed_start"] = params["atari_dqn"]["training"]["seed"]
+
     with pytest.raises(ParamError, match="evaluation seeds .* must not include training.seed"):
-        load_params("atari_dqn", tmp_path / "params.yaml")
+        validate_pipeline(repo_stages(), edited_params(tmp_path, unseen))
 
 
 def test_a_buffer_that_does_not_fit_is_refused():
-    from stages.atari_dqn import check_buffer_fits
+    from stages.atari_dqn.__main__ import check_buffer_fits
 
     frame_stack_bytes = 84 * 84 * 4 + 32
     with pytest.raises(ParamError, match=r"replay_buffer_capacity = 1000000000 is not allowed: the buffer needs"):

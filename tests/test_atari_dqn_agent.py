@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from stages.atari_dqn import rmsprop
-from stages.settings import load_params
+from stages.atari_dqn import settings
+from stages.atari_dqn.__main__ import rmsprop
+from stages.common.settings import Params
 
 
 def book_rmsprop_steps(gradients: np.ndarray, lr: float, rho: float, eps: float) -> np.ndarray:
@@ -22,7 +23,7 @@ def book_rmsprop_steps(gradients: np.ndarray, lr: float, rho: float, eps: float)
 def test_rmsprop_adds_epsilon_to_the_root_as_the_book_does():
     # DQN's gradients are small (1e-4 .. 1e-6 per weight): with epsilon under the root (TF1's
     # RMSPropOptimizer) the steps shrink 10-300x and the agent barely learns in 50,000 iterations.
-    agent_cfg = load_params("atari_dqn").agent
+    agent_cfg = settings(["--game", "breakout"], Params.load()).agent
     scales = np.array([1e-2, 1e-4, 1e-6])
     gradients = np.array([[1.0, 1.0, 1.0], [-2.0, 0.5, 3.0], [0.5, -1.0, 1.0]]) * scales
     weights = tf.Variable(np.zeros(3, np.float32))

@@ -14,10 +14,12 @@ import pytest
 
 from stages.common.book import book_experiments, book_value
 from stages.common.policy_gradients import discount_and_normalize_rewards, discount_rewards
-from stages.markov_chain import sample_run
-from stages.mdp import MDP, greedy_policy, q_learning, q_value_iteration
-from stages.report import LAYOUTS
-from stages.settings import load_params
+from stages import markov_chain, mdp as mdp_stage
+from stages.common.settings import Params
+from stages.markov_chain.__main__ import sample_run
+from stages.mdp.__main__ import MDP, greedy_policy, q_learning, q_value_iteration
+from stages.report.__main__ import experiment_layouts
+from tests.conftest import repo_stages
 
 ROOT = Path(__file__).parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -40,18 +42,19 @@ def assert_table(found: list, expected: dict) -> None:
 
 @pytest.fixture(scope="module")
 def mdp():
-    cfg = load_params("mdp", PARAMS)
+    cfg = mdp_stage.settings([], Params.load(PARAMS))
     return MDP.from_params(cfg.transition_probabilities, cfg.rewards), cfg
 
 
 def test_every_experiment_names_its_number_source_and_rule():
     rules = {"interval", "exact", "at_least", "reference", "none"}
+    experiments = experiment_layouts(repo_stages())
     for name, entry in book_experiments(BOOK).items():
         headline = entry["headline"]
         assert {"value", "what", "source", "verdict", "measured_by"} <= set(headline), name
         assert headline["verdict"] in rules, name
         assert all("source" in d and "value" in d for d in (entry.get("details") or {}).values()), name
-        assert name in LAYOUTS, f"the report has no layout for {name}"
+        assert name in experiments, f"{name} is not an experiment of dvc.yaml ({', '.join(experiments)})"
 
 
 def test_q_value_iteration_gives_the_books_tables_and_policies(mdp):
@@ -75,7 +78,7 @@ def test_q_learning_gives_the_books_table(mdp):
 
 
 def test_markov_chain_samples_the_books_runs():
-    cfg = load_params("markov_chain", PARAMS)
+    cfg = markov_chain.settings([], Params.load(PARAMS))
     transitions = np.array(cfg.transition_matrix)
     rng = np.random.RandomState(cfg.seed)
     expected = detail("markov_chain", "runs")["value"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tf_agents.environments import utils
 
-from stages.custom_env import GOAL_REWARD, OFF_GRID_REWARD, GridEnvironment
+from stages.custom_env.__main__ import GOAL_REWARD, OFF_GRID_REWARD, GridEnvironment
 from tests.conftest import run
 
 UP, DOWN, LEFT, RIGHT = range(4)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import functools
 import json
 import subprocess
 import sys
@@ -12,7 +10,11 @@ from pathlib import Path
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
+import pytest
+
 from stages.common.dag import rule_name, snakemake_inputs
+from stages.common.deps import differences, has_code, import_closure, main
+from tests.conftest import repo_stages
 
 # Snakemake parses the Snakefile in a separate process (it changes directory and logging).
 SNAKEMAKE_VIEW = r"""
@@ -106,28 +108,48 @@ def test_the_agreement_check_catches_drift(repo_root, quick_workspace):
     assert any(p.startswith("mdp: outputs") for p in problems)
 
 
-@functools.cache  # stages instantiated per seed or variant share a module: import it once
-def _project_modules_imported_by(module: str, root: Path) -> set[str]:
-    code = (f"import sys, {module}; print('\\n'.join(m.__file__ for m in list(sys.modules.values()) "
+def test_every_derived_dependency_in_dvc_yaml_is_current(repo_root):
+    """Code deps are exactly each stage's import closure; consumers' folders and list params are
+    as the DAG derives them (python -m stages.common.deps rewrites them)."""
+    _, changes = differences(repo_root)
+    assert changes == [], "run `python -m stages.common.deps`:\n" + "\n".join(changes)
+
+
+def test_the_check_catches_a_missing_and_an_extra_code_dependency(quick_workspace):
+    workspace = quick_workspace("deps")
+    text = (workspace / "dvc.yaml").read_text()
+    text = text.replace("      - stages/common/io.py\n", "", 1)  # markov_chain's first
+    text = text.replace("      - stages/markov_chain/__main__.py\n",
+                        "      - stages/markov_chain/__main__.py\n      - stages/common/replay.py\n", 1)
+    (workspace / "dvc.yaml").write_text(text)
+    _, changes = differences(workspace)
+    assert any(c.startswith("markov_chain: deps missing ['stages/common/io.py']") for c in changes), changes
+    assert any("markov_chain: deps" in c and "extra ['stages/common/replay.py']" in c for c in changes), changes
+    assert main(["--root", str(workspace), "--check"]) == 1
+    assert main(["--root", str(workspace)]) == 0 and differences(workspace)[1] == []
+
+
+def test_no_stage_imports_another_stages_package(repo_root):
+    for stage in repo_stages():
+        own = f"stages/{stage.module.split('.')[1]}/"
+        others = [f for f in import_closure(stage.module, repo_root)
+                  if f.startswith("stages/") and not f.startswith(("stages/common/", own))
+                  and f != "stages/__init__.py"]
+        assert others == [], f"{stage.name} imports {others}"
+
+
+@pytest.mark.parametrize("module", ["stages.markov_chain", "stages.atari_dqn"])
+def test_the_import_closure_covers_what_python_imports(repo_root, module):
+    """What importing the stage loads at run time is inside the closure read from the source
+    (which also holds what functions import when they run)."""
+    code = (f"import sys, {module}.__main__; print('\\n'.join(m.__file__ for m in list(sys.modules.values()) "
             "if getattr(m, '__file__', None)))")
-    listing = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+    listing = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True,
                              check=True).stdout.split()
-    files = {Path(f).resolve() for f in listing}
-    return {str(f.relative_to(root)) for f in files
-            if f.is_relative_to(root / "stages") and _has_code(f)}
-
-
-def _has_code(path: Path) -> bool:
-    """A file of only a docstring (an empty package marker) changes no result."""
-    body = ast.parse(path.read_text()).body
-    return not (len(body) <= 1 and all(isinstance(n, ast.Expr) for n in body))
-
-
-def test_each_stage_depends_on_the_code_it_imports(repo_root):
-    for name, stage in dvc_view(repo_root).items():
-        module = stage["cmd"].split("python -m ", 1)[1].split()[0]
-        missing = _project_modules_imported_by(module, repo_root) - set(stage["deps"])
-        assert not missing, f"stage {name} imports {sorted(missing)} but dvc.yaml does not list them"
+    loaded = {str(Path(f).resolve().relative_to(repo_root)) for f in listing
+              if Path(f).resolve().is_relative_to(repo_root) and ".venv" not in f}
+    closure = set(import_closure(module, repo_root))
+    assert {f for f in loaded if has_code(repo_root / f)} <= closure
 
 
 def test_a_folder_dependency_means_every_output_inside_it():

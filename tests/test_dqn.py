@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import tf_keras
 from stages.common.deep_q import DeepQLearner, build_q_network, elementwise_loss
 from stages.common.policies import load_index, load_policy
 from stages.common.replay import Batch
-from stages.dqn import beta_at, epsilon_at, variant_title
+from stages.dqn.__main__ import beta_at, epsilon_at, variant_title
 from tests.conftest import file_digests, run
 
 RNG = np.random.default_rng(0)
@@ -27,8 +26,8 @@ TERMINATED = (np.arange(16) % 4 == 0).astype(np.float32)
 def learner(*, double: bool, target_network: bool, dueling: bool = False, seed: int = 0) -> DeepQLearner:
     tf_keras.backend.clear_session()
     tf.keras.utils.set_random_seed(seed)
-    online = build_q_network(4, 2, [8, 8], dueling=dueling)
-    result = DeepQLearner(online, learning_rate=0.01, loss="huber", discount=0.9,
+    online = build_q_network(4, 2, [8, 8], activation="elu", dueling=dueling)
+    result = DeepQLearner(online, optimizer="adam", learning_rate=0.01, loss="huber", discount=0.9,
                           target_network=target_network, double=double)
     if result.target is not None:  # make the target network differ from the online one
         result.target.set_weights([w + 0.3 for w in online.get_weights()])
@@ -109,13 +108,16 @@ def test_greedy_action_is_the_argmax():
     assert [agent.greedy_action(observation) for observation in NEXT] == expected.tolist()
 
 
-def test_schedules_and_titles():
-    variant = SimpleNamespace(episodes=600, epsilon_decay_episodes=500, epsilon_min=0.01, dueling=True,
-                              double=True, prioritized_replay=SimpleNamespace(beta_start=0.4, beta_end=1.0))
+def test_schedules_and_titles(repo_root):
+    from stages import dqn
+    from stages.common.settings import Params
+
+    params = Params.load(repo_root / "params.yaml")
+    variant = dqn.settings(["--variant", "prioritized_dueling_double_dqn"], params).variant
     assert [epsilon_at(e, variant) for e in (0, 250, 500, 599)] == [1.0, 0.5, 0.01, 0.01]
     assert beta_at(0, variant) == pytest.approx(0.4) and beta_at(599, variant) == pytest.approx(1.0)
     assert variant_title(variant) == "Dueling Double DQN with prioritized replay"
-    book = SimpleNamespace(dueling=False, double=False, prioritized_replay=None, episodes=600)
+    book = dqn.settings(["--variant", "dqn"], params).variant
     assert variant_title(book) == "DQN" and beta_at(300, book) == 1.0
 
 
@@ -150,7 +152,7 @@ def test_unknown_variant_fails_with_a_named_parameter(quick_workspace):
     ws = quick_workspace("dqn-bad")
     result = run([sys.executable, "-m", "stages.dqn", "--variant", "triple_dqn"], ws, check=False)
     assert result.returncode == 2
-    assert "dqn_variants has no variant 'triple_dqn'" in result.stderr
+    assert "dqn.variants has no variant 'triple_dqn'" in result.stderr
     assert not (ws / "reports/dqn").exists()
     assert subprocess.run(["git", "status", "--porcelain"], cwd=ws, capture_output=True,
                           text=True).stdout == ""

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from stages.common.html import VOLATILE_END, VOLATILE_START, strip_volatile, volatile
-from stages.common.params import ParamError
 from stages.common.policies import PolicyEntry
+from stages.common.settings import ParamError
 from stages.common.statistics import interquartile_mean, summarize_returns
-from stages.evaluate import check_held_out
-from stages.settings import validate_params_file
-from tests.test_params import write_params
+from stages.common.validation import validate_pipeline
+from stages.common.workspace import create_workspace
+from stages.evaluate.__main__ import check_held_out
+from tests.conftest import edited_params, repo_stages
 
-ROOT = Path(__file__).parents[1]
 
 
 def test_summary_has_the_contracts_fields_and_a_reproducible_interval():
@@ -41,9 +39,9 @@ def test_constant_returns_have_a_zero_width_interval():
 
 
 def test_evaluation_seeds_overlapping_training_seeds_are_refused(tmp_path):
-    path = write_params(tmp_path, lambda p: p["evaluate"].update(seed_start=40, episodes=10))
+    path = edited_params(tmp_path, lambda p: p["evaluate"].update(seed_start=40, episodes=10))
     with pytest.raises(ParamError, match=r"evaluate\.seed_start = 40 is not allowed.*training seeds of nn_policy"):
-        validate_params_file(path)
+        validate_pipeline(repo_stages(), path)
 
 
 def test_a_policy_trained_on_an_evaluation_seed_is_refused():
@@ -63,17 +61,18 @@ def test_volatile_spans_are_the_only_thing_left_out():
 
 def test_the_report_shows_missing_results_as_not_run_yet(tmp_path):
     """A workspace with nothing run yet: every experiment is 'not run yet', nothing crashes."""
-    for name in ("params.yaml", "uv.lock", "data/book_results.yaml"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / name, tmp_path / name)
-    from stages.report import main
+    workspace = create_workspace(tmp_path / "empty", profile=None)
+    from stages.report.__main__ import experiment_layouts, main
 
     cwd = os.getcwd()
-    os.chdir(tmp_path)
+    os.chdir(workspace)
     try:
-        main()
+        main([])
+        experiments = experiment_layouts(repo_stages())
     finally:
         os.chdir(cwd)
-    page = (tmp_path / "reports/index.html").read_text()
-    assert page.count('<span class="missing">not run yet</span>') >= 2 * 13
+    page = (workspace / "reports/index.html").read_text()
+    assert page.count('<span class="missing">not run yet</span>') >= 2 * len(experiments)
+    for name in experiments:
+        assert f'<section id="{name}">' in page
     assert "Across training seeds (aggregate)" in page and "Raspberry Pi bundle" in page

@@ -2,7 +2,8 @@
 
 The stage runs once (module fixture) in a small workspace on a policy index made here, one policy
 of each kind: P(left) (a linear rule that balances CartPole), action probabilities (LunarLander),
-Q-values, and a TF-Agents PolicySaver export. The quick profile's real policies go through the
+Q-values, and a TF-Agents PolicySaver export; the workspace's dvc.yaml declares them as the outputs
+of one stage, beside the repository's pi_bundle stage. The quick profile's real policies go through the
 same stage in tests/test_pipeline.py. The runner is always started in a process that cannot
 import TensorFlow.
 """
@@ -22,12 +23,14 @@ import pytest
 import yaml
 
 from stages.common.bundle import write_reproducible_tar_gz
-from stages.common.params import ParamError, read_params_file, validate_section
+from stages.common.settings import ParamError, Params, read_params_file
 from stages.common.workspace import REPO_ROOT, engine_env, merge
-from stages.settings import SCHEMA
+from stages.pi_bundle import settings as bundle_settings
 
 PI = REPO_ROOT / "pi"
 CARTPOLE = "balance_p_left"
+POLICIES = (CARTPOLE, "random_q_values", "random_lander", "tf_agents_q")
+MAKER = "test_policies"  # the workspace's stage that declares them
 EXIT_BAD_BUNDLE, EXIT_BAD_INPUT = 3, 4
 # The runner, in a process where TensorFlow cannot be imported (the Pi has none).
 NO_TENSORFLOW = ("import runpy, sys; sys.modules['tensorflow'] = None; sys.modules['tf_keras'] = None; "
@@ -61,7 +64,7 @@ def build_index(index: Path) -> None:
     from stages.common.policies import export_keras_policy, export_saved_policy
     from stages.common.tf_env import make_py_environment
 
-    cartpole = {"stage": "test", "env_id": "CartPole-v1", "training_seeds": (0,)}
+    cartpole = {"stage": MAKER, "env_id": "CartPole-v1", "training_seeds": (0,)}
     # P(left) = sigmoid(-10 (3 angle + angular velocity)): push toward the side the pole falls to.
     balance = _keras([tf_keras.Input((4,)), tf_keras.layers.Dense(1, activation="sigmoid")], 0)
     balance.set_weights([np.array([[0.0], [0.0], [-30.0], [-10.0]], np.float32), np.zeros(1, np.float32)])
@@ -71,7 +74,7 @@ def build_index(index: Path) -> None:
     export_keras_policy(q_values, index / "random_q_values", output="q_values", **cartpole)
     lander = _keras([tf_keras.Input((8,)), tf_keras.layers.Dense(16, activation="relu"),
                      tf_keras.layers.Dense(4, activation="softmax")], 2)
-    export_keras_policy(lander, index / "random_lander", output="action_probabilities", stage="test",
+    export_keras_policy(lander, index / "random_lander", output="action_probabilities", stage=MAKER,
                         env_id="LunarLander-v3")
 
     tf_env = TFPyEnvironment(make_py_environment("CartPole-v1"))
@@ -92,6 +95,12 @@ def bundled(tmp_path_factory) -> Path:
     params = merge(read_params_file(REPO_ROOT / "params.yaml"),
                    yaml.safe_load((REPO_ROOT / "profiles/quick.yaml").read_text()))
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    policies = [f"data/policies/{name}" for name in POLICIES]
+    dvc_yaml = {"stages": {MAKER: {"cmd": "python -m tests.test_pi_bundle", "outs": policies},
+                           "pi_bundle": stages["pi_bundle"]}}
+    (ws / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=ws, check=True)
     build_index(ws / "data/policies")
     result = subprocess.run([sys.executable, "-m", "stages.pi_bundle"], cwd=ws, capture_output=True,
                             text=True, env=engine_env())
@@ -117,7 +126,8 @@ def test_every_file_is_in_the_manifest_with_its_checksum(bundled):
     assert set(manifest["files"]) == files - {"manifest.json"}
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == digest, name
-    assert set(manifest["policies"]) == {CARTPOLE, "random_q_values", "random_lander", "tf_agents_q"}
+    assert set(manifest["policies"]) == set(POLICIES)
+    assert {"run_policy.py", "policy_runtime.py", "README.md"} <= set(manifest["files"])
     for spec in manifest["policies"].values():
         assert set(spec["models"]) == {"float32", "int8"}
         assert spec["models"]["int8"]["input"]["dtype"] == "int8"  # float observations: full integer
@@ -162,7 +172,7 @@ def test_float32_matches_the_original_and_int8_agreement_is_measured(bundled):
 
 
 def test_input_rounding_agreement_counts_the_choices_the_int8_input_grid_flips():
-    from stages.pi_bundle import input_rounding_agreement
+    from stages.pi_bundle.__main__ import input_rounding_agreement
 
     model = {"input": {"dtype": "int8", "scale": 0.1, "zero_point": 0},
              "input_normalization": {"center": [0.0], "scale": [1.0]}}
@@ -235,28 +245,35 @@ def test_unknown_policies_and_pickled_observations_are_refused(bundled, tmp_path
     assert result.returncode == EXIT_BAD_INPUT and "shape (5,)" in result.stderr
 
 
-def test_the_runners_atari_preprocessing_is_the_pipelines():
-    """run_policy.py rebuilds Atari observations without project code: the same frames."""
-    from pi import run_policy
-    from stages.common.atari import make_atari_env, preprocessing_description
+def test_the_bundle_ships_the_pipelines_own_runtime_and_the_runner_keeps_its_checks(bundled):
+    """One runtime: the bundle holds pi/policy_runtime.py as it is, the pipeline plays Atari
+    through the same classes, and the runner refuses what the pipeline refuses."""
+    import pi.policy_runtime as runtime
+    from stages.common.policies import make_policy_env
 
-    prep = preprocessing_description(frame_skip=4, screen_size=84, noop_max=30, frame_stack=4,
-                                     max_episode_steps=60, after_reset={"action": "FIRE", "steps": 1},
-                                     after_life_loss={"action": "FIRE", "steps": 1})
-    ours, theirs = make_atari_env("BreakoutNoFrameskip-v4", prep), run_policy.make_atari_env(
-        "BreakoutNoFrameskip-v4", prep, None)
-    for env in (ours, theirs):
-        env.action_space.seed(3)
-    actions = np.random.default_rng(3).integers(0, 4, size=60)
-    a, _ = ours.reset(seed=11)
-    b, _ = theirs.reset(seed=11)
-    assert np.array_equal(a, b)
-    for action in actions:
-        a, ra, ta, ua, _ = ours.step(int(action))
-        b, rb, tb, ub, _ = theirs.step(int(action))
-        assert np.array_equal(a, b) and (ra, ta, ua) == (rb, tb, ub)
-        if ta or ua:
-            break
+    bundle = bundled / "data/pi_bundle"
+    assert (bundle / "policy_runtime.py").read_bytes() == (PI / "policy_runtime.py").read_bytes()
+    assert not any(p.name.startswith("atari") for p in (REPO_ROOT / "stages/common").iterdir())
+    prep = runtime.preprocessing_description(frame_skip=4, screen_size=84, noop_max=30, frame_stack=4,
+                                             max_episode_steps=60, after_reset={"action": "FIRE", "steps": 1},
+                                             after_life_loss={"action": "FIRE", "steps": 1})
+    from stages.common.policies import PolicyEntry
+
+    entry = PolicyEntry(name="b", stage="s", env_id="BreakoutNoFrameskip-v4", model="m",
+                        observation_shape=(84, 84, 4), observation_dtype="uint8", output="tf_agents_policy",
+                        n_actions=4, preprocessing=prep)
+    env, wrappers = make_policy_env(entry), []
+    while hasattr(env, "env"):
+        wrappers.append(type(env))
+        env = env.env
+    assert runtime.AtariFrames in wrappers and runtime.StartRule in wrappers
+    # In the bundle, without TensorFlow: a frame-skipping id is refused as the pipeline refuses it.
+    code = ("import sys; sys.modules['tensorflow'] = None; sys.path.insert(0, sys.argv[1]); "
+            "import policy_runtime as r, json; "
+            "r.make_atari_env('ALE/Breakout-v5', json.loads(sys.argv[2]))")
+    result = subprocess.run([sys.executable, "-c", code, str(bundle), json.dumps(prep)],
+                            capture_output=True, text=True, env=engine_env())
+    assert result.returncode != 0 and "must not skip frames itself (use a NoFrameskip id)" in result.stderr
 
 
 # --- parameters -------------------------------------------------------------------------------
@@ -265,8 +282,8 @@ def test_the_runners_atari_preprocessing_is_the_pipelines():
 def test_overlapping_seed_ranges_are_refused():
     params = read_params_file(REPO_ROOT / "params.yaml")
     params["pi_bundle"]["parity"]["seed_start"] = params["pi_bundle"]["calibration"]["seed_start"] + 5
-    with pytest.raises(ParamError, match="seed ranges .* must not overlap"):
-        validate_section(params, "pi_bundle", SCHEMA)
+    with pytest.raises(ParamError, match="the calibration and parity seed ranges must not overlap"):
+        bundle_settings([], Params(params))
 
 
 # --- an emulated Raspberry Pi -----------------------------------------------------------------

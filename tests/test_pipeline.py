@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import SNAKEMAKE, SNAKEMAKE_DIRECTORY_MARKER, file_digests, run
+from stages.common.dag import rule_name
 from tests.test_dag import dvc_view
 
 pytestmark = pytest.mark.e2e
@@ -97,7 +98,7 @@ def test_a_parameter_change_reruns_only_the_stages_that_read_it(clone_of_quick_r
     assert dvc_changed_stages(ws) == set()
 
     # DVC: the hard-coded policy's episode count changes; only cartpole_basics reruns.
-    edit_params(ws, lambda p: p["cartpole_basics"].update(episodes=12))
+    edit_params(ws, lambda p: p["cartpole_basics"]["evaluation"].update(episodes=12))
     repro = run([DVC, "repro"], ws).stdout
     assert "Running stage 'cartpole_basics'" in repro
     assert "Running stage 'mdp'" not in repro and "Running stage 'markov_chain'" not in repro
@@ -117,7 +118,7 @@ def test_a_bad_parameter_fails_cleanly_and_keeps_earlier_outputs(clone_of_quick_
     result = run(command, ws, check=False)
     assert result.returncode != 0
     message = result.stdout + result.stderr
-    assert "markov_chain.runs = -3 is not allowed: expected an integer >= 1" in message
+    assert "markov_chain.runs = -3 is not allowed: Input should be greater than or equal to 1" in message
     assert file_digests(ws, outputs) == before
 
 
@@ -131,3 +132,35 @@ def test_a_profiled_workspace_does_not_inherit_the_projects_dvc_lock(tmp_path):
     assert (quick / "dvc.yaml").is_file() and (quick / "params.yaml").is_file()
     as_is = create_workspace(tmp_path / "as-is", profile=None)
     assert (as_is / "dvc.lock").exists() == (REPO_ROOT / "dvc.lock").exists()
+
+
+def test_dvc_repro_refuses_repeated_seeds_as_snakemake_does(clone_of_quick_run):
+    """DVC's matrix would quietly make one stage of the repeated seed; the stages that read the
+    seeds list (the consumers of every policy) rerun and refuse it."""
+    ws = clone_of_quick_run()
+    seeds = yaml.safe_load((ws / "params.yaml").read_text())["seeds"]
+    edit_params(ws, lambda p: p.update(seeds=[*seeds, seeds[-1]]))
+    for command in (SNAKEMAKE, [DVC, "repro"]):
+        result = run(command, ws, check=False)
+        assert result.returncode != 0, command
+        assert f"seeds must be distinct, got {[*seeds, seeds[-1]]}" in result.stdout + result.stderr
+
+
+def test_a_shared_value_reruns_every_stage_that_uses_it_and_only_those(clone_of_quick_run):
+    """Variants share the book DQN's values through a YAML anchor: DVC tracks the values as they
+    resolve, so changing the anchor's batch size reruns the variants that take it (not the
+    prioritized one, which sets its own) and the stages that read every variant."""
+    from ruamel.yaml import YAML
+
+    ws = clone_of_quick_run()
+    yaml_rt = YAML()
+    document = yaml_rt.load((ws / "params.yaml").read_text())
+    assert "<<: *book_dqn" in (ws / "params.yaml").read_text()
+    document["dqn"]["variants"]["dqn"]["batch_size"] = 16  # the anchor &book_dqn
+    with (ws / "params.yaml").open("w") as handle:
+        yaml_rt.dump(document, handle)
+    seeds = document["seeds"]
+    takers = {f"dqn@{v}-{s}" for v in ("dqn", "double_dqn", "dueling_double_dqn") for s in seeds}
+    assert dvc_changed_stages(ws) == takers | {"evaluate", "aggregate", "pi_bundle", "report"}
+    assert snakemake_planned_jobs(ws) >= {rule_name(t) for t in takers}
+    assert not any("prioritized" in job for job in snakemake_planned_jobs(ws))

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 
 import numpy as np
 import pytest
 
+from tests.conftest import file_digests, run
+from tests.test_dag import dvc_view
+
 from stages.common.evaluation import evaluate_policy
 from stages.common.policies import (
     PolicyEntry,
+    PolicyIndexError,
     actions_from_outputs,
     export_keras_policy,
     load_index,
@@ -74,7 +79,7 @@ def test_a_failed_export_keeps_the_previous_policy(tmp_path):
     export_keras_policy(_small_model(1, 2, "softmax"), folder, stage="test",
                         env_id="CartPole-v1", output="action_probabilities")
     before = (folder / "model.keras").read_bytes()
-    with pytest.raises(ValueError, match="output 'logits' is not one of"):
+    with pytest.raises(PolicyIndexError, match="output 'logits' is not one of"):
         export_keras_policy(_small_model(2, 2, "softmax"), folder, stage="test",
                             env_id="CartPole-v1", output="logits")
     assert (folder / "model.keras").read_bytes() == before
@@ -84,16 +89,87 @@ def test_a_failed_export_keeps_the_previous_policy(tmp_path):
 def test_bad_entries_are_named(tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
-    with pytest.raises(FileNotFoundError, match="no policy entry"):
-        read_entry(folder)
+    with pytest.raises(PolicyIndexError, match="policy 'broken' .*: no entry at"):
+        read_entry(folder, stage="train@1")
     (folder / "policy.json").write_text(json.dumps({"name": "broken", "colour": "red"}))
-    with pytest.raises(ValueError, match=r"unknown fields \['colour'\]"):
+    with pytest.raises(PolicyIndexError, match=r"unknown fields \['colour'\]"):
         read_entry(folder)
     entry = PolicyEntry(name="x", stage="s", env_id="CartPole-v1", model="model.keras",
                         observation_shape=(4,), observation_dtype="float32", output="q_values",
                         n_actions=2, folder=folder)
-    with pytest.raises(FileNotFoundError, match="model file .* is missing"):
+    with pytest.raises(PolicyIndexError, match="model file .* is missing; rebuild it with `dvc repro s`"):
         load_policy(entry)
+
+
+def _exported(tmp_path):
+    return export_keras_policy(_small_model(4, 2, "linear"), tmp_path / "toy", stage="toy@0",
+                               env_id="CartPole-v1", output="q_values")
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda e: e.update(model="../../../../etc/passwd"), "is not a path inside the policy's folder"),
+    (lambda e: e.update(model="/etc/passwd"), "is not a path inside the policy's folder"),
+    (lambda e: e.update(output="logits"), "output 'logits' is not one of"),
+    (lambda e: e.update(observation_shape=[4, 0]), "observation_shape [4, 0] is not a list of positive integers"),
+    (lambda e: e.update(observation_shape="4"), "is not a list of positive integers"),
+    (lambda e: e.update(n_actions=0), "n_actions 0 is not a positive integer"),
+    (lambda e: e.update(observation_dtype="float128x"), "is not a NumPy dtype"),
+])
+def test_an_entry_that_cannot_be_trusted_is_refused_with_its_stage(tmp_path, change, problem):
+    entry = _exported(tmp_path)
+    data = json.loads((entry.folder / "policy.json").read_text())
+    change(data)
+    (entry.folder / "policy.json").write_text(json.dumps(data))
+    with pytest.raises(PolicyIndexError) as error:
+        read_entry(entry.folder)
+    assert problem in str(error.value)
+    assert "policy 'toy' (made by stage toy@0)" in str(error.value)
+    assert "`dvc repro toy@0`" in str(error.value)
+
+
+def test_a_model_file_that_does_not_open_is_refused_before_tensorflow_sees_it(tmp_path):
+    entry = _exported(tmp_path)
+    content = entry.model_path.read_bytes()
+    entry.model_path.write_bytes(content[: len(content) // 2])  # truncated
+    with pytest.raises(PolicyIndexError, match="cannot be opened as a Keras archive"):
+        read_entry(entry.folder)
+    damaged = bytearray(content)
+    damaged[len(damaged) // 3] ^= 0xFF  # inside a compressed member
+    entry.model_path.write_bytes(bytes(damaged))
+    with pytest.raises(PolicyIndexError, match="policy 'toy' .*(damaged|cannot be opened)"):
+        read_entry(entry.folder)
+
+
+def test_the_index_is_what_the_dag_declares(tmp_path, capsys):
+    entry = _exported(tmp_path / "policies")
+    assert list(load_index(tmp_path / "policies", {"toy": "toy@0"})) == ["toy"]
+    # A folder no stage declares (a removed seed) is left out, and said so.
+    assert load_index(tmp_path / "policies", {}) == {}
+    assert "no stage of dvc.yaml exports it" in capsys.readouterr().err
+    # A declared policy that is missing, or whose entry names another stage, is an error.
+    with pytest.raises(PolicyIndexError, match="policy 'gone' .*no entry at"):
+        load_index(tmp_path / "policies", {"toy": "toy@0", "gone": "toy@1"})
+    with pytest.raises(PolicyIndexError, match="says it was made by stage toy@0, but dvc.yaml's stage toy@9"):
+        load_index(tmp_path / "policies", {"toy": "toy@9"})
+    assert entry.stage == "toy@0"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stage", ["evaluate", "report", "pi_bundle"])
+def test_every_consumer_refuses_a_broken_policy_by_name(clone_of_quick_run, stage):
+    """A truncated model stops evaluate, the report and the bundle alike, with one sentence that
+    names the policy and the command that rebuilds it; their outputs stay as they were."""
+    ws = clone_of_quick_run()
+    model = ws / "data/policies/pg_cartpole_s42/model.keras"
+    model.write_bytes(model.read_bytes()[:1000])
+    outputs = [o for o in dvc_view(ws)[stage]["outs"]]
+    before = file_digests(ws, outputs)
+    result = run([sys.executable, "-m", f"stages.{stage}"], ws, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: policy 'pg_cartpole_s42' (made by stage pg_cartpole@42)" in result.stderr
+    assert "rebuild it with `dvc repro pg_cartpole@42`" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert file_digests(ws, outputs) == before
 
 
 def test_a_policysaver_export_plays_through_load_policy(tmp_path):

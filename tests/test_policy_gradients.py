@@ -15,9 +15,8 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from stages.cartpole_basics import basic_policy
+from stages.common.cartpole import basic_policy
 from stages.common.evaluation import evaluate_policy
-from stages.common.params import ParamError
 from stages.common.policy_gradients import (
     discount_and_normalize_rewards,
     entropy,
@@ -28,9 +27,10 @@ from stages.common.policy_gradients import (
     policy_network,
 )
 from stages.common.policies import load_index
-from stages.settings import load_seeded_params, validate_params_file
+from stages.common.settings import ParamError, Params
+from stages.common.validation import validate_pipeline
 from tests.conftest import run
-from tests.test_params import write_params
+from tests.conftest import edited_params, repo_stages
 
 
 # The book's discounting examples: tests/test_book_results.py (numbers from data/book_results.yaml).
@@ -125,35 +125,33 @@ def test_episodes_played_together_equal_episodes_played_alone():
 @pytest.mark.parametrize("section", ["nn_policy", "pg_cartpole"])
 def test_evaluation_seeds_must_be_held_out(tmp_path, section):
     def overlap(params):
-        params[section].update(env_seed_start=10, eval_seed_start=15)
+        params[section]["training"]["env_seed_start"] = 10
+        params[section]["evaluation"]["seed_start"] = 15
 
-    with pytest.raises(ParamError, match="must not overlap the training seeds"):
-        validate_params_file(write_params(tmp_path, overlap))
+    with pytest.raises(ParamError, match=r"overlap the training environment seeds 10\.\.\d+: evaluation must be held out"):
+        validate_pipeline(repo_stages(), edited_params(tmp_path, overlap))
 
 
-def test_every_training_seed_keeps_the_evaluation_seeds_held_out(tmp_path):
+def test_every_training_seed_keeps_the_evaluation_seeds_held_out(repo_root):
     """Seed s trains on its own block of environment seeds; the section's seed keeps block 0."""
-    path = write_params(tmp_path, lambda p: None)
-    book = load_seeded_params("pg_cartpole", None, path)
-    assert (book.seed, book.env_seed_start) == (42, 0)
-    starts = {load_seeded_params("pg_cartpole", s, path).env_seed_start for s in range(50)}
+    from stages import dqn, pg_cartpole
+
+    params = Params.load(repo_root / "params.yaml")
+    book = pg_cartpole.settings([], params)
+    assert (book.training.seed, book.training.env_seed_start) == (42, 0)
+    many = Params({**params.data, "seeds": list(range(50))}, params.path)
+    starts = {pg_cartpole.settings(["--seed", str(s)], many).training.env_seed_start for s in range(50)}
     assert len(starts) == 50 and all(start % 10 == 0 for start in starts)  # disjoint blocks of 10
-    assert load_seeded_params("dqn", 3, path).seed == 3
-    # Seed 226 (block 226 XOR 42 = 200) would train nn_policy on environments 10000..10049, its
-    # evaluation seeds: refused.
-    with pytest.raises(ParamError, match="training seed 226 is not allowed for nn_policy"):
-        validate_params_file(write_params(tmp_path, lambda p: p.update(seeds=[42, 226])))
-    with pytest.raises(ParamError, match="seeds = \\[0, 0\\] is not allowed: expected distinct seeds"):
-        validate_params_file(write_params(tmp_path, lambda p: p.update(seeds=[0, 0])))
+    assert dqn.settings(["--variant", "dqn", "--seed", "3"], params).seed == 3
 
 
 def test_each_lunarlander_configuration_is_validated(tmp_path):
-    path = write_params(tmp_path, lambda p: p["pg_lunarlander"]["solve"].update(discount=1.5))
-    with pytest.raises(ParamError, match=r"pg_lunarlander\.solve\.discount = 1\.5"):
-        validate_params_file(path)
-    path = write_params(tmp_path, lambda p: p["pg_lunarlander"]["book"].update(env_id="CartPole-v1"))
-    with pytest.raises(ParamError, match="env_id must be a LunarLander environment"):
-        validate_params_file(path)
+    path = edited_params(tmp_path, lambda p: p["pg_lunarlander"]["solve"]["training"].update(discount=1.5))
+    with pytest.raises(ParamError, match=r"pg_lunarlander\.solve\.training\.discount = 1\.5"):
+        validate_pipeline(repo_stages(), path)
+    path = edited_params(tmp_path, lambda p: p["pg_lunarlander"]["book"].update(env_id="CartPole-v1"))
+    with pytest.raises(ParamError, match="expected a LunarLander environment"):
+        validate_pipeline(repo_stages(), path)
 
 
 PLAY_FROM_THE_INDEX = """

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stages.common.replay import PrioritizedReplayMemory, ReplayMemory, SumTree
-from stages.replay_benchmark import RotatingList, stack_fields, synthetic_transitions
+from stages.replay_benchmark.__main__ import RotatingList, stack_fields, synthetic_transitions
 
 
 def fill(memory: ReplayMemory, count: int) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.cartpole_basics import basic_policy
+from stages.common.cartpole import basic_policy
 from stages.common.evaluation import evaluate_policy
 from stages.common.frames import record_episode, write_gif
 from stages.common.io import atomic_path, write_json

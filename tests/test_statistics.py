@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import stats
 
 from stages.common.statistics import (
@@ -85,14 +86,22 @@ def test_curve_intervals_are_pointwise():
 
 
 def synthetic_workspace(root, seeds=(0, 1, 2, 3, 4)):
-    """Policies of three algorithms (one clearly best), their training logs, a returns.csv."""
-    from stages.common.policies import PolicyEntry, _write_entry
+    """Policies of three algorithms (one clearly best), their training logs, a returns.csv, and a
+    dvc.yaml that declares the policies (one stage per training and seed)."""
+    import tf_keras
+
+    from stages.common.policies import export_keras_policy
 
     rng = np.random.default_rng(0)
     rows = []
     levels = {"strong": 450.0, "weak": 60.0, "weak_final": 62.0}
+    model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(1, activation="sigmoid")])
+    stages: dict = {}
     for algorithm, level in levels.items():
         training = algorithm.removesuffix("_final")
+        stage = stages.setdefault(training, {"matrix": {"seed": list(seeds)}, "cmd": "python -m tests.test_statistics",
+                                             "outs": []})
+        stage["outs"].append(f"data/policies/{algorithm}_s${{item.seed}}")
         for seed in seeds:
             name = f"{algorithm}_s{seed}"
             log = f"data/{training}/s{seed}/training_log.csv"
@@ -101,12 +110,9 @@ def synthetic_workspace(root, seeds=(0, 1, 2, 3, 4)):
             pd.DataFrame({"iteration": iterations,
                           "mean_return": level * iterations / 29 + rng.normal(0, 5, 30),
                           "loss": 0.0, "wall_time_s": 0.1}).to_csv(root / log, index=False)
-            folder = root / "data/policies" / name
-            folder.mkdir(parents=True)
-            _write_entry(folder, PolicyEntry(
-                name=name, stage=f"{training}@{seed}", env_id="CartPole-v1", model="model.keras",
-                observation_shape=(4,), observation_dtype="float32", output="p_left", n_actions=2,
-                algorithm=algorithm, seed=seed, details={"training_log": log}))
+            export_keras_policy(model, root / "data/policies" / name, stage=f"{training}@{seed}",
+                                env_id="CartPole-v1", output="p_left", algorithm=algorithm, seed=seed,
+                                details={"training_log": log})
             for max_steps in (200, 500):
                 for episode in range(10):
                     rows.append((name, algorithm, seed, max_steps, episode, 20000 + episode,
@@ -117,8 +123,11 @@ def synthetic_workspace(root, seeds=(0, 1, 2, 3, 4)):
     pd.DataFrame(rows, columns=["policy", "algorithm", "seed", "max_steps", "episode", "env_seed",
                                 "return"]).to_csv(root / "reports/evaluate/returns.csv", index=False)
     (root / "params.yaml").write_text(
+        f"profile: full\nseeds: {list(seeds)}\n"
         "aggregate: {confidence: 0.95, resamples: 1000, seed: 0, curve_points: 10,"
         " min_runs_for_claims: 5}\n")
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
 
 
 def run_aggregate(workspace):

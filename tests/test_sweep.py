@@ -40,7 +40,7 @@ def experiments(workspace: Path) -> dict[str, tuple[float, float]]:
         for experiment in baseline.get("experiments") or []:
             for rev in experiment["revs"]:
                 data = rev["data"]
-                rate = data["params"]["params.yaml"]["data"]["pg_cartpole"]["learning_rate"]
+                rate = data["params"]["params.yaml"]["data"]["pg_cartpole"]["optimizer"]["learning_rate"]
                 greedy = data["metrics"][METRICS]["data"]["evaluation"]["greedy"]["mean"]
                 found[rev["name"]] = (rate, greedy)
     return found
@@ -49,7 +49,7 @@ def experiments(workspace: Path) -> dict[str, tuple[float, float]]:
 def test_a_queued_learning_rate_sweep_runs_and_is_compared(quick_workspace):
     ws = quick_workspace("sweep")
     for rate in LEARNING_RATES:
-        run([DVC, "exp", "run", "--queue", "-S", f"pg_cartpole.learning_rate={rate}", STAGE], ws)
+        run([DVC, "exp", "run", "--queue", "-S", f"pg_cartpole.optimizer.learning_rate={rate}", STAGE], ws)
     run([DVC, "queue", "start", "--jobs", "1"], ws)
     status = wait_for_the_queue(ws)
     assert status.count("Success") == len(LEARNING_RATES), status
@@ -57,10 +57,10 @@ def test_a_queued_learning_rate_sweep_runs_and_is_compared(quick_workspace):
     results = experiments(ws)
     assert sorted(rate for rate, _ in results.values()) == sorted(LEARNING_RATES)
     assert all(0 < greedy <= 200 for _, greedy in results.values())
-    table = run([DVC, "exp", "show", "--csv", "--keep", "pg_cartpole.learning_rate", "--drop", ".*"],
+    table = run([DVC, "exp", "show", "--csv", "--keep", "pg_cartpole.optimizer.learning_rate", "--drop", ".*"],
                 ws).stdout
     assert {str(rate) for rate in LEARNING_RATES} <= set(table.split())
     # The workspace keeps its own parameters; results live in the experiments' refs.
     params = yaml.safe_load((ws / "params.yaml").read_text())
-    assert params["pg_cartpole"]["learning_rate"] == 0.01
+    assert params["pg_cartpole"]["optimizer"]["learning_rate"] == 0.01
     assert not (ws / METRICS).exists()

@@ -5,16 +5,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.markov_chain import absorbing_states, expected_steps_to_absorption, sample_run
-from stages.mdp import MDP, greedy_policy, q_learning, q_value_iteration
-from stages.settings import load_params
+from stages import markov_chain, mdp as mdp_stage
+from stages.common.settings import Params
+from stages.markov_chain.__main__ import absorbing_states, expected_steps_to_absorption, sample_run
+from stages.mdp.__main__ import MDP, greedy_policy, q_learning, q_value_iteration
 
 PARAMS = Path(__file__).parents[1] / "params.yaml"
 
 
 @pytest.fixture(scope="module")
 def mdp_cfg():
-    return load_params("mdp", PARAMS)
+    return mdp_stage.settings([], Params.load(PARAMS))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_q_learning_agrees_with_q_value_iteration(mdp, mdp_cfg):
 
 
 def test_markov_chain_runs_follow_the_matrix():
-    cfg = load_params("markov_chain", PARAMS)
+    cfg = markov_chain.settings([], Params.load(PARAMS))
     transitions = np.array(cfg.transition_matrix)
     rng = np.random.RandomState(cfg.seed)
     for _ in range(200):
@@ -64,7 +65,7 @@ def test_markov_chain_runs_follow_the_matrix():
 
 
 def test_expected_run_length_matches_sampling():
-    transitions = np.array(load_params("markov_chain", PARAMS).transition_matrix)
+    transitions = np.array(markov_chain.settings([], Params.load(PARAMS)).transition_matrix)
     assert absorbing_states(transitions) == [3]
     rng = np.random.RandomState(0)
     lengths = [len(sample_run(transitions, 0, 10_000, rng)[0]) - 1 for _ in range(4000)]

@@ -8,7 +8,6 @@ without a date or a file name.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import tarfile
@@ -18,14 +17,6 @@ from stages.common.io import atomic_path
 
 EXECUTABLE = 0o755
 REGULAR = 0o644
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def size_of(path: str | os.PathLike) -> int:

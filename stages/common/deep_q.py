@@ -21,14 +21,15 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from stages.common.optimizers import make_optimizer
 from stages.common.replay import Batch
 
 LOSSES = ("mse", "huber")
 
 
 def build_q_network(observation_size: int, n_actions: int, hidden_units: Sequence[int], *,
-                    dueling: bool) -> tf_keras.Model:
-    """ELU hidden layers, then one linear Q-value per action.
+                    activation: str, dueling: bool) -> tf_keras.Model:
+    """Dense hidden layers (the book's: ELU), then one linear Q-value per action.
 
     Dueling: a state value V (one unit) and advantages A (one per action) share the hidden
     layers; Q = V + A - max(A), so the greedy action's advantage is zero and V is its value.
@@ -37,7 +38,7 @@ def build_q_network(observation_size: int, n_actions: int, hidden_units: Sequenc
     observations = tf_keras.layers.Input(shape=(observation_size,), name="observation")
     hidden = observations
     for index, units in enumerate(hidden_units, start=1):
-        hidden = tf_keras.layers.Dense(units, activation="elu", name=f"hidden_{index}")(hidden)
+        hidden = tf_keras.layers.Dense(units, activation=activation, name=f"hidden_{index}")(hidden)
     if not dueling:
         q_values = tf_keras.layers.Dense(n_actions, name="q_values")(hidden)
         return tf_keras.Model(observations, q_values, name="q_network")
@@ -60,15 +61,15 @@ def elementwise_loss(kind: str, errors: tf.Tensor) -> tf.Tensor:
 class DeepQLearner:
     """The online network, its optional target copy, the optimizer, and the two compiled calls."""
 
-    def __init__(self, online: tf_keras.Model, *, learning_rate: float, loss: str, discount: float,
-                 target_network: bool, double: bool) -> None:
+    def __init__(self, online: tf_keras.Model, *, optimizer: str, learning_rate: float, loss: str,
+                 discount: float, target_network: bool, double: bool) -> None:
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}: expected one of {', '.join(LOSSES)}")
         if double and not target_network:
             raise ValueError("double Q-learning needs a target network to value the online network's choice")
         self.online = online
         self.target = tf_keras.models.clone_model(online) if target_network else None
-        self.optimizer = tf_keras.optimizers.Adam(learning_rate=learning_rate)
+        self.optimizer = make_optimizer(optimizer, learning_rate)
         self.loss = loss
         self.discount = discount
         self.double = double

@@ -9,9 +9,12 @@ Every training stage exports each policy it trains into ``data/policies/<name>/`
 The index is the folder ``data/policies``: one sub-folder per policy, owned by the stage that
 trained it (so DVC and Snakemake see one producer per output). Evaluation, the report and the
 Raspberry Pi bundle read entries with :func:`load_index` and play them with :func:`load_policy`;
-none of them imports the stage that trained the policy.
+none of them imports the stage that trained the policy. Reading an entry checks it first (known
+fields and output kind, a model path inside its folder, a model file that opens); a problem is a
+:class:`PolicyIndexError` naming the policy, the stage that makes it and how to rebuild it.
 
-Output kinds (``output`` in the entry) and their action rules:
+Output kinds (``output`` in the entry) and their action rules (``actions_from_outputs`` in
+pi/policy_runtime.py, the one implementation the pipeline and the Pi runner share):
 
 - ``p_left``: one sigmoid unit, the probability of action 0 ("left"). Greedy: 0 when p >= 0.5.
   Sampled: 1 when a uniform draw exceeds p (the book's rule).
@@ -26,7 +29,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,13 +39,29 @@ from typing import Any
 
 import numpy as np
 
+from pi.policy_runtime import actions_from_outputs
 from stages.common.io import atomic_folder
+from stages.common.settings import InputError
 
 INDEX_DIR = Path("data/policies")
 ENTRY_FILE = "policy.json"
 KERAS_MODEL_FILE = "model.keras"
 OUTPUT_KINDS = ("p_left", "action_probabilities", "q_values", "tf_agents_policy")
+REQUIRED_FIELDS = ("name", "stage", "env_id", "model", "observation_shape", "observation_dtype",
+                   "output", "n_actions")
 ENTRY_VERSION = 1
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+class PolicyIndexError(InputError):
+    """A policy in the index cannot be trusted: one sentence naming it, the stage that makes it
+    and the command that rebuilds it."""
+
+    def __init__(self, policy: str, stage: str | None, problem: str) -> None:
+        self.policy, self.stage = policy, stage
+        rebuild = (f"rebuild it with `dvc repro {stage}` (or snakemake)" if stage
+                   else "rebuild it by rerunning the stage that trains it")
+        super().__init__(f"policy {policy!r} (made by stage {stage or 'unknown'}): {problem}; {rebuild}")
 
 BatchPolicy = Callable[[np.ndarray], np.ndarray]
 
@@ -90,45 +111,59 @@ class PolicyEntry:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], folder: Path | None = None) -> PolicyEntry:
+        """An entry from its JSON, checked: known fields and output kind, sane shapes, and a model
+        path that stays inside the entry's folder. A problem raises :class:`PolicyIndexError`."""
+        where = folder / ENTRY_FILE if folder else "policy entry"
+        name = data.get("name", folder.name if folder else "?") if isinstance(data, Mapping) else "?"
+        stage = data.get("stage") if isinstance(data, Mapping) else None
+
+        def refuse(problem: str) -> PolicyIndexError:
+            return PolicyIndexError(name, stage, f"{where}: {problem}")
+
+        if not isinstance(data, Mapping):
+            raise refuse("not a JSON object")
         known = {f for f in cls.__dataclass_fields__ if f != "folder"}
         unknown = sorted(set(data) - known)
-        missing = sorted(f for f in ("name", "stage", "env_id", "model", "observation_shape",
-                                     "observation_dtype", "output", "n_actions") if f not in data)
-        where = f" in {folder / ENTRY_FILE}" if folder else ""
+        missing = sorted(f for f in REQUIRED_FIELDS if f not in data)
         if unknown or missing:
-            raise ValueError(f"bad policy entry{where}: unknown fields {unknown}, missing {missing}")
+            raise refuse(f"unknown fields {unknown}, missing {missing}")
         if data["output"] not in OUTPUT_KINDS:
-            raise ValueError(f"bad policy entry{where}: output {data['output']!r} is not one of "
-                             f"{', '.join(OUTPUT_KINDS)}")
+            raise refuse(f"output {data['output']!r} is not one of {', '.join(OUTPUT_KINDS)}")
+        shape = data["observation_shape"]
+        if not (isinstance(shape, list) and shape and all(_positive_int(n) for n in shape)):
+            raise refuse(f"observation_shape {shape!r} is not a list of positive integers")
+        if not _positive_int(data["n_actions"]):
+            raise refuse(f"n_actions {data['n_actions']!r} is not a positive integer")
+        try:
+            np.dtype(data["observation_dtype"])
+        except TypeError:
+            raise refuse(f"observation_dtype {data['observation_dtype']!r} is not a NumPy dtype") from None
+        model = data["model"]
+        if not isinstance(model, str) or not _inside(folder, model):
+            raise refuse(f"model {model!r} is not a path inside the policy's folder")
         values = dict(data)
-        values["observation_shape"] = tuple(int(n) for n in data["observation_shape"])
+        values["observation_shape"] = tuple(int(n) for n in shape)
         values["training_seeds"] = tuple(int(s) for s in data.get("training_seeds", ()))
         return cls(**values, folder=folder)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _inside(folder: Path | None, model: str) -> bool:
+    """A relative path without '..' that, links resolved, stays within ``folder``."""
+    path = Path(model)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        return False
+    if folder is None:
+        return True
+    return (folder / path).resolve().is_relative_to(folder.resolve())
 
 
 def seeded_policy_name(algorithm: str, seed: int) -> str:
     """The index name of one training seed's run of an algorithm, e.g. ``pg_cartpole_s42``."""
     return f"{algorithm}_s{seed}"
-
-
-def actions_from_outputs(output: str, outputs: np.ndarray,
-                         rng: np.random.Generator | None = None) -> np.ndarray:
-    """Turn a batch of model outputs into actions: greedy without ``rng``, sampled with it."""
-    outputs = np.asarray(outputs, dtype=np.float64)
-    if output == "p_left":
-        p_left = outputs.reshape(len(outputs))
-        if rng is None:
-            return (p_left < 0.5).astype(np.int64)
-        return (rng.uniform(size=len(p_left)) > p_left).astype(np.int64)
-    if output == "action_probabilities":
-        if rng is None:
-            return np.argmax(outputs, axis=1).astype(np.int64)
-        cumulative = np.cumsum(outputs, axis=1)
-        draws = rng.uniform(size=(len(outputs), 1)) * cumulative[:, -1:]
-        return np.minimum((draws > cumulative).sum(axis=1), outputs.shape[1] - 1).astype(np.int64)
-    if output == "q_values":
-        return np.argmax(outputs, axis=1).astype(np.int64)
-    raise ValueError(f"no action rule for output kind {output!r}")
 
 
 # --- export -----------------------------------------------------------------------------------
@@ -216,38 +251,96 @@ def export_saved_policy(save: Callable[[Path], None], folder: str | os.PathLike,
 # --- reading ----------------------------------------------------------------------------------
 
 
-def read_entry(folder: str | os.PathLike) -> PolicyEntry:
+def read_entry(folder: str | os.PathLike, stage: str | None = None) -> PolicyEntry:
+    """The entry in ``folder``, checked (see :meth:`PolicyEntry.from_json`) and with a model file
+    that opens; ``stage``: the stage dvc.yaml says makes it, named if the entry cannot be read."""
     folder = Path(folder)
     path = folder / ENTRY_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no policy entry at {path}: run the stage that trains it first")
-    return PolicyEntry.from_json(json.loads(path.read_text()), folder=folder)
+        raise PolicyIndexError(folder.name, stage, f"no entry at {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PolicyIndexError(folder.name, stage, f"{path} is not valid JSON ({error})") from None
+    entry = PolicyEntry.from_json(data, folder=folder)
+    if stage is not None and entry.stage != stage:
+        raise PolicyIndexError(entry.name, stage, f"{path} says it was made by stage {entry.stage}, "
+                               f"but dvc.yaml's stage {stage} makes it: the entry is from an older run")
+    check_model_file(entry)
+    return entry
 
 
-def load_index(index_dir: str | os.PathLike = INDEX_DIR) -> dict[str, PolicyEntry]:
-    """Every exported policy, by name, in name order."""
+def check_model_file(entry: PolicyEntry) -> None:
+    """The model file opens: a Keras archive whose members are intact, or a SavedModel folder."""
+    path = entry.model_path
+    if entry.output == "tf_agents_policy":
+        for member in ("saved_model.pb", "variables/variables.index"):
+            if not (path / member).is_file() or (path / member).stat().st_size == 0:
+                raise PolicyIndexError(entry.name, entry.stage, f"{path} lacks {member}: not a SavedModel")
+        return
+    if not path.is_file():
+        raise PolicyIndexError(entry.name, entry.stage, f"model file {path} is missing")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+            names = set(archive.namelist())
+            weights = archive.read("model.weights.h5")[:8] if "model.weights.h5" in names else b""
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as error:
+        raise PolicyIndexError(entry.name, entry.stage,
+                               f"{path} cannot be opened as a Keras archive ({error})") from None
+    if broken is not None or not {"config.json", "model.weights.h5"} <= names or weights != HDF5_SIGNATURE:
+        raise PolicyIndexError(entry.name, entry.stage, f"{path} is damaged: "
+                               + (f"member {broken} fails its checksum" if broken
+                                  else "config.json or the HDF5 weights are missing"))
+
+
+def load_index(index_dir: str | os.PathLike = INDEX_DIR, declared: Mapping[str, str] | None = None,
+               *, missing_ok: bool = False) -> dict[str, PolicyEntry]:
+    """Every exported policy, by name, in name order, each checked (:func:`read_entry`).
+
+    ``declared`` (policy name -> the stage that exports it, from the DAG: see
+    ``stages.common.dag.declared_policies``) makes the index what dvc.yaml says it is: a declared
+    policy that is missing is an error naming its stage (left out with ``missing_ok``: the report
+    shows it as not run yet), and a folder no stage declares (left by a seed, variant or game
+    since removed from params.yaml) is left out, with a note.
+    """
     index_dir = Path(index_dir)
-    if not index_dir.is_dir():
-        return {}
-    entries = [read_entry(p.parent) for p in sorted(index_dir.glob(f"*/{ENTRY_FILE}"))]
-    return {entry.name: entry for entry in entries}
+    folders = sorted(p.parent for p in index_dir.glob(f"*/{ENTRY_FILE}")) if index_dir.is_dir() else []
+    if declared is None:
+        return {entry.name: entry for entry in (read_entry(folder) for folder in folders)}
+    for folder in folders:
+        if folder.name not in declared:
+            print(f"note: {folder} is left out: no stage of dvc.yaml exports it (a seed, variant, "
+                  "configuration or game removed from params.yaml?); delete it to silence this",
+                  file=sys.stderr)
+    entries = {}
+    for name, stage in sorted(declared.items()):
+        if missing_ok and not (index_dir / name / ENTRY_FILE).is_file():
+            continue
+        entries[name] = read_entry(index_dir / name, stage)
+    return entries
 
 
 def load_model(entry: PolicyEntry) -> Any:
-    """The Keras model (or TF-Agents saved policy) an entry names."""
-    if not entry.model_path.exists():
-        raise FileNotFoundError(f"policy {entry.name!r}: model file {entry.model_path} is missing")
+    """The Keras model (or TF-Agents saved policy) an entry names; a file that does not load is a
+    :class:`PolicyIndexError` naming the policy and its stage."""
+    check_model_file(entry)
     import tensorflow as tf
 
-    if entry.output == "tf_agents_policy":
-        # A PolicySaver policy's signatures name TF-Agents and TFP type specs, which exist only once
-        # their modules are imported: a consumer that never imported TF-Agents could not load it.
-        import tf_agents.policies  # noqa: F401
+    try:
+        if entry.output == "tf_agents_policy":
+            # A PolicySaver policy's signatures name TF-Agents and TFP type specs, which exist only
+            # once their modules are imported: a consumer that never imported TF-Agents could not
+            # load it.
+            import tf_agents.policies  # noqa: F401
 
-        return tf.saved_model.load(str(entry.model_path))
-    import tf_keras
+            return tf.saved_model.load(str(entry.model_path))
+        import tf_keras
 
-    return tf_keras.models.load_model(entry.model_path, compile=False)
+        return tf_keras.models.load_model(entry.model_path, compile=False)
+    except (OSError, ValueError, TypeError, KeyError, tf.errors.OpError) as error:
+        raise PolicyIndexError(entry.name, entry.stage, f"{entry.model_path} does not load "
+                               f"({type(error).__name__}: {error})") from None
 
 
 def make_policy_env(entry: PolicyEntry, render_mode: str | None = None) -> Any:
@@ -255,7 +348,7 @@ def make_policy_env(entry: PolicyEntry, render_mode: str | None = None) -> Any:
     import gymnasium as gym
 
     if entry.preprocessing.get("kind") == "atari":
-        from stages.common.atari import make_atari_env
+        from pi.policy_runtime import make_atari_env
 
         return make_atari_env(entry.env_id, entry.preprocessing, render_mode=render_mode)
     if entry.preprocessing:

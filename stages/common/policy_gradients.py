@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -21,15 +20,12 @@ import tensorflow as tf
 import tf_keras
 from tqdm import tqdm
 
+from stages.common.optimizers import make_optimizer
 from stages.common.policies import actions_from_outputs
 from stages.common.training_log import TrainingLog
 
-OPTIMIZERS = {
-    "adam": tf_keras.optimizers.Adam,
-    "nadam": tf_keras.optimizers.Nadam,
-    "rmsprop": tf_keras.optimizers.RMSprop,
-    "sgd": tf_keras.optimizers.SGD,
-}
+if TYPE_CHECKING:
+    from stages.common.reinforce_settings import Reinforce
 
 BatchActor = Callable[[np.ndarray], np.ndarray]
 
@@ -74,10 +70,6 @@ def policy_network(observation_size: int, hidden_units: Sequence[int], activatio
     else:
         raise ValueError(f"a policy network outputs p_left or action_probabilities, not {output!r}")
     return tf_keras.Sequential(layers)
-
-
-def make_optimizer(name: str, learning_rate: float) -> tf_keras.optimizers.Optimizer:
-    return OPTIMIZERS[name](learning_rate=learning_rate)
 
 
 def sampling_actor(model: tf_keras.Model, output: str, rng: np.random.Generator) -> BatchActor:
@@ -208,31 +200,28 @@ def batch_of(episodes: Sequence[Episode], weights: Sequence[np.ndarray]) -> dict
 # --- REINFORCE --------------------------------------------------------------------------------
 
 
-def training_env_seeds(cfg: SimpleNamespace) -> list[int]:
-    """Environment ``i`` first resets with ``env_seed_start + i``, then continues its own stream."""
-    return list(range(cfg.env_seed_start, cfg.env_seed_start + cfg.episodes_per_iteration))
-
-
-def train_reinforce(cfg: SimpleNamespace, output: str, rng: np.random.Generator,
+def train_reinforce(cfg: Reinforce, output: str, rng: np.random.Generator,
                     desc: str) -> tuple[tf_keras.Model, TrainingLog]:
     """REINFORCE: play a batch of episodes, weight each step by its normalised return, update.
 
-    ``cfg`` is a validated REINFORCE section of params.yaml (see stages/settings.py), ``output``
-    the policy's output kind, and ``rng`` samples the actions.
+    ``cfg`` is a REINFORCE run's settings (stages/common/reinforce_settings.py), ``output`` the
+    policy's output kind, and ``rng`` samples the actions. Environment ``i`` first resets with
+    ``cfg.training.env_seeds[i]``, then continues its own random stream.
     """
+    training = cfg.training
     envs = [gym.make(cfg.env_id, max_episode_steps=cfg.max_steps)
-            for _ in range(cfg.episodes_per_iteration)]
+            for _ in range(training.episodes_per_iteration)]
     observation_size = envs[0].observation_space.shape[0]
-    model = policy_network(observation_size, cfg.hidden_units, cfg.activation, output,
-                           int(envs[0].action_space.n))
-    train_step = make_train_step(model, make_optimizer(cfg.optimizer, cfg.learning_rate), output,
-                                 cfg.entropy_coefficient)
+    model = policy_network(observation_size, cfg.network.hidden_units, cfg.network.activation,
+                           output, int(envs[0].action_space.n))
+    train_step = make_train_step(model, make_optimizer(cfg.optimizer.name, cfg.optimizer.learning_rate),
+                                 output, training.entropy_coefficient)
     act = sampling_actor(model, output, rng)
     log = TrainingLog()
-    with tqdm(range(cfg.iterations), desc=desc, unit="iteration", mininterval=1.0) as bar:
+    with tqdm(range(training.iterations), desc=desc, unit="iteration", mininterval=1.0) as bar:
         for iteration in bar:
-            episodes = play_episodes(envs, act, training_env_seeds(cfg) if iteration == 0 else None)
-            weights = discount_and_normalize_rewards([e.rewards for e in episodes], cfg.discount)
+            episodes = play_episodes(envs, act, list(training.env_seeds) if iteration == 0 else None)
+            weights = discount_and_normalize_rewards([e.rewards for e in episodes], training.discount)
             loss = train_step(**batch_of(episodes, weights))
             mean_return = float(np.mean([e.total_reward for e in episodes]))
             log.record(iteration, mean_return, float(loss))

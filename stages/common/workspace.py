@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import os
 import shutil
 import subprocess
@@ -25,17 +26,57 @@ LOCK_FILE = "dvc.lock"
 GIT_IDENTITY = ["-c", "user.name=rl-pipeline", "-c", "user.email=rl-pipeline@localhost"]
 
 
+WILDCARD = "*"  # in a profile: every entry of the mapping (every variant, configuration, game)
+
+
 def merge(base: dict[str, Any], overlay: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """``overlay`` over ``base``, recursively for mappings; an unknown key is an error (a typo)."""
+    """``overlay`` over ``base``, recursively for mappings; an unknown key is an error (a typo).
+
+    A key ``*`` applies its value to every entry of the mapping, before the entries named.
+    """
     merged = copy.deepcopy(base)
-    for key, value in overlay.items():
-        if key not in base:
+    for key in sorted(overlay, key=lambda k: k != WILDCARD):
+        value = overlay[key]
+        if key != WILDCARD and key not in base:
             raise KeyError(f"profile sets {where}{key}, which params.yaml does not have")
-        if isinstance(value, dict) and isinstance(base[key], dict):
-            merged[key] = merge(base[key], value, f"{where}{key}.")
-        else:
-            merged[key] = copy.deepcopy(value)
+        for target in (list(base) if key == WILDCARD else [key]):
+            if isinstance(value, dict) and isinstance(merged[target], dict):
+                merged[target] = merge(merged[target], value, f"{where}{target}.")
+            else:
+                merged[target] = copy.deepcopy(value)
     return merged
+
+
+def profiled_params_text(params_text: str, merged: dict[str, Any]) -> str:
+    """params.yaml's text with the merged values written in, comments and anchors kept.
+
+    Values are set where they differ (ruamel.yaml's round trip keeps the rest of the file as it
+    is). A value set under an anchor also reaches the entries that merge it; if the result does
+    not read back as ``merged``, the merged values are written plainly instead.
+    """
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedSeq
+
+    yaml_rt = YAML()
+    yaml_rt.indent(mapping=2, sequence=4, offset=2)
+    document = yaml_rt.load(params_text)
+
+    def write_into(node: Any, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(node.get(key), dict):
+                write_into(node[key], value)
+            elif node.get(key) != value:
+                if isinstance(value, list):
+                    value = CommentedSeq(value)
+                    value.fa.set_flow_style()
+                node[key] = value
+
+    write_into(document, merged)
+    stream = io.StringIO()
+    yaml_rt.dump(document, stream)
+    if yaml.safe_load(stream.getvalue()) == merged:
+        return stream.getvalue()
+    return yaml.safe_dump(merged, sort_keys=False, default_flow_style=None)
 
 
 def project_files(source: Path) -> list[str]:
@@ -65,9 +106,9 @@ def create_workspace(target: Path, profile: str | None = "quick", source: Path =
         if not profile_file.exists():
             known = sorted(p.stem for p in (source / "profiles").glob("*.yaml"))
             raise FileNotFoundError(f"no profile '{profile}' ({profile_file}); known: {', '.join(known)}")
-        params = merge(yaml.safe_load((source / "params.yaml").read_text()),
-                       yaml.safe_load(profile_file.read_text()))
-        (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, default_flow_style=None))
+        text = (source / "params.yaml").read_text()
+        params = merge(yaml.safe_load(text), yaml.safe_load(profile_file.read_text()))
+        (target / "params.yaml").write_text(profiled_params_text(text, params))
     subprocess.run(["git", "init", "-q"], cwd=target, check=True)
     subprocess.run(["git", "add", "-A"], cwd=target, check=True)
     subprocess.run(["git", *GIT_IDENTITY, "commit", "-q", "-m", f"workspace ({profile or 'as is'})"],

@@ -12,6 +12,7 @@ log's mean return, with its interval shaded.
 
 from __future__ import annotations
 
+import sys
 import time
 from itertools import permutations
 
@@ -19,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from stages.common.io import write_csv, write_json, write_text
-from stages.common.params import ParamError
 from stages.common.plotting import new_figure, save_figure
+from stages.common.dag import declared_policies
 from stages.common.policies import PolicyEntry, load_index
 from stages.common.statistics import (
     AGGREGATES,
@@ -28,7 +29,8 @@ from stages.common.statistics import (
     interval_estimates,
     probability_of_improvement_interval,
 )
-from stages.settings import load_params, run_stage
+from stages.aggregate import Settings, settings
+from stages.common.settings import ParamError, Params, run_stage
 
 NAME = "aggregate"
 RETURNS = "reports/evaluate/returns.csv"
@@ -66,7 +68,7 @@ def environments(returns: pd.DataFrame, index: dict[str, PolicyEntry]) -> dict[s
 
 
 def summarise(scores: pd.DataFrame, env_of: dict[str, str], rng: np.random.Generator,
-              cfg) -> pd.DataFrame:
+              cfg: Settings) -> pd.DataFrame:
     rows = []
     for (algorithm, max_steps), runs in scores.groupby(["algorithm", "max_steps"], sort=True):
         runs = runs.sort_values("seed")
@@ -83,7 +85,7 @@ def summarise(scores: pd.DataFrame, env_of: dict[str, str], rng: np.random.Gener
 
 
 def compare(scores: pd.DataFrame, env_of: dict[str, str], rng: np.random.Generator,
-            cfg) -> pd.DataFrame:
+            cfg: Settings) -> pd.DataFrame:
     """P(X > Y) for every ordered pair of algorithms on the same environment and cap."""
     rows = []
     for max_steps, at_cap in scores.groupby("max_steps", sort=True):
@@ -117,7 +119,7 @@ def supported_claims(comparisons: pd.DataFrame, confidence: float) -> list[str]:
 
 
 def learning_curves(algorithms: list[str], returns: pd.DataFrame, index: dict[str, PolicyEntry],
-                    rng: np.random.Generator, cfg) -> list[dict]:
+                    rng: np.random.Generator, cfg: Settings) -> list[dict]:
     """Per training run family (algorithms sharing logs, e.g. dqn and dqn_final: one curve), the
     IQM across seeds of the logged mean return, at up to ``curve_points`` points, with intervals."""
     curves, seen = [], set()
@@ -125,7 +127,11 @@ def learning_curves(algorithms: list[str], returns: pd.DataFrame, index: dict[st
         policies = returns.loc[returns["algorithm"] == algorithm, ["policy", "seed"]].drop_duplicates()
         logs = {int(seed): index[policy].details.get("training_log")
                 for policy, seed in policies.itertuples(index=False)}
-        if None in logs.values() or frozenset(logs.values()) in seen:
+        if None in logs.values():
+            print(f"note: no learning curve for {algorithm}: some of its policies' entries name no "
+                  "training_log", file=sys.stderr)
+            continue
+        if frozenset(logs.values()) in seen:  # the same runs' logs (dqn and dqn_final): one curve
             continue
         seen.add(frozenset(logs.values()))
         frames = [pd.read_csv(logs[seed]) for seed in sorted(logs)]
@@ -188,7 +194,7 @@ def plot_learning_curves(curves: list[dict], path: str, confidence: float) -> No
     save_figure(fig, path)
 
 
-def metrics(summary: pd.DataFrame, claims: list[str], cfg, wall_time_s: float) -> dict:
+def metrics(summary: pd.DataFrame, claims: list[str], cfg: Settings, wall_time_s: float) -> dict:
     algorithms: dict[str, dict] = {}
     for row in summary.itertuples(index=False):
         entry = algorithms.setdefault(row.algorithm, {"env_id": row.env_id})
@@ -213,13 +219,13 @@ def metrics(summary: pd.DataFrame, claims: list[str], cfg, wall_time_s: float) -
 
 
 def main() -> None:
-    cfg = load_params(NAME)
+    cfg = settings(sys.argv[1:], Params.load())
     started = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
     returns = read_returns()
     if returns.empty:
         raise ParamError(f"{RETURNS} holds no episode of a policy with a training seed")
-    index = load_index()
+    index = load_index(declared=declared_policies())
     env_of = environments(returns, index)
     scores = run_scores(returns)
 

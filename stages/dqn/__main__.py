@@ -3,9 +3,9 @@
     python -m stages.dqn --variant double_dqn --seed 0
 
 Settings shared by every variant are in params.yaml's ``dqn`` section; what makes a variant
-(learning rate, loss, dueling head, target network, double Q-learning, prioritised replay) is its
-entry in ``dqn_variants``. dvc.yaml declares the stage once, as a matrix over the variant names
-and the training seeds of params.yaml's ``seeds`` (without ``--seed``: the ``dqn`` section's seed).
+(network, optimizer, loss, target network, double Q-learning, prioritised replay) is its entry in
+``dqn.variants``. dvc.yaml declares the stage once, as a matrix over the variant names and the
+training seeds of params.yaml's ``seeds`` (without ``--seed``: the ``dqn`` section's seed).
 
 Training follows the book: epsilon-greedy episodes with a decaying epsilon, a small replay
 memory, learning once the warm-up episodes have filled it, and the weights of the best episode
@@ -20,11 +20,9 @@ Evaluation is greedy, on seeds disjoint from training, at each step limit of
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
@@ -37,13 +35,13 @@ from stages.common.deep_q import DeepQLearner, build_q_network
 from stages.common.evaluation import evaluate_policy
 from stages.common.frames import record_episode, write_gif
 from stages.common.io import write_csv, write_json
-from stages.common.params import ParamError
 from stages.common.plotting import new_figure, save_figure
 from stages.common.policies import (INDEX_DIR, PolicyEntry, export_keras_policy, load_policy,
                                     seeded_policy_name)
 from stages.common.replay import PrioritizedReplayMemory, ReplayMemory
 from stages.common.seeding import seed_everything
-from stages.settings import for_training_seed, load_params, run_stage
+from stages.common.settings import ParamError, Params, run_stage
+from stages.dqn import Settings, Variant, settings
 
 MOVING_AVERAGE_EPISODES = 20  # the smoothed curve in the figure, the log and the progress bar
 
@@ -64,17 +62,17 @@ class TrainingRun:
         return np.array([row["return"] for row in self.log])
 
 
-def variant_title(variant: SimpleNamespace) -> str:
+def variant_title(variant: Variant) -> str:
     """A readable name built from what the variant switches on, e.g. 'Dueling Double DQN'."""
-    title = ("Dueling " if variant.dueling else "") + ("Double " if variant.double else "") + "DQN"
+    title = ("Dueling " if variant.network.dueling else "") + ("Double " if variant.double else "") + "DQN"
     return title + (" with prioritized replay" if variant.prioritized_replay else "")
 
 
-def epsilon_at(episode: int, variant: SimpleNamespace) -> float:
+def epsilon_at(episode: int, variant: Variant) -> float:
     return max(1.0 - episode / variant.epsilon_decay_episodes, variant.epsilon_min)
 
 
-def beta_at(episode: int, variant: SimpleNamespace) -> float:
+def beta_at(episode: int, variant: Variant) -> float:
     """Importance-sampling exponent, annealed linearly over the training episodes (1 if unused)."""
     per = variant.prioritized_replay
     if per is None:
@@ -83,7 +81,7 @@ def beta_at(episode: int, variant: SimpleNamespace) -> float:
     return per.beta_start + progress * (per.beta_end - per.beta_start)
 
 
-def make_memory(variant: SimpleNamespace, observation_shape: tuple[int, ...],
+def make_memory(variant: Variant, observation_shape: tuple[int, ...],
                 rng: np.random.Generator) -> ReplayMemory:
     per = variant.prioritized_replay
     if per is None:
@@ -127,7 +125,7 @@ def play_episode(env: gym.Env, learner: DeepQLearner, memory: ReplayMemory, rng:
     return total_reward, steps, losses
 
 
-def train(variant: SimpleNamespace, learner: DeepQLearner, memory: ReplayMemory, rng: np.random.Generator,
+def train(variant: Variant, learner: DeepQLearner, memory: ReplayMemory, rng: np.random.Generator,
           *, env_id: str, seed: int, name: str) -> TrainingRun:
     """The book's loop: decaying epsilon, learning after the warm-up, best weights kept (ties: latest)."""
     env = gym.make(env_id, max_episode_steps=variant.max_steps)
@@ -161,7 +159,7 @@ def train(variant: SimpleNamespace, learner: DeepQLearner, memory: ReplayMemory,
     return run
 
 
-def plot_returns(run: TrainingRun, variant: SimpleNamespace, title: str, path: str) -> None:
+def plot_returns(run: TrainingRun, variant: Variant, title: str, path: str) -> None:
     log = pd.DataFrame(run.log)
     fig, ax = new_figure(figsize=(8, 4))
     ax.plot(log["episode"], log["return"], linewidth=1, label="return per episode")
@@ -180,14 +178,13 @@ def plot_returns(run: TrainingRun, variant: SimpleNamespace, title: str, path: s
     save_figure(fig, path)
 
 
-def export_policies(learner: DeepQLearner, run: TrainingRun, cfg: SimpleNamespace,
-                    variant: SimpleNamespace, name: str, title: str,
+def export_policies(learner: DeepQLearner, run: TrainingRun, cfg: Settings, name: str, title: str,
                     training_log: str) -> dict[str, PolicyEntry]:
     """The best-kept weights as ``<name>_s<seed>``, the final weights as ``<name>_final_s<seed>``."""
     best = tf_keras.models.clone_model(learner.online)
     best.set_weights(run.best_weights)
     common = dict(stage=f"dqn@{name}-{cfg.seed}", seed=cfg.seed, env_id=cfg.env_id, output="q_values",
-                  training_max_steps=variant.max_steps, training_seeds=(cfg.seed,))
+                  training_max_steps=cfg.variant.max_steps, training_seeds=(cfg.seed,))
     final_return = float(run.returns[-1])
     return {
         "best": export_keras_policy(
@@ -204,9 +201,9 @@ def export_policies(learner: DeepQLearner, run: TrainingRun, cfg: SimpleNamespac
     }
 
 
-def evaluate(entries: dict[str, PolicyEntry], cfg: SimpleNamespace) -> dict:
+def evaluate(entries: dict[str, PolicyEntry], cfg: Settings) -> dict:
     """Greedy returns of each exported policy at each step limit, on the evaluation seeds."""
-    seeds = list(range(cfg.evaluation.seed_start, cfg.evaluation.seed_start + cfg.evaluation.episodes))
+    seeds = list(cfg.evaluation.seeds)
     results = {}
     for which, entry in entries.items():
         policy = load_policy(entry)
@@ -217,23 +214,9 @@ def evaluate(entries: dict[str, PolicyEntry], cfg: SimpleNamespace) -> dict:
     return results
 
 
-def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train one DQN variant of params.yaml's dqn_variants.")
-    parser.add_argument("--variant", required=True, help="a key of dqn_variants in params.yaml")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="training seed (default: the dqn section's own seed, the book's run)")
-    return parser.parse_args(argv)
-
-
 def main() -> None:
-    args = parse_arguments(sys.argv[1:])
-    name = args.variant
-    cfg = load_params("dqn")
-    cfg = for_training_seed(cfg, "dqn", cfg.seed if args.seed is None else args.seed)
-    variants = load_params("dqn_variants")
-    if name not in variants:
-        raise ParamError(f"dqn_variants has no variant '{name}'; known: {', '.join(variants)}")
-    variant = variants[name]
+    cfg = settings(sys.argv[1:], Params.load())
+    name, variant = cfg.name, cfg.variant
     title = variant_title(variant)
     reports, data = f"reports/dqn/{name}/s{cfg.seed}", f"data/dqn/{name}/s{cfg.seed}"
 
@@ -247,8 +230,10 @@ def main() -> None:
     observation_shape, n_actions = env.observation_space.shape, int(env.action_space.n)
     env.close()
 
-    online = build_q_network(observation_shape[0], n_actions, variant.hidden_units, dueling=variant.dueling)
-    learner = DeepQLearner(online, learning_rate=variant.learning_rate, loss=variant.loss,
+    online = build_q_network(observation_shape[0], n_actions, variant.network.hidden_units,
+                             activation=variant.network.activation, dueling=variant.network.dueling)
+    learner = DeepQLearner(online, optimizer=variant.optimizer.name,
+                           learning_rate=variant.optimizer.learning_rate, loss=variant.loss,
                            discount=variant.discount, double=variant.double,
                            target_network=variant.target_update_episodes is not None)
     memory = make_memory(variant, observation_shape, rng.spawn(1)[0])
@@ -261,7 +246,7 @@ def main() -> None:
         ["episode", "return", "mean_return", "epsilon", "loss", "gradient_steps", "wall_time_s"]])
     plot_returns(run, variant, f"{title} on {cfg.env_id}", f"{reports}/{name}_rewards_plot.png")
 
-    entries = export_policies(learner, run, cfg, variant, name, title, training_log)
+    entries = export_policies(learner, run, cfg, name, title, training_log)
     started = time.perf_counter()
     evaluation = evaluate(entries, cfg)
     evaluation_time = time.perf_counter() - started

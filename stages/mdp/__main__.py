@@ -7,6 +7,7 @@ order (the action, then the next state), which makes its table reproduce the boo
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,8 @@ from tqdm import tqdm
 
 from stages.common.io import write_csv, write_json, write_npy
 from stages.common.plotting import new_figure, save_figure
-from stages.settings import load_params, run_stage
+from stages.common.settings import Params, run_stage
+from stages.mdp import settings
 
 DATA = "data/mdp"
 REPORTS = "reports/mdp"
@@ -99,7 +101,7 @@ def plot_q_s0_a0(iteration_history: np.ndarray, learning_history: np.ndarray, co
 
 
 def main() -> None:
-    cfg = load_params("mdp")
+    cfg = settings(sys.argv[1:], Params.load())
     mdp = MDP.from_params(cfg.transition_probabilities, cfg.rewards)
     iteration = cfg.q_value_iteration
     histories = {gamma: q_value_iteration(mdp, gamma, iteration.iterations) for gamma in iteration.discounts}

@@ -3,10 +3,13 @@
 ``reports/index.html`` opens from disk or from a web server without network access: figures and
 GIFs are linked by paths relative to the page, and the page has no scripts. It holds
 
-- an overview table: experiment, the book's number (data/book_results.yaml), this run's result with
-  its 95% bootstrap interval, a verdict by the rule stated on the page, and the wall time;
-- a section per experiment: the settings used (this workspace's params.yaml, the file DVC records),
-  the learning curve, the GIF, the held-out evaluation of its policies and the book's other numbers;
+- an overview table: one row per experiment of the DAG, the book's number where it reported one
+  (data/book_results.yaml, keyed by experiment), this run's result with its 95% bootstrap
+  interval, a verdict by the rule stated on the page, and the wall time;
+- a section per experiment, found in dvc.yaml (stages/common/dag.py): the settings its stages
+  read (as DVC resolves them), its figures, GIFs and texts (the first training seed's, for a
+  per-seed experiment), the held-out evaluation of the policies it exports and the book's other
+  numbers. A new experiment, variant, configuration or game gets its section with no code here;
 - sections for the multi-seed aggregate and the Raspberry Pi bundle, from their files when present;
 - provenance: the DVC hashes of the exported policies, package versions from uv.lock, and (marked
   volatile, see stages/common/html.py) git commit, working-tree state, machine and date.
@@ -22,9 +25,10 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +36,13 @@ import pandas as pd
 import yaml
 
 from stages.common.book import BOOK_RESULTS, book_experiments
+from stages.common.dag import StageSpec, experiments, policy_producers, read_dag
 from stages.common.html import esc, image, link, table, volatile
 from stages.common.io import write_text
-from stages.common.params import read_params_file
 from stages.common.policies import INDEX_DIR, load_index
+from stages.common.settings import Bootstrap, InputError, Params, run_stage
 from stages.common.statistics import summarize_returns
-from stages.settings import run_stage, validate_params_file
+from stages.report import settings
 
 REPORTS = Path("reports")
 PAGE = REPORTS / "index.html"
@@ -61,72 +66,45 @@ VERDICT_RULE = (
 
 @dataclass(frozen=True)
 class Layout:
-    """Where an experiment's files are (paths relative to reports/) and which settings it reads."""
+    """An experiment as dvc.yaml declares it: what it shows (paths relative to reports/), the
+    settings its stages read, and the policies it exports."""
 
-    params: tuple[str, ...]
+    name: str
+    desc: str
+    settings: dict[str, Any]
     figures: tuple[str, ...] = ()
     gifs: tuple[str, ...] = ()
-    metrics: str | None = None
-    policies: tuple[str, ...] = ()  # policy names or algorithms whose evaluation the section shows
     texts: tuple[str, ...] = ()
+    metrics: str | None = None
+    policies: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
 
-    def for_seed(self, seed: int) -> "Layout":
-        """Per-seed stages keep one folder per training seed (``s{seed}``): show ``seed``'s."""
-        def fill(value: Any) -> Any:
-            if isinstance(value, str):
-                return value.replace("{seed}", str(seed))
-            return tuple(fill(v) for v in value) if isinstance(value, tuple) else value
-        return replace(self, **{f.name: fill(getattr(self, f.name)) for f in fields(self)})
-
-
-def layout_of(experiment: str, params: dict[str, Any]) -> Layout:
-    """The experiment's layout with the figures of the first training seed of ``seeds``."""
-    return LAYOUTS.get(experiment, Layout(())).for_seed(params.get("seeds", [42])[0])
-
-
-def _dqn(variant: str) -> Layout:
-    folder = f"dqn/{variant}/s{{seed}}"
-    return Layout(("dqn", f"dqn_variants.{variant}", "seeds"), (f"{folder}/{variant}_rewards_plot.png",),
-                  (f"{folder}/{variant}.gif",), f"{folder}/metrics.json", (variant, f"{variant}_final"))
-
-
-def _atari(game: str) -> Layout:
-    folder = f"atari_dqn/{game}"
-    return Layout(("atari_dqn.environment", "atari_dqn.network", "atari_dqn.agent", "atari_dqn.training",
-                   "atari_dqn.evaluation", f"atari_dqn.games.{game}"),
-                  (f"{folder}/learning_curve.png", f"{folder}/{game}_plot.png",
-                   f"{folder}/preprocessed_{game}_plot.png", f"{folder}/sub_episodes_plot.png"),
-                  (f"{folder}/trained_agent.gif",), f"{folder}/metrics.json", (f"{game}_dqn",))
+    @classmethod
+    def of(cls, name: str, stages: list[StageSpec]) -> Layout:
+        """The layout of experiment ``name`` from its stages (the first training seed's files)."""
+        first = stages[0]
+        shown = [Path(out) for out in first.outs if Path(out).parts[0] == str(REPORTS)]
+        relative = [out.relative_to(REPORTS).as_posix() for out in shown]
+        metrics = [r for r in relative if r.endswith("metrics.json")]
+        return cls(
+            name=name, desc=first.desc, settings=first.params,
+            figures=tuple(r for r in relative if r.endswith(".png")),
+            gifs=tuple(r for r in relative if r.endswith(".gif")),
+            texts=tuple(r for r in relative if r.endswith(".txt")),
+            metrics=metrics[0] if metrics else None,
+            policies=tuple(Path(p).name for stage in stages for p in stage.policies),
+            seeds=tuple(stage.seed for stage in stages if stage.seed is not None))
 
 
-def _lunar(config: str) -> Layout:
-    folder = "pg_lunarlander/solve/s{seed}" if config == "solve" else f"pg_lunarlander/{config}"
-    return Layout((f"pg_lunarlander.{config}",), (f"{folder}/learning_curve.png",), (f"{folder}/policy.gif",),
-                  f"{folder}/metrics.json", (f"pg_lunarlander_{config}",))
+def is_consumer(stage: StageSpec) -> bool:
+    """Evaluation, aggregate, bundle and report: the stages that read every policy."""
+    return str(INDEX_DIR) in stage.deps
 
 
-LAYOUTS: dict[str, Layout] = {
-    "cartpole_basics": Layout(("cartpole_basics",), ("cartpole_basics/cart_pole_plot.png",),
-                              ("cartpole_basics/basic_policy.gif",), "cartpole_basics/metrics.json"),
-    "markov_chain": Layout(("markov_chain",), metrics="markov_chain/metrics.json",
-                           texts=("markov_chain/runs.txt",)),
-    "mdp": Layout(("mdp",), ("mdp/q_value_plot.png",), metrics="mdp/metrics.json"),
-    "nn_policy": Layout(("nn_policy", "seeds"), ("nn_policy/s{seed}/learning_curve.png",),
-                        ("nn_policy/s{seed}/policy.gif",), "nn_policy/s{seed}/metrics.json", ("nn_policy",)),
-    "pg_cartpole": Layout(("pg_cartpole", "seeds"), ("pg_cartpole/s{seed}/learning_curve.png",),
-                          ("pg_cartpole/s{seed}/policy.gif",), "pg_cartpole/s{seed}/metrics.json",
-                          ("pg_cartpole",)),
-    "dqn": _dqn("dqn"),
-    "double_dqn": _dqn("double_dqn"),
-    "dueling_double_dqn": _dqn("dueling_double_dqn"),
-    "prioritized_dueling_double_dqn": _dqn("prioritized_dueling_double_dqn"),
-    "pg_lunarlander_book": _lunar("book"),
-    "pg_lunarlander_solve": _lunar("solve"),
-    "custom_env": Layout(("custom_env",), ("custom_env/learned_path.png",), metrics="custom_env/metrics.json"),
-    "replay_benchmark": Layout(("replay_benchmark",), metrics="replay_benchmark/metrics.json"),
-    "breakout": _atari("breakout"),
-    "space_invaders": _atari("space_invaders"),
-}
+def experiment_layouts(stages: list[StageSpec]) -> dict[str, Layout]:
+    """Every experiment of the DAG (consumers aside), in declaration order."""
+    return {name: Layout.of(name, group) for name, group in experiments(stages).items()
+            if not is_consumer(group[0])}
 
 
 # --- reading what the run produced -------------------------------------------------------------
@@ -164,18 +142,6 @@ def wall_time_of(metrics: Any) -> float | None:
         if isinstance(training, dict) and "wall_time_s" in training:
             return float(training["wall_time_s"])
     return None
-
-
-def settings_of(params: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {key: dotted(params, key) for key in keys if _has(params, key)}
-
-
-def _has(params: dict[str, Any], key: str) -> bool:
-    try:
-        dotted(params, key)
-    except (KeyError, IndexError, TypeError):
-        return False
-    return True
 
 
 def dvc_md5(folder: Path) -> str:
@@ -261,13 +227,26 @@ def close(found: Any, expected: Any, tolerance: float) -> bool:
     return abs(float(found) - float(expected)) <= tolerance
 
 
-def measure(experiment: str, entry: dict[str, Any], returns: pd.DataFrame | None, bootstrap: Any,
-            params: dict[str, Any]) -> Measurement:
-    headline = entry["headline"]
-    how, rule = headline["measured_by"], headline["verdict"]
-    layout = layout_of(experiment, params)
+def measure(layout: Layout, entry: dict[str, Any] | None, returns: pd.DataFrame | None,
+            index: dict[str, Any], bootstrap: Bootstrap) -> Measurement:
+    """This run's result for the overview: what the book entry names, or, for an experiment the
+    book gives no number for, the held-out evaluation of its first algorithm."""
     metrics = read_json(REPORTS / layout.metrics) if layout.metrics else None
     wall = wall_time_of(metrics)
+    if entry is None:
+        algorithms = [index[p].algorithm or p for p in layout.policies if p in index]
+        if not algorithms:
+            return Measurement("-", "no book number", wall_time_s=wall)
+        rows, description = returns_of({"policy": algorithms[0]}, returns)
+        if rows is None:
+            return Measurement(NOT_RUN, NOT_RUN)
+        rows = rows[rows["max_steps"] == rows["max_steps"].min()]
+        stats = summarize_returns(rows["return"].to_numpy(), resamples=bootstrap.resamples,
+                                  seed=bootstrap.seed)
+        return Measurement(f"{stats['mean']:.1f} [{stats['ci95_low']:.1f}, {stats['ci95_high']:.1f}]",
+                           "no book number", stats, wall, [description])
+    headline = entry["headline"]
+    how, rule = headline["measured_by"], headline["verdict"]
     if "metrics" in how:
         data = read_json(Path(how["metrics"]))
         if data is None:
@@ -343,15 +322,23 @@ def book_text(headline: dict[str, Any]) -> str:
     return f"{esc(shown)}<br><small>{esc(headline['what'])}</small>"
 
 
-def overview(experiments: dict[str, Any], measured: dict[str, Measurement]) -> str:
+def title_of(layout: Layout, entry: dict[str, Any] | None) -> str:
+    """The book entry's title and SPEC section, or the stage's description."""
+    if entry is None:
+        return esc(layout.desc or layout.name)
+    return f"{esc(entry['title'])} <small>({esc(entry['spec'])})</small>"
+
+
+def overview(layouts: dict[str, Layout], book: dict[str, Any], measured: dict[str, Measurement]) -> str:
     rows = []
-    for name, entry in experiments.items():
-        m = measured[name]
+    for name, layout in layouts.items():
+        m, entry = measured[name], book.get(name)
         this_run = m.markup()
         if m.notes:
             this_run += f"<br><small>{esc(m.notes[0])}</small>"
-        rows.append([link(f"#{name}", entry["title"]) + f" <small>({esc(entry['spec'])})</small>",
-                     book_text(entry["headline"]), this_run, verdict_cell(m.verdict), _seconds(m.wall_time_s)])
+        rows.append([f'<a href="#{esc(name)}">{title_of(layout, entry)}</a>',
+                     book_text(entry["headline"]) if entry else "-", this_run, verdict_cell(m.verdict),
+                     _seconds(m.wall_time_s)])
     header = ["experiment", "the book", "this run (held-out mean [95% CI] or value)", "verdict",
               "training wall time"]
     return table(header, rows, css_class="overview", raw=True)
@@ -371,8 +358,8 @@ def evaluation_table(summary: pd.DataFrame | None, names: tuple[str, ...] | None
     return table(header, body, css_class="evaluation", raw=True)
 
 
-def banner(params: dict[str, Any]) -> str:
-    if params.get("profile") != "quick":
+def banner(profile: str) -> str:
+    if profile != "quick":
         return ""
     return ('<div class="banner">Quick profile (<code>profile: quick</code>): tiny settings for a '
             "preview. These numbers say the pipeline runs, not what the experiment gives.</div>")
@@ -394,20 +381,26 @@ def details_table(entry: dict[str, Any]) -> str:
     return table(["the book's other numbers", "value", "source"], rows) if rows else ""
 
 
-def experiment_section(name: str, entry: dict[str, Any], m: Measurement, params: dict[str, Any],
+def experiment_section(layout: Layout, entry: dict[str, Any] | None, m: Measurement, profile: str,
                        summary: pd.DataFrame | None) -> str:
-    layout = layout_of(name, params)
-    headline = entry["headline"]
-    parts = [f'<section id="{esc(name)}">', f"<h2>{esc(entry['title'])} <small>({esc(entry['spec'])})</small></h2>",
-             banner(params),
-             f"<p><b>The book:</b> {book_text(headline)}<br><small>source: {esc(headline['source'])}</small></p>",
-             f"<p><b>This run:</b> {m.markup()} &mdash; {verdict_cell(m.verdict)}"
-             + (f"<br><small>{esc('; '.join(m.notes))}</small>" if m.notes else "") + "</p>"]
-    parts.append(details_table(entry))
-    settings = settings_of(params, layout.params)
-    if settings:
-        parts.append("<details open><summary>Settings used (params.yaml)</summary><pre>"
-                     + esc(yaml.safe_dump(settings, sort_keys=False, default_flow_style=None)) + "</pre></details>")
+    parts = [f'<section id="{esc(layout.name)}">', f"<h2>{title_of(layout, entry)}</h2>", banner(profile)]
+    if entry is not None:
+        headline = entry["headline"]
+        parts.append(f"<p><b>The book:</b> {book_text(headline)}<br><small>source: "
+                     f"{esc(headline['source'])}</small></p>")
+    parts.append(f"<p><b>This run:</b> {m.markup()} &mdash; {verdict_cell(m.verdict)}"
+                 + (f"<br><small>{esc('; '.join(m.notes))}</small>" if m.notes else "") + "</p>")
+    if entry is not None:
+        parts.append(details_table(entry))
+        if layout.desc:
+            parts.append(f"<p><small>{esc(layout.desc)}</small></p>")
+    if layout.seeds:
+        parts.append(f"<p>Training seeds: {esc(', '.join(map(str, layout.seeds)))}; the figures and "
+                     f"GIF are seed {layout.seeds[0]}'s.</p>")
+    if layout.settings:
+        parts.append("<details open><summary>Settings used (params.yaml, as DVC records them)</summary><pre>"
+                     + esc(yaml.safe_dump(layout.settings, sort_keys=False, default_flow_style=None))
+                     + "</pre></details>")
     parts.append(files_block(layout.figures, lambda p: image(p, p), "figure"))
     parts.append(files_block(layout.gifs, lambda p: image(p, f"{p} (one episode of the trained policy)"), "GIF"))
     for text in layout.texts:
@@ -432,8 +425,8 @@ def csv_table(path: Path) -> str:
     return table(list(frame.columns), rows)
 
 
-def aggregate_section(params: dict[str, Any]) -> str:
-    head = ['<section id="aggregate">', "<h2>Across training seeds (aggregate)</h2>", banner(params)]
+def aggregate_section(profile: str) -> str:
+    head = ['<section id="aggregate">', "<h2>Across training seeds (aggregate)</h2>", banner(profile)]
     if not (AGGREGATE / "summary.csv").is_file():
         return "\n".join(head + [f'<p class="missing">{NOT_RUN}: the per-seed training stages and their '
                                  "aggregate (reports/aggregate/) have not been run.</p>", "</section>"])
@@ -451,8 +444,8 @@ def aggregate_section(params: dict[str, Any]) -> str:
     return "\n".join(head + body + ["</section>"])
 
 
-def pi_bundle_section(params: dict[str, Any]) -> str:
-    head = ['<section id="pi_bundle">', "<h2>Raspberry Pi bundle (SPEC 12)</h2>", banner(params)]
+def pi_bundle_section(profile: str) -> str:
+    head = ['<section id="pi_bundle">', "<h2>Raspberry Pi bundle (SPEC 12)</h2>", banner(profile)]
     benchmark = read_json(PI_BUNDLE / "benchmark.json")
     if benchmark is None:
         return "\n".join(head + [f'<p class="missing">{NOT_RUN}: reports/pi_bundle/benchmark.json is absent.</p>',
@@ -486,7 +479,7 @@ def pi_bundle_section(params: dict[str, Any]) -> str:
     return "\n".join(head + body + ["</section>"])
 
 
-def provenance_section(index: dict[str, Any], params: dict[str, Any]) -> str:
+def provenance_section(index: dict[str, Any], profile: str) -> str:
     commit, state = git_state()
     hashes = [[name, dvc_md5(entry.folder), entry.stage] for name, entry in index.items()]
     versions = [[name, version] for name, version in package_versions().items()]
@@ -494,7 +487,7 @@ def provenance_section(index: dict[str, Any], params: dict[str, Any]) -> str:
                f"{platform.platform()}, Python {platform.python_version()}")
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return "\n".join([
-        '<section id="provenance">', "<h2>Provenance</h2>", banner(params),
+        '<section id="provenance">', "<h2>Provenance</h2>", banner(profile),
         "<p class=\"rule\">Commit, working-tree state, machine and date differ from run to run; they sit "
         "in the page's volatile spans, which the reproducibility tests leave out (everything else is "
         "byte-identical between two runs with the same inputs).</p>",
@@ -506,13 +499,22 @@ def provenance_section(index: dict[str, Any], params: dict[str, Any]) -> str:
         "</section>"])
 
 
-def render(params: dict[str, Any], bootstrap: Any) -> str:
-    experiments = book_experiments(BOOK_RESULTS)
+def render(stages: list[StageSpec], profile: str, bootstrap: Bootstrap) -> str:
+    book = book_experiments(BOOK_RESULTS)
+    layouts = experiment_layouts(stages)
+    unknown = sorted(set(book) - set(layouts))
+    if unknown:
+        raise InputError(f"{BOOK_RESULTS} has entries for {', '.join(unknown)}, which are not "
+                         f"experiments of dvc.yaml (known: {', '.join(layouts)})")
     returns, summary = read_csv(EVALUATION / "returns.csv"), read_csv(EVALUATION / "summary.csv")
-    measured = {name: measure(name, entry, returns, bootstrap, params) for name, entry in experiments.items()}
-    index = load_index(INDEX_DIR)
-    profile = params.get("profile", "full")
-    nav = " | ".join(link(f"#{name}", entry["title"]) for name, entry in experiments.items())
+    index = load_index(INDEX_DIR, {name: stage.name for name, stage in policy_producers(stages).items()},
+                       missing_ok=True)  # a policy not trained yet is shown as not run yet
+    measured = {name: measure(layout, book.get(name), returns, index, bootstrap)
+                for name, layout in layouts.items()}
+    evaluation = read_json(EVALUATION / "metrics.json")
+    seeds_from = (f"seeds from {esc(evaluation['seeds']['first'])} on" if evaluation
+                  else "held-out seeds")
+    nav = " | ".join(link(f"#{name}", name) for name in layouts)
     body = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -521,13 +523,12 @@ def render(params: dict[str, Any], bootstrap: Any) -> str:
         f"<style>{STYLE}</style>", "</head>", "<body>",
         "<h1>Chapter 18 as a pipeline: the book beside this run</h1>",
         f"<p>Profile: <b>{esc(profile)}</b>. {len(index)} exported policies evaluated on held-out seeds.</p>",
-        banner(params),
-        '<section id="overview">', "<h2>Overview</h2>", banner(params),
-        f'<p class="rule">{VERDICT_RULE}</p>', overview(experiments, measured),
+        banner(profile),
+        '<section id="overview">', "<h2>Overview</h2>", banner(profile),
+        f'<p class="rule">{VERDICT_RULE}</p>', overview(layouts, book, measured),
         "</section>",
-        '<section id="evaluation">', "<h2>Held-out evaluation of every policy</h2>", banner(params),
-        f"<p>Greedy, one episode per seed, seeds from {esc(params['evaluate']['seed_start'])} on (no "
-        "training stage uses them). Files: "
+        '<section id="evaluation">', "<h2>Held-out evaluation of every policy</h2>", banner(profile),
+        f"<p>Greedy, one episode per seed, {seeds_from} (no training stage uses them). Files: "
         + ", ".join(link(f"evaluate/{f}", f"evaluate/{f}") for f in ("summary.csv", "returns.csv", "metrics.json")
                     if (EVALUATION / f).is_file()) + "</p>",
         evaluation_table(summary),
@@ -535,16 +536,16 @@ def render(params: dict[str, Any], bootstrap: Any) -> str:
                     "figure"),
         "</section>",
         f"<nav><p>Experiments: {nav}</p></nav>",
-        *(experiment_section(name, entry, measured[name], params, summary) for name, entry in experiments.items()),
-        aggregate_section(params), pi_bundle_section(params), provenance_section(index, params),
+        *(experiment_section(layout, book.get(name), measured[name], profile, summary)
+          for name, layout in layouts.items()),
+        aggregate_section(profile), pi_bundle_section(profile), provenance_section(index, profile),
         "</body>", "</html>", ""]
     return "\n".join(b for b in body if b)
 
 
-def main() -> None:
-    validated = validate_params_file()
-    params = read_params_file()
-    write_text(PAGE, render(params, validated["evaluate"].bootstrap))
+def main(argv: list[str] | None = None) -> None:
+    cfg = settings(sys.argv[1:] if argv is None else argv, Params.load())
+    write_text(PAGE, render(read_dag(), cfg.pipeline.profile, cfg.bootstrap))
     print(f"report: {PAGE.resolve()}")
 
 

@@ -21,16 +21,18 @@ import tensorflow as tf
 import tf_keras
 from tqdm import tqdm
 
-from stages.cartpole_basics import LEFT, basic_policy
 from stages.common.assessment import assess_policy, record_policy_gif
 from stages.common.book import book_value
+from stages.common.cartpole import LEFT, basic_policy
 from stages.common.io import write_json
 from stages.common.policies import (INDEX_DIR, actions_from_outputs, export_keras_policy,
                                     seeded_policy_name)
-from stages.common.policy_gradients import make_optimizer, policy_network
+from stages.common.optimizers import make_optimizer
+from stages.common.policy_gradients import policy_network
 from stages.common.seeding import seed_everything
 from stages.common.training_log import TrainingLog, plot_learning_curve
-from stages.settings import load_seeded_params, run_stage, training_seed_argument
+from stages.common.settings import Params, run_stage
+from stages.nn_policy import settings
 
 NAME = "nn_policy"
 
@@ -52,24 +54,26 @@ def make_imitation_step(model: tf_keras.Model, optimizer: tf_keras.optimizers.Op
 
 
 def main() -> None:
-    cfg = load_seeded_params(NAME, training_seed_argument(sys.argv[1:], __doc__.splitlines()[0]))
-    data, reports = f"data/{NAME}/s{cfg.seed}", f"reports/{NAME}/s{cfg.seed}"
+    cfg = settings(sys.argv[1:], Params.load())
+    training, seed = cfg.training, cfg.training.seed
+    data, reports = f"data/{NAME}/s{seed}", f"reports/{NAME}/s{seed}"
     hard_coded_mean_return = book_value("cartpole_basics")  # SPEC 1: the policy imitated
     book_final_loss = book_value("nn_policy", "final_loss")
-    rng = seed_everything(cfg.seed)
-    env_seeds = list(range(cfg.env_seed_start, cfg.env_seed_start + cfg.environments))
-    envs = gym.make_vec(cfg.env_id, num_envs=cfg.environments, vectorization_mode="sync",
+    rng = seed_everything(seed)
+    env_seeds = list(training.env_seeds)
+    envs = gym.make_vec(cfg.env_id, num_envs=training.environments, vectorization_mode="sync",
                         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
                         max_episode_steps=cfg.max_steps)
-    model = policy_network(envs.single_observation_space.shape[0], cfg.hidden_units,
-                           cfg.activation, "p_left", n_actions=2)
-    imitation_step = make_imitation_step(model, make_optimizer(cfg.optimizer, cfg.learning_rate))
+    model = policy_network(envs.single_observation_space.shape[0], cfg.network.hidden_units,
+                           cfg.network.activation, "p_left", n_actions=2)
+    imitation_step = make_imitation_step(model, make_optimizer(cfg.optimizer.name,
+                                                               cfg.optimizer.learning_rate))
 
     log = TrainingLog()
     observations, _ = envs.reset(seed=env_seeds)
-    running_returns = np.zeros(cfg.environments)
-    finished_returns: deque[float] = deque(maxlen=cfg.environments)  # the latest episodes
-    with tqdm(range(cfg.iterations), desc="imitating the hard-coded policy", unit="iteration",
+    running_returns = np.zeros(training.environments)
+    finished_returns: deque[float] = deque(maxlen=training.environments)  # the latest episodes
+    with tqdm(range(training.iterations), desc="imitating the hard-coded policy", unit="iteration",
               mininterval=1.0) as bar:
         for iteration in bar:
             target_p_left = (basic_policy(observations) == LEFT).astype(np.float32)[:, np.newaxis]
@@ -86,25 +90,25 @@ def main() -> None:
     envs.close()
     log.write(f"{data}/training_log.csv")
     plot_learning_curve(log.frame(), f"{reports}/learning_curve.png",
-                        f"Imitation over {cfg.environments} environments: latest episodes' return",
+                        f"Imitation over {training.environments} environments: latest episodes' return",
                         reference={"hard-coded policy (SPEC 1)": hard_coded_mean_return}, loss=True)
 
     entry = export_keras_policy(
-        model, INDEX_DIR / seeded_policy_name(NAME, cfg.seed), stage=f"{NAME}@{cfg.seed}",
-        algorithm=NAME, seed=cfg.seed, env_id=cfg.env_id, output="p_left",
+        model, INDEX_DIR / seeded_policy_name(NAME, seed), stage=f"{NAME}@{seed}",
+        algorithm=NAME, seed=seed, env_id=cfg.env_id, output="p_left",
         training_max_steps=cfg.max_steps, training_seeds=tuple(env_seeds),
         details={"algorithm": "imitation of the hard-coded policy (binary cross-entropy)",
-                 "iterations": cfg.iterations, "environments": cfg.environments,
+                 "iterations": training.iterations, "environments": training.environments,
                  "training_log": f"{data}/training_log.csv"})
-    eval_seeds = list(range(cfg.eval_seed_start, cfg.eval_seed_start + cfg.eval_episodes))
+    eval_seeds = list(cfg.evaluation.seeds)
     evaluation = assess_policy(entry, eval_seeds, cfg.max_steps)
-    gif = record_policy_gif(entry, f"{reports}/policy.gif", cfg.gif_seed, cfg.max_steps, cfg.gif_fps)
+    gif = record_policy_gif(entry, f"{reports}/policy.gif", cfg.gif.seed, cfg.max_steps, cfg.gif.fps)
 
     losses = log.frame()["loss"]
     write_json(f"{reports}/metrics.json", {
-        "seed": cfg.seed,
+        "seed": seed,
         "training": {
-            "iterations": cfg.iterations,
+            "iterations": training.iterations,
             "final_loss": float(losses.iloc[-1]),
             "mean_loss_last_100_iterations": float(losses.iloc[-100:].mean()),
             "book_final_loss": book_final_loss,

@@ -6,6 +6,8 @@ shared evaluation helper on one seed per episode, so its numbers depend on nothi
 
 from __future__ import annotations
 
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pandas as pd
@@ -15,16 +17,11 @@ from stages.common.frames import record_episode, write_gif
 from stages.common.io import write_csv, write_json
 from stages.common.plotting import new_figure, save_figure
 from stages.common.seeding import seed_everything
-from stages.settings import load_params, run_stage
+from stages.cartpole_basics import settings
+from stages.common.cartpole import RIGHT, basic_policy
+from stages.common.settings import Params, run_stage
 
 REPORTS = "reports/cartpole_basics"
-POLE_ANGLE = 2  # index in CartPole's observation: cart position, cart velocity, pole angle, angular velocity
-LEFT, RIGHT = 0, 1
-
-
-def basic_policy(observations: np.ndarray) -> np.ndarray:
-    """Push left when the pole leans left (negative angle), right otherwise; one action per row."""
-    return np.where(observations[..., POLE_ANGLE] < 0, LEFT, RIGHT)
 
 
 def plot_frame(frame: np.ndarray, path: str) -> None:
@@ -35,7 +32,7 @@ def plot_frame(frame: np.ndarray, path: str) -> None:
 
 
 def main() -> None:
-    cfg = load_params("cartpole_basics")
+    cfg = settings(sys.argv[1:], Params.load())
     seed_everything(cfg.seed)
 
     env = gym.make(cfg.env_id, render_mode="rgb_array", max_episode_steps=cfg.max_steps)
@@ -44,21 +41,21 @@ def main() -> None:
     after_push, *_ = env.step(RIGHT)
     plot_frame(env.render(), f"{REPORTS}/cart_pole_plot.png")
 
-    seeds = list(range(cfg.episode_seed_start, cfg.episode_seed_start + cfg.episodes))
+    seeds = list(cfg.evaluation.seeds)
     result = evaluate_policy(cfg.env_id, basic_policy, seeds, max_steps=cfg.max_steps)
     write_csv(f"{REPORTS}/basic_policy_returns.csv",
               pd.DataFrame({"episode": np.arange(len(seeds)), "seed": seeds, "return": result.returns}))
 
-    episode = record_episode(env, lambda obs: int(basic_policy(obs)), cfg.gif_seed, cfg.max_steps)
+    episode = record_episode(env, lambda obs: int(basic_policy(obs)), cfg.gif.seed, cfg.max_steps)
     env.close()
-    write_gif(f"{REPORTS}/basic_policy.gif", episode.frames, fps=cfg.gif_fps)
+    write_gif(f"{REPORTS}/basic_policy.gif", episode.frames, fps=cfg.gif.fps)
 
     write_json(f"{REPORTS}/metrics.json", {
         "first_observation": [float(x) for x in first_observation],
         "observation_after_pushing_right": [float(x) for x in after_push],
         "frame_shape": list(first_frame.shape),
         "basic_policy": result.summary(),
-        "gif_episode": {"seed": cfg.gif_seed, "return": episode.total_reward, "frames": len(episode.frames)},
+        "gif_episode": {"seed": cfg.gif.seed, "return": episode.total_reward, "frames": len(episode.frames)},
     })
     summary = result.summary()
     print(f"hard-coded policy over {summary['episodes']} episodes: mean {summary['mean']:.1f}, "

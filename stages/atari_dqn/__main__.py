@@ -13,15 +13,13 @@ play on seeds that training never used.
 
 from __future__ import annotations
 
-import argparse
-import multiprocessing
 import resource
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -39,12 +37,11 @@ from tf_agents.replay_buffers.tf_uniform_replay_buffer import TFUniformReplayBuf
 from tf_agents.utils import common
 from tqdm import tqdm
 
-from stages.common.atari import make_atari_env, preprocessing_description
+from pi.policy_runtime import make_atari_env, preprocessing_description
 from stages.common.checkpoints import TrainingCheckpoint, restore_trackables
 from stages.common.evaluation import evaluate_policy
 from stages.common.frames import record_episode, write_gif
 from stages.common.io import write_csv, write_json
-from stages.common.params import ParamError
 from stages.common.plotting import new_figure, save_figure
 from stages.common.policies import (
     PolicyEntry,
@@ -55,9 +52,9 @@ from stages.common.policies import (
 )
 from stages.common.seeding import seed_everything
 from stages.common.tf_env import GymnasiumPyEnvironment
-from stages.settings import load_params, run_stage
+from stages.atari_dqn import Agent, Settings, settings
+from stages.common.settings import ParamError, Params, run_stage
 
-GAMES = ("breakout", "space_invaders")
 OPTIMIZER = "Keras RMSprop (epsilon added to the root)"
 MEMORY_HEADROOM_BYTES = 2 * 1024**3  # TensorFlow, the networks, the environment, a checkpoint's buffers
 
@@ -82,7 +79,7 @@ class Paths:
 # --- the agent --------------------------------------------------------------------------------
 
 
-def build_agent(tf_env: TFPyEnvironment, cfg: SimpleNamespace) -> tuple[DqnAgent, Callable[[], float]]:
+def build_agent(tf_env: TFPyEnvironment, cfg: Settings) -> tuple[DqnAgent, Callable[[], float]]:
     """The Nature DQN (pixels / 255 -> three convolutions -> dense 512 -> one Q-value per action),
     and the exploration rate it currently uses."""
     agent_cfg, training = cfg.agent, cfg.training
@@ -107,7 +104,7 @@ def build_agent(tf_env: TFPyEnvironment, cfg: SimpleNamespace) -> tuple[DqnAgent
     return agent, lambda: float(epsilon(train_step))
 
 
-def rmsprop(agent_cfg: SimpleNamespace) -> tf_keras.optimizers.legacy.RMSprop:
+def rmsprop(agent_cfg: Agent) -> tf_keras.optimizers.legacy.RMSprop:
     """The book's RMSprop: Keras' rule, step = lr * g / (sqrt(ms - mg^2) + epsilon).
 
     TF1's RMSPropOptimizer adds epsilon under the root instead; with DQN's gradients (1e-4 to
@@ -173,7 +170,7 @@ def log_row(iteration: int, metrics: list, losses: list[float], epsilon: float,
 
 def train(agent: DqnAgent, tf_env: TFPyEnvironment, replay_buffer: TFUniformReplayBuffer,
           metrics: list, epsilon: Callable[[], float], checkpoint: TrainingCheckpoint,
-          cfg: SimpleNamespace, start: int, log: list[dict]) -> list[dict]:
+          cfg: Settings, start: int, log: list[dict]) -> list[dict]:
     """Iterations ``start`` .. ``iterations``: collect, train, log, checkpoint."""
     training = cfg.training
     driver = DynamicStepDriver(tf_env, agent.collect_policy, observers=[replay_buffer.add_batch, *metrics],
@@ -286,16 +283,16 @@ def export_policy(game: str) -> None:
     so only a process that traced nothing else writes the same bytes whether the policy was
     trained a minute ago or restored from a finished run's checkpoint.
     """
-    cfg = load_params("atari_dqn")
-    game_cfg, paths = getattr(cfg.games, game), Paths(game)
-    preprocessing = describe_preprocessing(cfg, game_cfg)
-    tf_env = TFPyEnvironment(GymnasiumPyEnvironment(make_atari_env(game_cfg.env_id, preprocessing)))
+    cfg = settings(["--game", game], Params.load())
+    paths = Paths(game)
+    preprocessing = describe_preprocessing(cfg)
+    tf_env = TFPyEnvironment(GymnasiumPyEnvironment(make_atari_env(cfg.game.env_id, preprocessing)))
     agent, _ = build_agent(tf_env, cfg)
     restore_trackables(paths.data / "checkpoints", policy=agent.policy, global_step=agent.train_step_counter)
     saver = PolicySaver(agent.policy, batch_size=None, train_step=agent.train_step_counter)
     export_saved_policy(
         lambda folder: saver.save(str(folder)), paths.policy, stage=f"atari_dqn@{game}",
-        env_id=game_cfg.env_id, observation_shape=tuple(tf_env.observation_spec().shape),
+        env_id=cfg.game.env_id, observation_shape=tuple(tf_env.observation_spec().shape),
         observation_dtype=tf_env.observation_spec().dtype.name,
         n_actions=int(tf_env.action_spec().maximum) + 1,
         training_max_steps=cfg.environment.max_episode_steps, training_seeds=(cfg.training.seed,),
@@ -305,42 +302,41 @@ def export_policy(game: str) -> None:
 
 
 def export_in_fresh_process(game: str, paths: Paths) -> PolicyEntry:
-    process = multiprocessing.get_context("spawn").Process(target=export_policy, args=(game,))
-    process.start()
-    process.join()
-    if process.exitcode != 0:
-        raise RuntimeError(f"exporting the {game} policy failed (exit code {process.exitcode})")
+    """:func:`export_policy` in a new interpreter that imports this module (and runs no main)."""
+    code = f"from stages.atari_dqn.__main__ import export_policy; export_policy({game!r})"
+    exported = subprocess.run([sys.executable, "-c", code])
+    if exported.returncode != 0:
+        raise RuntimeError(f"exporting the {game} policy failed (exit code {exported.returncode})")
     return read_entry(paths.policy)
 
 
-def describe_preprocessing(cfg: SimpleNamespace, game_cfg: SimpleNamespace) -> dict:
+def describe_preprocessing(cfg: Settings) -> dict:
+    environment = cfg.environment
     return preprocessing_description(
-        frame_skip=cfg.environment.frame_skip, screen_size=cfg.environment.screen_size,
-        noop_max=cfg.environment.noop_max, frame_stack=cfg.environment.frame_stack,
-        max_episode_steps=cfg.environment.max_episode_steps,
-        after_reset=as_dict(game_cfg.after_reset), after_life_loss=as_dict(game_cfg.after_life_loss))
+        frame_skip=environment.frame_skip, screen_size=environment.screen_size,
+        noop_max=environment.noop_max, frame_stack=environment.frame_stack,
+        max_episode_steps=environment.max_episode_steps,
+        after_reset=cfg.game.after_reset.model_dump(),
+        after_life_loss=cfg.game.after_life_loss.model_dump())
 
 
 # --- the stage --------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="TF-Agents DQN on one Atari game")
-    parser.add_argument("--game", choices=GAMES, required=True)
-    game = parser.parse_args(argv).game
-    cfg = load_params("atari_dqn")
-    game_cfg = getattr(cfg.games, game)
+def main() -> None:
+    cfg = settings(sys.argv[1:], Params.load())
+    game = cfg.name
     paths = Paths(game)
     seed_everything(cfg.training.seed)
 
-    preprocessing = describe_preprocessing(cfg, game_cfg)
-    py_env = GymnasiumPyEnvironment(make_atari_env(game_cfg.env_id, preprocessing), seed=cfg.training.seed)
+    preprocessing = describe_preprocessing(cfg)
+    py_env = GymnasiumPyEnvironment(make_atari_env(cfg.game.env_id, preprocessing), seed=cfg.training.seed)
     tf_env = TFPyEnvironment(py_env)
     agent, epsilon = build_agent(tf_env, cfg)
     needed = buffer_bytes(agent, cfg.training.replay_buffer_capacity)
     check_buffer_fits(needed, cfg.training.replay_buffer_capacity)
 
-    raw, observation = first_frames(game_cfg.env_id, preprocessing, cfg.pictures.seed,
+    raw, observation = first_frames(cfg.game.env_id, preprocessing, cfg.pictures.seed,
                                     cfg.pictures.steps_before_frame)
     plot_frames(raw, observation, game, paths.reports)
     replay_buffer = TFUniformReplayBuffer(agent.collect_data_spec, batch_size=tf_env.batch_size,
@@ -350,12 +346,11 @@ def main(argv: list[str] | None = None) -> None:
     metrics = training_metrics()
 
     # Everything that shapes the trained state; a checkpoint made otherwise is not resumed.
-    settings = as_dict(SimpleNamespace(game=game_cfg, environment=cfg.environment, network=cfg.network,
-                                       agent=cfg.agent, training=cfg.training))
+    shaping = cfg.model_dump(include={"game", "environment", "network", "agent", "training"})
     for how_long in ("iterations", "log_interval", "checkpoint_interval"):
-        del settings["training"][how_long]
-    settings["agent"]["optimizer"] = OPTIMIZER  # checkpoints trained with TF1's RMSprop start over
-    checkpoint = TrainingCheckpoint(paths.data / "checkpoints", settings, cfg.training.iterations)
+        del shaping["training"][how_long]
+    shaping["agent"]["optimizer"] = OPTIMIZER  # checkpoints trained with TF1's RMSprop start over
+    checkpoint = TrainingCheckpoint(paths.data / "checkpoints", shaping, cfg.training.iterations)
     if checkpoint.reset_reason:
         print(f"starting over: the checkpoint in {checkpoint.folder} was dropped because "
               f"{checkpoint.reset_reason}")
@@ -383,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     entry = export_in_fresh_process(game, paths)
 
     policy = load_policy(entry)
-    seeds = list(range(cfg.evaluation.seed_start, cfg.evaluation.seed_start + cfg.evaluation.episodes))
+    seeds = list(cfg.evaluation.seeds)
     play = dict(max_steps=cfg.evaluation.max_steps, make_env=lambda: make_policy_env(entry))
     trained = evaluate_policy(entry.env_id, policy, seeds, **play)
     rng = np.random.default_rng(cfg.evaluation.seed_start)
@@ -398,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
 
     last = log.iloc[-1]
     write_json(paths.reports / "metrics.json", {
-        "game": game, "env_id": game_cfg.env_id,
+        "game": game, "env_id": cfg.game.env_id,
         "training": {"iterations": int(last["iteration"]), "episodes": int(last["episodes"]),
                      "environment_steps": int(last["environment_steps"]),
                      "average_return": float(last["average_return"]),
@@ -412,11 +407,6 @@ def main(argv: list[str] | None = None) -> None:
     })
     print(f"{game}: greedy policy {trained.mean:.1f} +/- {trained.std:.1f} over {len(seeds)} episodes, "
           f"random play {random_play.mean:.1f} +/- {random_play.std:.1f}")
-
-
-def as_dict(namespace: SimpleNamespace) -> dict:
-    return {key: as_dict(value) if isinstance(value, SimpleNamespace) else value
-            for key, value in vars(namespace).items()}
 
 
 def peak_rss_mib() -> float:

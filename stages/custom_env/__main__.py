@@ -9,9 +9,9 @@ a shortest path: 6 steps, return 10.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,9 @@ from tqdm import tqdm
 from stages.common.io import write_csv, write_json
 from stages.common.plotting import new_figure, save_figure
 from stages.common.seeding import seed_everything
-from stages.settings import load_params, run_stage
+from stages.common.optimizers import make_optimizer
+from stages.common.settings import Params, run_stage
+from stages.custom_env import Agent, Settings, Training, settings
 
 DATA, REPORTS = "data/custom_env", "reports/custom_env"
 ACTION_NAMES = ("up", "down", "left", "right")
@@ -86,7 +88,7 @@ class GridEnvironment(py_environment.PyEnvironment):
         return ts.transition(self._grid(), np.float32(0.0), self._discount)
 
 
-def build_agent(tf_env: TFPyEnvironment, cfg: SimpleNamespace) -> tuple[DqnAgent, Callable[[], float]]:
+def build_agent(tf_env: TFPyEnvironment, cfg: Agent) -> tuple[DqnAgent, Callable[[], float]]:
     q_net = QNetwork(tf_env.observation_spec(), tf_env.action_spec(),
                      preprocessing_layers=tf_keras.layers.Lambda(lambda grid: tf.cast(grid, tf.float32)),
                      fc_layer_params=tuple(cfg.fc_layers))
@@ -95,7 +97,7 @@ def build_agent(tf_env: TFPyEnvironment, cfg: SimpleNamespace) -> tuple[DqnAgent
         initial_learning_rate=cfg.epsilon_start, decay_steps=cfg.epsilon_decay_steps,
         end_learning_rate=cfg.epsilon_end)
     agent = DqnAgent(tf_env.time_step_spec(), tf_env.action_spec(), q_network=q_net,
-                     optimizer=tf_keras.optimizers.Adam(learning_rate=cfg.learning_rate),
+                     optimizer=make_optimizer(cfg.optimizer.name, cfg.optimizer.learning_rate),
                      target_update_period=cfg.target_update_period,
                      td_errors_loss_fn=common.element_wise_huber_loss, gamma=cfg.discount,
                      train_step_counter=train_step, epsilon_greedy=lambda: epsilon(train_step))
@@ -103,7 +105,7 @@ def build_agent(tf_env: TFPyEnvironment, cfg: SimpleNamespace) -> tuple[DqnAgent
     return agent, lambda: float(epsilon(train_step))
 
 
-def train(agent: DqnAgent, tf_env: TFPyEnvironment, epsilon: Callable[[], float], cfg: SimpleNamespace) -> pd.DataFrame:
+def train(agent: DqnAgent, tf_env: TFPyEnvironment, epsilon: Callable[[], float], cfg: Training) -> pd.DataFrame:
     """Random steps fill the buffer; then each iteration collects steps and trains on one batch."""
     replay_buffer = TFUniformReplayBuffer(agent.collect_data_spec, batch_size=tf_env.batch_size,
                                           max_length=cfg.replay_buffer_capacity)
@@ -138,7 +140,7 @@ def train(agent: DqnAgent, tf_env: TFPyEnvironment, epsilon: Callable[[], float]
     return pd.DataFrame(rows)
 
 
-def greedy_walk(agent: DqnAgent, cfg: SimpleNamespace) -> dict:
+def greedy_walk(agent: DqnAgent, cfg: Settings) -> dict:
     """Play the greedy policy once; the cells visited, the actions and the return."""
     env = GridEnvironment(cfg.grid_size, cfg.step_discount, cfg.max_steps)
     step = env.reset()
@@ -170,7 +172,7 @@ def plot_path(walk: dict, size: int, path: str) -> None:
 
 
 def main() -> None:
-    cfg = load_params("custom_env")
+    cfg = settings(sys.argv[1:], Params.load())
     seed_everything(cfg.training.seed)
 
     env = GridEnvironment(cfg.grid_size, cfg.step_discount, cfg.max_steps)

@@ -15,6 +15,7 @@ change the cost. Timings vary from run to run, so every timing key and column en
 
 from __future__ import annotations
 
+import sys
 import timeit
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -25,7 +26,8 @@ import pandas as pd
 from stages.common.io import write_csv, write_json
 from stages.common.replay import ReplayMemory
 from stages.common.seeding import seed_everything
-from stages.settings import load_params, run_stage
+from stages.common.settings import Params, run_stage
+from stages.replay_benchmark import settings
 
 REPORTS = "reports/replay_benchmark"
 OBSERVATION_SIZE = 4  # CartPole's
@@ -114,7 +116,7 @@ def markdown_table(timings: dict[str, dict[str, float]], cfg) -> str:
 
 
 def main() -> None:
-    cfg = load_params("replay_benchmark")
+    cfg = settings(sys.argv[1:], Params.load())
     rng = seed_everything(cfg.seed)
     transitions = synthetic_transitions(cfg.items, rng)
     timings = time_memories(transitions, cfg, rng)

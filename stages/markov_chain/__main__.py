@@ -8,10 +8,13 @@ sampled mean can be judged against the truth rather than eyeballed.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from stages.common.io import write_json, write_text
-from stages.settings import load_params, run_stage
+from stages.common.settings import Params, run_stage
+from stages.markov_chain import settings
 
 OUT = "reports/markov_chain"
 
@@ -44,7 +47,7 @@ def expected_steps_to_absorption(transitions: np.ndarray, start: int) -> float:
 
 
 def main() -> None:
-    cfg = load_params("markov_chain")
+    cfg = settings(sys.argv[1:], Params.load())
     transitions = np.array(cfg.transition_matrix, dtype=np.float64)
     rng = np.random.RandomState(cfg.seed)
     runs = [sample_run(transitions, cfg.start_state, cfg.max_steps, rng) for _ in range(cfg.runs)]

@@ -16,57 +16,52 @@ on the Pi.
 from __future__ import annotations
 
 import shutil
+import sys
 import time
-from importlib.metadata import version
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from pi.run_policy import MANIFEST, TFLitePolicy, dequantize, quantize, verify_bundle
-from stages.common.bundle import sha256_of, size_of, write_reproducible_tar_gz
+from pi.policy_runtime import (ACTION_RULES, MANIFEST, TFLitePolicy, denormalize, dequantize,
+                               normalize, quantize, sha256, verify_bundle)
+from stages.common.bundle import size_of, write_reproducible_tar_gz
+from stages.common.dag import StageSpec, policy_producers, read_dag
 from stages.common.evaluation import evaluate_policy
 from stages.common.io import atomic_folder, write_json
-from stages.common.params import ParamError
-from stages.common.policies import (
-    INDEX_DIR,
-    PolicyEntry,
-    load_index,
-    load_policy,
-    make_policy_env,
-)
+from stages.common.policies import INDEX_DIR, PolicyEntry, load_index, load_policy, make_policy_env
 from stages.common.seeding import seed_everything
+from stages.common.settings import InputError, ParamError, Params, run_stage
 from stages.common.tflite import convert, describe_model, load_original, original_outputs
-from stages.settings import load_params, run_stage
+from stages.pi_bundle import EnvironmentEvaluation, ObservationSet, Settings, settings
 
 BUNDLE = Path("data/pi_bundle")
 ARCHIVE = Path("data/pi_bundle.tar.gz")
 REPORTS = Path("reports/pi_bundle")
+NAME = "pi_bundle"
 PI_FILES = Path("pi")
-SHIPPED = ("run_policy.py", "README.md", "requirements-pi.txt", "requirements-pi-gymnasium.txt")
 RUNNER = "run_policy.py"
 PRECISIONS = ("float32", "int8")
-EPISODES_PER_CHUNK = 16
-ACTION_RULES = {
-    "p_left": "action 0 (left) when the output P(left) >= 0.5, else action 1",
-    "action_probabilities": "the action with the highest probability (argmax)",
-    "q_values": "the action with the highest Q-value (argmax, lowest index on ties)",
-    "action": "the output is the action index (the greedy Q-policy's argmax is inside the model)",
-}
 
 
 # --- observations -----------------------------------------------------------------------------
 
 
-def environment_settings(cfg: SimpleNamespace, entry: PolicyEntry) -> SimpleNamespace:
-    for settings in cfg.evaluation:
-        if settings.env_id == entry.env_id:
-            return settings
-    raise ParamError(f"pi_bundle.evaluation has no entry for env_id {entry.env_id!r} "
-                     f"(policy {entry.name}); add its evaluation seeds and episode cap")
+def environment_settings(cfg: Settings, entry: PolicyEntry) -> EnvironmentEvaluation:
+    if entry.env_id not in cfg.evaluation:
+        raise ParamError(f"pi_bundle.evaluation has no entry for env_id {entry.env_id!r} "
+                         f"(policy {entry.name}); add its evaluation seeds and episode cap")
+    return cfg.evaluation[entry.env_id]
+
+
+def shipped_files(stages: list[StageSpec]) -> list[Path]:
+    """The files of pi/ the bundle ships: this stage's pi/ dependencies in dvc.yaml (the runner,
+    the runtime it imports, the requirements and the README)."""
+    stage = next(s for s in stages if s.group == NAME)
+    return [Path(dep) for dep in stage.deps if Path(dep).parent == PI_FILES]
 
 
 def episode_maker(entry: PolicyEntry) -> Callable[[], Any] | None:
@@ -75,7 +70,7 @@ def episode_maker(entry: PolicyEntry) -> Callable[[], Any] | None:
 
 
 def record_observations(entry: PolicyEntry, policy: Callable[[np.ndarray], np.ndarray],
-                        wanted: SimpleNamespace, max_steps: int) -> np.ndarray:
+                        wanted: ObservationSet, max_steps: int) -> np.ndarray:
     """``wanted.observations`` observations of the policy's greedy episodes, one seed per episode
     from ``wanted.seed_start``, evenly spaced over all steps played (episodes are played in
     chunks until there are enough; fewer if ``max_episodes`` runs out first)."""
@@ -87,7 +82,7 @@ def record_observations(entry: PolicyEntry, policy: Callable[[np.ndarray], np.nd
 
     seed, last = wanted.seed_start, wanted.seed_start + wanted.max_episodes
     while sum(map(len, recorded)) < wanted.observations and seed < last:
-        seeds = list(range(seed, min(seed + EPISODES_PER_CHUNK, last)))
+        seeds = list(range(seed, min(seed + wanted.episodes_per_batch, last)))
         evaluate_policy(entry.env_id, recording, seeds, max_steps=max_steps,
                         make_env=episode_maker(entry), progress=False)
         seed = seeds[-1] + 1
@@ -100,7 +95,7 @@ def record_observations(entry: PolicyEntry, policy: Callable[[np.ndarray], np.nd
     return observations
 
 
-def check_seeds_unseen(cfg: SimpleNamespace, entry: PolicyEntry) -> None:
+def check_seeds_unseen(cfg: Settings, entry: PolicyEntry) -> None:
     for key in ("calibration", "parity"):
         wanted = getattr(cfg, key)
         seen = [s for s in entry.training_seeds if wanted.seed_start <= s < wanted.seed_start + wanted.max_episodes]
@@ -152,11 +147,8 @@ def input_rounding_agreement(model: dict[str, Any], original: Callable[[np.ndarr
     normalization = model.get("input_normalization")
     if normalization is None or model["input"]["scale"] is None:
         return None
-    shape = observations.shape[1:]
-    center = np.asarray(normalization["center"], np.float32).reshape(shape)
-    scale = np.asarray(normalization["scale"], np.float32).reshape(shape)
-    grid = dequantize(quantize((observations - center) / scale, model["input"]), model["input"])
-    rounded = (grid * scale + center).astype(observations.dtype)
+    grid = dequantize(quantize(normalize(observations, normalization), model["input"]), model["input"])
+    rounded = denormalize(grid, normalization).astype(observations.dtype)
     return float(np.mean(batched(original, rounded) == reference_actions))
 
 
@@ -180,7 +172,7 @@ def latency(act: Callable[[np.ndarray], Any], observation: np.ndarray, calls: in
 # --- one policy -------------------------------------------------------------------------------
 
 
-def bundle_policy(cfg: SimpleNamespace, entry: PolicyEntry, folder: Path) -> tuple[dict, dict]:
+def bundle_policy(cfg: Settings, entry: PolicyEntry, folder: Path) -> tuple[dict, dict]:
     """Convert, check, evaluate and time one policy; its manifest entry and its report."""
     settings = environment_settings(cfg, entry)
     check_seeds_unseen(cfg, entry)
@@ -264,7 +256,7 @@ def bundle_policy(cfg: SimpleNamespace, entry: PolicyEntry, folder: Path) -> tup
     return spec, report
 
 
-def check_float32(cfg: SimpleNamespace, entry: PolicyEntry, result: dict[str, Any]) -> None:
+def check_float32(cfg: Settings, entry: PolicyEntry, result: dict[str, Any]) -> None:
     """The float32 model must act as the original: a bundle that does not is not written.
 
     Outputs may differ by ``float32_tolerance``, scaled by the output's size above 1: float32
@@ -280,7 +272,7 @@ def check_float32(cfg: SimpleNamespace, entry: PolicyEntry, result: dict[str, An
 
 
 def write_manifest(folder: Path, policies: dict[str, dict]) -> dict[str, Any]:
-    files = {path.relative_to(folder).as_posix(): sha256_of(path)
+    files = {path.relative_to(folder).as_posix(): sha256(path)
              for path in sorted(folder.rglob("*")) if path.is_file()}
     manifest = {
         "format": 1,
@@ -309,17 +301,24 @@ def print_table(reports: dict[str, dict]) -> None:
 
 
 def main() -> None:
-    cfg = load_params("pi_bundle")
+    cfg = settings(sys.argv[1:], Params.load())
     seed_everything(cfg.seed)
-    index = load_index(INDEX_DIR)
+    stages = read_dag()
+    index = load_index(INDEX_DIR, {name: stage.name for name, stage in policy_producers(stages).items()})
     if not index:
-        raise SystemExit(f"error: no policies in {INDEX_DIR}: run the training stages first")
+        raise InputError(f"no stage of dvc.yaml exports a policy to {INDEX_DIR}: nothing to bundle")
+    for entry in index.values():  # every policy's settings, before the first conversion
+        environment_settings(cfg, entry)
+        check_seeds_unseen(cfg, entry)
+    shipped = shipped_files(stages)
+    if PI_FILES / RUNNER not in shipped:
+        raise InputError(f"dvc.yaml: stage {NAME} must depend on {PI_FILES / RUNNER}, the runner it ships")
     reports: dict[str, dict] = {}
     with atomic_folder(BUNDLE) as folder:
         for directory in ("models", "observations"):
             (folder / directory).mkdir()
-        for name in SHIPPED:
-            shutil.copyfile(PI_FILES / name, folder / name)
+        for path in shipped:
+            shutil.copyfile(path, folder / path.name)
         (folder / RUNNER).chmod(0o755)
         policies = {}
         for name, entry in index.items():

@@ -20,42 +20,43 @@ from stages.common.assessment import assess_policy, record_policy_gif
 from stages.common.book import book_value
 from stages.common.io import write_json
 from stages.common.policies import INDEX_DIR, export_keras_policy, seeded_policy_name
-from stages.common.policy_gradients import train_reinforce, training_env_seeds
+from stages.common.policy_gradients import train_reinforce
 from stages.common.seeding import seed_everything
 from stages.common.training_log import plot_learning_curve
-from stages.settings import load_seeded_params, run_stage, training_seed_argument
+from stages.common.settings import Params, run_stage
+from stages.pg_cartpole import settings
 
 NAME = "pg_cartpole"
 
 
 def main() -> None:
-    cfg = load_seeded_params(NAME, training_seed_argument(sys.argv[1:], __doc__.splitlines()[0]))
-    data, reports = f"data/{NAME}/s{cfg.seed}", f"reports/{NAME}/s{cfg.seed}"
+    cfg = settings(sys.argv[1:], Params.load())
+    training, seed = cfg.training, cfg.training.seed
+    data, reports = f"data/{NAME}/s{seed}", f"reports/{NAME}/s{seed}"
     book_final_mean_return = book_value(NAME)  # the book's last iteration (of at most 200)
-    rng = seed_everything(cfg.seed)
+    rng = seed_everything(seed)
 
     model, log = train_reinforce(cfg, "p_left", rng, desc="REINFORCE on CartPole")
     log.write(f"{data}/training_log.csv")
     plot_learning_curve(log.frame(), f"{reports}/learning_curve.png",
-                        f"REINFORCE on {cfg.env_id}: {cfg.episodes_per_iteration} episodes per iteration",
+                        f"REINFORCE on {cfg.env_id}: {training.episodes_per_iteration} episodes per iteration",
                         reference={"book, last iteration": book_final_mean_return,
                                    "step cap": cfg.max_steps})
 
     entry = export_keras_policy(
-        model, INDEX_DIR / seeded_policy_name(NAME, cfg.seed), stage=f"{NAME}@{cfg.seed}",
-        algorithm=NAME, seed=cfg.seed, env_id=cfg.env_id, output="p_left",
-        training_max_steps=cfg.max_steps, training_seeds=tuple(training_env_seeds(cfg)),
-        details={"algorithm": "REINFORCE", "iterations": cfg.iterations,
-                 "episodes_per_iteration": cfg.episodes_per_iteration, "discount": cfg.discount,
+        model, INDEX_DIR / seeded_policy_name(NAME, seed), stage=f"{NAME}@{seed}",
+        algorithm=NAME, seed=seed, env_id=cfg.env_id, output="p_left",
+        training_max_steps=cfg.max_steps, training_seeds=tuple(training.env_seeds),
+        details={"algorithm": "REINFORCE", "iterations": training.iterations,
+                 "episodes_per_iteration": training.episodes_per_iteration, "discount": training.discount,
                  "training_log": f"{data}/training_log.csv"})
-    eval_seeds = range(cfg.eval_seed_start, cfg.eval_seed_start + cfg.eval_episodes)
-    evaluation = assess_policy(entry, list(eval_seeds), cfg.max_steps)
-    gif = record_policy_gif(entry, f"{reports}/policy.gif", cfg.gif_seed, cfg.max_steps, cfg.gif_fps)
+    evaluation = assess_policy(entry, list(cfg.evaluation.seeds), cfg.max_steps)
+    gif = record_policy_gif(entry, f"{reports}/policy.gif", cfg.gif.seed, cfg.max_steps, cfg.gif.fps)
 
     write_json(f"{reports}/metrics.json", {
-        "seed": cfg.seed,
+        "seed": seed,
         "training": {
-            "iterations": cfg.iterations,
+            "iterations": training.iterations,
             "final_mean_return": float(log.frame()["mean_return"].iloc[-1]),
             "mean_return_last_10_iterations": log.mean_return_over_last(10),
             "book_final_mean_return": book_final_mean_return,

@@ -2,7 +2,7 @@
 
 Every policy in the index (``data/policies``) is loaded from its exported artifact and played
 greedily (its documented action rule without sampling: most likely action, or highest Q-value),
-one episode per seed, on seeds no training stage uses (validated in stages/settings.py, and again
+one episode per seed, on seeds no training stage uses (checked before any job by the Snakefile, and again
 here against the seeds each policy records). CartPole policies are played at each step cap of
 ``cartpole_max_steps`` (the book's 200 and CartPole-v1's own 500); others to their environment's
 own limit; Atari policies, slow to play, for fewer episodes. The episodes of one policy run side by
@@ -15,6 +15,7 @@ and a figure of the means with their intervals.
 
 from __future__ import annotations
 
+import sys
 import time
 from functools import partial
 
@@ -25,12 +26,13 @@ from tqdm import tqdm
 
 from stages.common.evaluation import evaluate_policy
 from stages.common.io import write_csv, write_json
-from stages.common.params import ParamError
 from stages.common.plotting import new_figure, save_figure
+from stages.common.dag import declared_policies
 from stages.common.policies import INDEX_DIR, PolicyEntry, load_index, load_policy, make_policy_env
 from stages.common.seeding import seed_everything
 from stages.common.statistics import summarize_returns
-from stages.settings import validate_params_file, run_stage
+from stages.common.settings import InputError, ParamError, Params, run_stage
+from stages.evaluate import Settings, settings
 
 NAME = "evaluate"
 REPORTS = f"reports/{NAME}"
@@ -47,7 +49,7 @@ def algorithm_of(entry: PolicyEntry) -> str:
     return getattr(entry, "algorithm", None) or entry.name
 
 
-def step_caps(entry: PolicyEntry, cfg) -> list[int]:
+def step_caps(entry: PolicyEntry, cfg: Settings) -> list[int]:
     """The step limits to evaluate at: CartPole's two caps, Atari's, or the environment's own."""
     if entry.env_id.startswith("CartPole-"):
         return list(cfg.cartpole_max_steps)
@@ -55,7 +57,7 @@ def step_caps(entry: PolicyEntry, cfg) -> list[int]:
         return [cfg.atari.max_steps]
     own_limit = gym.spec(entry.env_id).max_episode_steps
     if own_limit is None:
-        raise ValueError(f"policy {entry.name!r}: {entry.env_id} has no step limit of its own")
+        raise InputError(f"policy {entry.name!r}: {entry.env_id} has no step limit of its own")
     return [own_limit]
 
 
@@ -100,11 +102,11 @@ def plot_intervals(summary: pd.DataFrame, path: str) -> None:
 
 
 def main() -> None:
-    cfg = validate_params_file()[NAME]  # the whole file: seeds are checked against every stage's
+    cfg = settings(sys.argv[1:], Params.load())
     seed_everything(cfg.bootstrap.seed)
-    entries = load_index(INDEX_DIR)
+    entries = load_index(INDEX_DIR, declared_policies())
     if not entries:
-        raise FileNotFoundError(f"no policies in {INDEX_DIR}: run the training stages first")
+        raise InputError(f"no stage of dvc.yaml exports a policy to {INDEX_DIR}: nothing to evaluate")
 
     episodes_of = {name: cfg.atari.episodes if is_atari(e) else cfg.episodes for name, e in entries.items()}
     check_held_out(entries, range(cfg.seed_start, cfg.seed_start + max(episodes_of.values())))

@@ -1,0 +1,68 @@
+"""SPEC 9, a custom TF-Agents environment (a grid) and a DQN agent that crosses it: its settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import Field, model_validator
+
+from stages.common.settings import (Block, Count, Discount, Optimizer, Params, Probability, Seed,
+                                    StageSettings, argument_parser, parse_arguments)
+
+
+class Agent(Block):
+    fc_layers: list[Count] = Field(min_length=1)
+    optimizer: Optimizer
+    discount: Discount
+    """The agent's gamma: shorter paths are worth more."""
+    epsilon_start: Probability
+    epsilon_end: Probability
+    epsilon_decay_steps: Count
+    """Training steps over which epsilon decays linearly."""
+    target_update_period: Count
+
+    @model_validator(mode="after")
+    def _decays(self) -> Agent:
+        if self.epsilon_end > self.epsilon_start:
+            raise ValueError("epsilon_end must not exceed epsilon_start")
+        return self
+
+
+class Training(Block):
+    iterations: Count
+    collect_steps_per_iteration: Count
+    initial_collect_steps: int = Field(ge=2)
+    """Random steps that fill the buffer first (a training sample is 2 steps)."""
+    replay_buffer_capacity: int = Field(ge=2)
+    batch_size: Count
+    log_interval: Count
+    seed: Seed
+
+
+class Settings(StageSettings):
+    grid_size: int = Field(ge=2, le=20)
+    """Start in the top-left cell, goal in the bottom-right one."""
+    step_discount: float = Field(ge=0.0, le=1.0)
+    """The discount of a non-terminal step (the environment's configurable one)."""
+    max_steps: Count
+    """An episode that wanders this long is cut (a truncation)."""
+    validate_episodes: Count
+    """Episodes of TF-Agents' validate_py_environment."""
+    agent: Agent
+    training: Training
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.max_steps < 2 * (self.grid_size - 1):
+            raise ValueError("max_steps must allow a shortest path (2 * (grid_size - 1) steps)")
+        if self.training.log_interval > self.training.iterations:
+            raise ValueError("training.log_interval must not exceed training.iterations")
+        return self
+
+    def training_seeds(self) -> set[int]:
+        return {self.training.seed}
+
+
+def settings(argv: Sequence[str], params: Params) -> Settings:
+    parse_arguments(argument_parser(__doc__), argv)
+    return params.read(Settings, "custom_env")
