@@ -66,6 +66,9 @@ def test_the_quick_profile_is_valid_for_its_own_stages(tmp_path):
     (lambda d: d["evaluate"].update(seed_start=40, episodes=10),
      "evaluate.seed_start = 40 is not allowed: the evaluation seeds 40..49 overlap the training seeds of nn_policy@42"),
     (lambda d: d.update(mdpp={}), "'mdpp' is not a known section"),
+    (lambda d: d["pi_bundle"]["evaluation"].pop("LunarLander-v3"),
+     "pi_bundle.evaluation has no entry for LunarLander-v3, the environment of the policies of stage "
+     "pg_lunarlander@book-42"),
 ])
 def test_a_bad_value_names_its_key_its_value_and_what_is_allowed(tmp_path, edit, message):
     path = edited_params(tmp_path, edit)

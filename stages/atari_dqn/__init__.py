@@ -162,6 +162,9 @@ class Settings(Shared, StageSettings):
     def training_seeds(self) -> set[int]:
         return {self.training.seed}
 
+    def environment_ids(self) -> set[str]:
+        return {self.game.env_id}
+
 
 def settings(argv: Sequence[str], params: Params) -> Settings:
     """``--game NAME``: the run of game NAME (dvc.yaml: one stage per game)."""

@@ -178,12 +178,18 @@ def held_out(training: range, evaluation: range, what: str) -> None:
 
 
 class StageSettings(Block):
-    """Settings of one stage run. ``training_seeds`` feeds the whole-file check that evaluation
-    seeds are held out from every training run."""
+    """Settings of one stage run. ``training_seeds`` and ``environment_ids`` feed the whole-file
+    checks (stages/common/validation.py): evaluation seeds held out from every training run, and
+    bundle settings for every environment a policy plays."""
 
     def training_seeds(self) -> set[int]:
         """Every seed this run starts an environment or a generator from (none for analysis stages)."""
         return set()
+
+    def environment_ids(self) -> set[str]:
+        """The environments this run's policies play (its ``env_id``, where it has one)."""
+        env_id = getattr(self, "env_id", None)
+        return {env_id} if isinstance(env_id, str) else set()
 
 
 class Pipeline(Block):

@@ -7,7 +7,8 @@ that stage reads them, and what one stage's seeds mean for another's.
 The Snakefile runs :func:`validate_pipeline` before it schedules anything. Each stage runs its own
 part of the same validation when it starts (its package's ``settings(argv, params)``), so a bad
 value is refused whichever engine starts the stage. Across stages: no training run may start an
-environment from a seed the evaluate stage evaluates on, and a section nobody reads is a typo.
+environment from a seed the evaluate stage evaluates on, the Pi bundle needs settings for every
+environment a policy plays, and a section nobody reads is a typo.
 
 A stage's settings live in its package, ``stages/<name>/__init__.py``: ``settings(argv, params)``
 (the run's settings, from the stage's command-line arguments), ``Section`` (the model of its
@@ -65,6 +66,7 @@ def validate_pipeline(stages: list[StageSpec], path: str | Path = PARAMS_FILE) -
     runs = {stage.name: stage_package(stage).settings(stage.argv, Params(params.data, path))
             for stage in stages}
     check_evaluation_is_held_out(runs, path)
+    check_bundle_covers_every_environment(stages, runs, path)
     return runs
 
 
@@ -80,6 +82,19 @@ def check_evaluation_is_held_out(runs: dict[str, StageSettings], path: str | Pat
             raise ParamError(f"{path}: evaluate.seed_start = {evaluation.seed_start} is not allowed: the "
                              f"evaluation seeds {seeds.start}..{seeds.stop - 1} overlap the training "
                              f"seeds of {stage} ({shared[:5]}); choose a range above them")
+
+
+def check_bundle_covers_every_environment(stages: list[StageSpec], runs: dict[str, StageSettings],
+                                          path: str | Path) -> None:
+    """The Pi bundle has evaluation settings for the environment of every exported policy."""
+    bundle = runs.get("pi_bundle")
+    if bundle is None:
+        return
+    for stage in stages:
+        missing = sorted(runs[stage.name].environment_ids() - set(bundle.evaluation)) if stage.policies else []
+        if missing:
+            raise ParamError(f"{path}: pi_bundle.evaluation has no entry for {missing[0]}, the environment "
+                             f"of the policies of stage {stage.name}; add its evaluation seeds and episode cap")
 
 
 def json_schema(stages: list[StageSpec]) -> dict[str, Any]:

@@ -90,6 +90,9 @@ class Shared(Block):
     continue the environment's random stream)."""
     evaluation: Evaluation
     gif: CappedGif
+    moving_average_episodes: Count
+    """The training log's mean_return (and the figure's smoothed curve): the mean return of the
+    latest this-many episodes."""
 
     @model_validator(mode="after")
     def _held_out(self) -> Shared:

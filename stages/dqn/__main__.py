@@ -43,7 +43,6 @@ from stages.common.seeding import seed_everything
 from stages.common.settings import ParamError, Params, run_stage
 from stages.dqn import Settings, Variant, settings
 
-MOVING_AVERAGE_EPISODES = 20  # the smoothed curve in the figure, the log and the progress bar
 
 
 @dataclass
@@ -126,7 +125,7 @@ def play_episode(env: gym.Env, learner: DeepQLearner, memory: ReplayMemory, rng:
 
 
 def train(variant: Variant, learner: DeepQLearner, memory: ReplayMemory, rng: np.random.Generator,
-          *, env_id: str, seed: int, name: str) -> TrainingRun:
+          *, env_id: str, seed: int, name: str, moving_average: int) -> TrainingRun:
     """The book's loop: decaying epsilon, learning after the warm-up, best weights kept (ties: latest)."""
     env = gym.make(env_id, max_episode_steps=variant.max_steps)
     run = TrainingRun()
@@ -152,18 +151,18 @@ def train(variant: Variant, learner: DeepQLearner, memory: ReplayMemory, rng: np
                             "loss": float(np.mean(losses)) if losses else np.nan,
                             "gradient_steps": run.gradient_steps,
                             "wall_time_s": time.perf_counter() - start})
-            recent = run.log[-1]["mean_return"] = float(run.returns[-MOVING_AVERAGE_EPISODES:].mean())
+            recent = run.log[-1]["mean_return"] = float(run.returns[-moving_average:].mean())
             bar.set_postfix(ret=f"{episode_return:.0f}", mean=f"{recent:.1f}", eps=f"{epsilon:.2f}",
                             refresh=False)
     env.close()
     return run
 
 
-def plot_returns(run: TrainingRun, variant: Variant, title: str, path: str) -> None:
+def plot_returns(run: TrainingRun, variant: Variant, title: str, path: str, moving_average: int) -> None:
     log = pd.DataFrame(run.log)
     fig, ax = new_figure(figsize=(8, 4))
     ax.plot(log["episode"], log["return"], linewidth=1, label="return per episode")
-    ax.plot(log["episode"], log["mean_return"], label=f"mean of the last {MOVING_AVERAGE_EPISODES}")
+    ax.plot(log["episode"], log["mean_return"], label=f"mean of the last {moving_average}")
     ax.axvline(run.best_episode, color="grey", linestyle=":",
                label=f"best-kept weights (episode {run.best_episode})")
     last = log.iloc[-1]
@@ -239,12 +238,14 @@ def main() -> None:
     memory = make_memory(variant, observation_shape, rng.spawn(1)[0])
 
     started = time.perf_counter()
-    run = train(variant, learner, memory, rng, env_id=cfg.env_id, seed=cfg.seed, name=name)
+    run = train(variant, learner, memory, rng, env_id=cfg.env_id, seed=cfg.seed, name=name,
+                moving_average=cfg.moving_average_episodes)
     training_time = time.perf_counter() - started
     training_log = f"{data}/training_log.csv"
     write_csv(training_log, pd.DataFrame(run.log)[
         ["episode", "return", "mean_return", "epsilon", "loss", "gradient_steps", "wall_time_s"]])
-    plot_returns(run, variant, f"{title} on {cfg.env_id}", f"{reports}/{name}_rewards_plot.png")
+    plot_returns(run, variant, f"{title} on {cfg.env_id}", f"{reports}/{name}_rewards_plot.png",
+                 cfg.moving_average_episodes)
 
     entries = export_policies(learner, run, cfg, name, title, training_log)
     started = time.perf_counter()
