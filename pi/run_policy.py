@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # policy_runtime.py lies next to this file
-from policy_runtime import (BundleError, TFLitePolicy, make_env, play, policy_spec,  # noqa: E402
-                            verify_bundle)
+from policy_runtime import BundleError, TFLitePolicy, make_env, play, policy_spec, verify_bundle  # noqa: E402
 
 EXIT_BAD_BUNDLE = 3
 EXIT_BAD_INPUT = 4

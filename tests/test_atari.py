@@ -15,8 +15,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from pi.policy_runtime import (AtariSetupError, area_taps, check_game, make_atari_env, preprocessing_description,
-                               shrink)
+from pi.policy_runtime import (
+    AtariSetupError,
+    area_taps,
+    check_game,
+    make_atari_env,
+    preprocessing_description,
+    shrink,
+)
 from stages.common.checkpoints import TrainingCheckpoint
 from stages.common.settings import ParamError
 from stages.common.validation import validate_pipeline

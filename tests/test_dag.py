@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
-
-import pytest
 
 from stages.common.dag import rule_name, snakemake_inputs
 from stages.common.deps import differences, has_code, import_closure, main

@@ -17,7 +17,6 @@ from stages.evaluate.__main__ import check_held_out
 from tests.conftest import edited_params, repo_stages
 
 
-
 def test_summary_has_the_contracts_fields_and_a_reproducible_interval():
     returns = np.random.default_rng(3).normal(100, 20, 100)
     first = summarize_returns(returns, resamples=2000, seed=7)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import SNAKEMAKE, SNAKEMAKE_DIRECTORY_MARKER, file_digests, run
 from stages.common.dag import rule_name
+from tests.conftest import SNAKEMAKE, SNAKEMAKE_DIRECTORY_MARKER, file_digests, run
 from tests.test_dag import dvc_view
 
 pytestmark = pytest.mark.e2e

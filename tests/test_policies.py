@@ -9,9 +9,6 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import file_digests, run
-from tests.test_dag import dvc_view
-
 from stages.common.evaluation import evaluate_policy
 from stages.common.policies import (
     PolicyEntry,
@@ -22,6 +19,8 @@ from stages.common.policies import (
     load_policy,
     read_entry,
 )
+from tests.conftest import file_digests, run
+from tests.test_dag import dvc_view
 
 
 def _small_model(seed: int, units: int, activation: str):

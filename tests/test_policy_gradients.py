@@ -17,6 +17,7 @@ import tf_keras
 
 from stages.common.cartpole import basic_policy
 from stages.common.evaluation import evaluate_policy
+from stages.common.policies import load_index
 from stages.common.policy_gradients import (
     discount_and_normalize_rewards,
     entropy,
@@ -26,12 +27,9 @@ from stages.common.policy_gradients import (
     policy_gradient_loss,
     policy_network,
 )
-from stages.common.policies import load_index
 from stages.common.settings import ParamError, Params
 from stages.common.validation import validate_pipeline
-from tests.conftest import run
-from tests.conftest import edited_params, repo_stages
-
+from tests.conftest import edited_params, repo_stages, run
 
 # The book's discounting examples: tests/test_book_results.py (numbers from data/book_results.yaml).
 

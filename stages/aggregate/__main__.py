@@ -19,18 +19,18 @@ from itertools import permutations
 import numpy as np
 import pandas as pd
 
+from stages.aggregate import Settings, settings
+from stages.common.dag import declared_policies
 from stages.common.io import write_csv, write_json, write_text
 from stages.common.plotting import new_figure, save_figure
-from stages.common.dag import declared_policies
 from stages.common.policies import PolicyEntry, load_index
+from stages.common.settings import ParamError, Params, run_stage
 from stages.common.statistics import (
     AGGREGATES,
     curve_intervals,
     interval_estimates,
     probability_of_improvement_interval,
 )
-from stages.aggregate import Settings, settings
-from stages.common.settings import ParamError, Params, run_stage
 
 NAME = "aggregate"
 RETURNS = "reports/evaluate/returns.csv"

@@ -11,9 +11,23 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from stages.common.settings import (Block, Count, Discount, Episodes, Fps, NonNegativeInt, Params,
-                                    PositiveFloat, Probability, Seed, StageSettings,
-                                    argument_parser, member_of, parse_arguments)
+from stages.common.settings import (
+    Block,
+    Count,
+    Discount,
+    Episodes,
+    Fps,
+    NonNegativeInt,
+    Params,
+    PositiveFloat,
+    Probability,
+    Seed,
+    StageSettings,
+    argument_parser,
+    member_of,
+    parse_arguments,
+)
+from stages.common.tf_agents_settings import EpsilonGreedy, ReplayTraining
 
 # Every action name the Arcade Learning Environment knows; each game has a subset.
 AtariAction = Literal["NOOP", "FIRE", "UP", "RIGHT", "LEFT", "DOWN", "UPRIGHT", "UPLEFT",
@@ -71,42 +85,23 @@ class Network(Block):
         return self
 
 
-class Agent(Block):
+class Agent(EpsilonGreedy):
     learning_rate: PositiveFloat
     """Keras RMSprop's, as in the book."""
     rmsprop_rho: Probability
     rmsprop_momentum: Probability
     rmsprop_epsilon: PositiveFloat
     rmsprop_centered: bool
-    epsilon_start: Probability
-    """Epsilon-greedy exploration decays linearly from epsilon_start ..."""
-    epsilon_end: Probability
     epsilon_decay_env_steps: Count
-    """... to epsilon_end over this many collected environment steps."""
+    """Epsilon reaches epsilon_end after this many collected environment steps."""
     target_update_period: Count
     """Training steps between target-network copies."""
     discount: Discount
 
-    @model_validator(mode="after")
-    def _decays(self) -> Agent:
-        if self.epsilon_end > self.epsilon_start:
-            raise ValueError("epsilon_end must not exceed epsilon_start")
-        return self
 
-
-class Training(Block):
-    iterations: Count
-    """One training step each."""
-    collect_steps_per_iteration: Count
-    replay_buffer_capacity: int = Field(ge=2)
-    initial_collect_steps: int = Field(ge=2)
-    """Random-policy steps that fill the buffer first (a training sample is 2 steps)."""
-    batch_size: Count
-    log_interval: Count
+class Training(ReplayTraining):
     checkpoint_interval: Count
-    """And at the last iteration."""
-    seed: Seed
-    """Training environment and TensorFlow."""
+    """Iterations between checkpoints (and one at the last iteration)."""
 
 
 class Evaluation(Episodes):

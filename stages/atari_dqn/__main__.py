@@ -38,6 +38,7 @@ from tf_agents.utils import common
 from tqdm import tqdm
 
 from pi.policy_runtime import make_atari_env, preprocessing_description
+from stages.atari_dqn import Agent, Settings, settings
 from stages.common.checkpoints import TrainingCheckpoint, restore_trackables
 from stages.common.evaluation import evaluate_policy
 from stages.common.frames import record_episode, write_gif
@@ -51,9 +52,8 @@ from stages.common.policies import (
     read_entry,
 )
 from stages.common.seeding import seed_everything
-from stages.common.tf_env import GymnasiumPyEnvironment
-from stages.atari_dqn import Agent, Settings, settings
 from stages.common.settings import ParamError, Params, run_stage
+from stages.common.tf_env import GymnasiumPyEnvironment
 
 OPTIMIZER = "Keras RMSprop (epsilon added to the root)"
 MEMORY_HEADROOM_BYTES = 2 * 1024**3  # TensorFlow, the networks, the environment, a checkpoint's buffers

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stages.common.settings import (Count, Episodes, Gif, Params, Seed, StageSettings,
-                                    argument_parser, env_family, parse_arguments)
+from stages.common.settings import (
+    Count,
+    Episodes,
+    Gif,
+    Params,
+    Seed,
+    StageSettings,
+    argument_parser,
+    env_family,
+    parse_arguments,
+)
 
 
 class Settings(StageSettings):

@@ -25,7 +25,7 @@ from stages.common.policies import actions_from_outputs
 from stages.common.training_log import TrainingLog
 
 if TYPE_CHECKING:
-    from stages.common.reinforce_settings import Reinforce
+    from stages.common.policy_gradient_settings import Reinforce
 
 BatchActor = Callable[[np.ndarray], np.ndarray]
 
@@ -204,7 +204,7 @@ def train_reinforce(cfg: Reinforce, output: str, rng: np.random.Generator,
                     desc: str) -> tuple[tf_keras.Model, TrainingLog]:
     """REINFORCE: play a batch of episodes, weight each step by its normalised return, update.
 
-    ``cfg`` is a REINFORCE run's settings (stages/common/reinforce_settings.py), ``output`` the
+    ``cfg`` is a REINFORCE run's settings (stages/common/policy_gradient_settings.py), ``output`` the
     policy's output kind, and ``rng`` samples the actions. Environment ``i`` first resets with
     ``cfg.training.env_seeds[i]``, then continues its own random stream.
     """

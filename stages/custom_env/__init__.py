@@ -6,37 +6,26 @@ from collections.abc import Sequence
 
 from pydantic import Field, model_validator
 
-from stages.common.settings import (Block, Count, Discount, Optimizer, Params, Probability, Seed,
-                                    StageSettings, argument_parser, parse_arguments)
+from stages.common.settings import (
+    Count,
+    Discount,
+    Optimizer,
+    Params,
+    StageSettings,
+    argument_parser,
+    parse_arguments,
+)
+from stages.common.tf_agents_settings import EpsilonGreedy, ReplayTraining
 
 
-class Agent(Block):
+class Agent(EpsilonGreedy):
     fc_layers: list[Count] = Field(min_length=1)
     optimizer: Optimizer
     discount: Discount
     """The agent's gamma: shorter paths are worth more."""
-    epsilon_start: Probability
-    epsilon_end: Probability
     epsilon_decay_steps: Count
-    """Training steps over which epsilon decays linearly."""
+    """Training steps over which epsilon decays to epsilon_end."""
     target_update_period: Count
-
-    @model_validator(mode="after")
-    def _decays(self) -> Agent:
-        if self.epsilon_end > self.epsilon_start:
-            raise ValueError("epsilon_end must not exceed epsilon_start")
-        return self
-
-
-class Training(Block):
-    iterations: Count
-    collect_steps_per_iteration: Count
-    initial_collect_steps: int = Field(ge=2)
-    """Random steps that fill the buffer first (a training sample is 2 steps)."""
-    replay_buffer_capacity: int = Field(ge=2)
-    batch_size: Count
-    log_interval: Count
-    seed: Seed
 
 
 class Settings(StageSettings):
@@ -49,7 +38,7 @@ class Settings(StageSettings):
     validate_episodes: Count
     """Episodes of TF-Agents' validate_py_environment."""
     agent: Agent
-    training: Training
+    training: ReplayTraining
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -31,11 +31,12 @@ from tf_agents.utils import common
 from tqdm import tqdm
 
 from stages.common.io import write_csv, write_json
+from stages.common.optimizers import make_optimizer
 from stages.common.plotting import new_figure, save_figure
 from stages.common.seeding import seed_everything
-from stages.common.optimizers import make_optimizer
 from stages.common.settings import Params, run_stage
-from stages.custom_env import Agent, Settings, Training, settings
+from stages.common.tf_agents_settings import ReplayTraining
+from stages.custom_env import Agent, Settings, settings
 
 DATA, REPORTS = "data/custom_env", "reports/custom_env"
 ACTION_NAMES = ("up", "down", "left", "right")
@@ -105,7 +106,7 @@ def build_agent(tf_env: TFPyEnvironment, cfg: Agent) -> tuple[DqnAgent, Callable
     return agent, lambda: float(epsilon(train_step))
 
 
-def train(agent: DqnAgent, tf_env: TFPyEnvironment, epsilon: Callable[[], float], cfg: Training) -> pd.DataFrame:
+def train(agent: DqnAgent, tf_env: TFPyEnvironment, epsilon: Callable[[], float], cfg: ReplayTraining) -> pd.DataFrame:
     """Random steps fill the buffer; then each iteration collects steps and trains on one batch."""
     replay_buffer = TFUniformReplayBuffer(agent.collect_data_spec, batch_size=tf_env.batch_size,
                                           max_length=cfg.replay_buffer_capacity)

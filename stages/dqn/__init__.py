@@ -12,10 +12,26 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from stages.common.settings import (Block, Count, Discount, Episodes, EnvId, Gif, Network,
-                                    NonNegativeInt, Optimizer, Params, PositiveFloat, Probability,
-                                    Seed, StageSettings, argument_parser, member_of,
-                                    parse_arguments, seeded)
+from stages.common.settings import (
+    Block,
+    Count,
+    Discount,
+    EnvId,
+    Episodes,
+    Gif,
+    Network,
+    NonNegativeInt,
+    Optimizer,
+    Params,
+    PositiveFloat,
+    Probability,
+    Seed,
+    StageSettings,
+    argument_parser,
+    member_of,
+    parse_arguments,
+    seeded,
+)
 
 
 class QNetwork(Network):

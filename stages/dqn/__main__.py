@@ -36,13 +36,17 @@ from stages.common.evaluation import evaluate_policy
 from stages.common.frames import record_episode, write_gif
 from stages.common.io import write_csv, write_json
 from stages.common.plotting import new_figure, save_figure
-from stages.common.policies import (INDEX_DIR, PolicyEntry, export_keras_policy, load_policy,
-                                    seeded_policy_name)
+from stages.common.policies import (
+    INDEX_DIR,
+    PolicyEntry,
+    export_keras_policy,
+    load_policy,
+    seeded_policy_name,
+)
 from stages.common.replay import PrioritizedReplayMemory, ReplayMemory
 from stages.common.seeding import seed_everything
 from stages.common.settings import ParamError, Params, run_stage
 from stages.dqn import Settings, Variant, settings
-
 
 
 @dataclass

@@ -6,8 +6,16 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from stages.common.settings import (Block, Bootstrap, Count, Params, Seed, StageSettings,
-                                    argument_parser, parse_arguments)
+from stages.common.settings import (
+    Block,
+    Bootstrap,
+    Count,
+    Params,
+    Seed,
+    StageSettings,
+    argument_parser,
+    parse_arguments,
+)
 
 
 class AtariEpisodes(Block):

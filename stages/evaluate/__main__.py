@@ -24,14 +24,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from stages.common.dag import declared_policies
 from stages.common.evaluation import evaluate_policy
 from stages.common.io import write_csv, write_json
 from stages.common.plotting import new_figure, save_figure
-from stages.common.dag import declared_policies
 from stages.common.policies import INDEX_DIR, PolicyEntry, load_index, load_policy, make_policy_env
 from stages.common.seeding import seed_everything
-from stages.common.statistics import summarize_returns
 from stages.common.settings import InputError, ParamError, Params, run_stage
+from stages.common.statistics import summarize_returns
 from stages.evaluate import Settings, settings
 
 NAME = "evaluate"

@@ -6,8 +6,16 @@ from collections.abc import Sequence
 
 from pydantic import Field, model_validator
 
-from stages.common.settings import (Count, NonNegativeInt, Params, Probability, Seed, StageSettings,
-                                    argument_parser, parse_arguments)
+from stages.common.settings import (
+    Count,
+    NonNegativeInt,
+    Params,
+    Probability,
+    Seed,
+    StageSettings,
+    argument_parser,
+    parse_arguments,
+)
 
 
 class Settings(StageSettings):

@@ -6,9 +6,19 @@ from collections.abc import Sequence
 
 from pydantic import Field, model_validator
 
-from stages.common.settings import (Block, Count, Discount, NonNegativeInt, Params, PositiveFloat,
-                                    Probability, Seed, StageSettings, argument_parser,
-                                    parse_arguments)
+from stages.common.settings import (
+    Block,
+    Count,
+    Discount,
+    NonNegativeInt,
+    Params,
+    PositiveFloat,
+    Probability,
+    Seed,
+    StageSettings,
+    argument_parser,
+    parse_arguments,
+)
 
 
 class QValueIteration(Block):

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import model_validator
-
-from stages.common.settings import (Count, Episodes, Gif, Network, Optimizer, Params,
-                                    SeededTraining, StageSettings, argument_parser, env_family,
-                                    held_out, parse_arguments, seeded)
+from stages.common.policy_gradient_settings import PolicyRun
+from stages.common.settings import (
+    Count,
+    Params,
+    SeededTraining,
+    argument_parser,
+    env_family,
+    parse_arguments,
+    seeded,
+)
 
 
 class Training(SeededTraining):
@@ -22,24 +27,9 @@ class Training(SeededTraining):
         return self.environments
 
 
-class Settings(StageSettings):
+class Settings(PolicyRun):
     env_id: env_family("CartPole", "the imitated policy reads the pole angle")
-    network: Network
-    optimizer: Optimizer
-    max_steps: Count
-    """Episode cap in training, evaluation and the GIF."""
     training: Training
-    evaluation: Episodes
-    """Held-out episodes of the exported policy, greedy and sampled."""
-    gif: Gif
-
-    @model_validator(mode="after")
-    def _held_out(self) -> Settings:
-        held_out(self.training.env_seeds, self.evaluation.seeds, "training environment seeds")
-        return self
-
-    def training_seeds(self) -> set[int]:
-        return {self.training.seed, *self.training.env_seeds}
 
 
 def settings(argv: Sequence[str], params: Params) -> Settings:

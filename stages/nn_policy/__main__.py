@@ -25,13 +25,12 @@ from stages.common.assessment import assess_policy, record_policy_gif
 from stages.common.book import book_value
 from stages.common.cartpole import LEFT, basic_policy
 from stages.common.io import write_json
-from stages.common.policies import (INDEX_DIR, actions_from_outputs, export_keras_policy,
-                                    seeded_policy_name)
 from stages.common.optimizers import make_optimizer
+from stages.common.policies import INDEX_DIR, actions_from_outputs, export_keras_policy, seeded_policy_name
 from stages.common.policy_gradients import policy_network
 from stages.common.seeding import seed_everything
-from stages.common.training_log import TrainingLog, plot_learning_curve
 from stages.common.settings import Params, run_stage
+from stages.common.training_log import TrainingLog, plot_learning_curve
 from stages.nn_policy import settings
 
 NAME = "nn_policy"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stages.common.reinforce_settings import Reinforce
+from stages.common.policy_gradient_settings import Reinforce
 from stages.common.settings import Params, argument_parser, env_family, parse_arguments, seeded
 
 

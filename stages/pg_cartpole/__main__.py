@@ -22,8 +22,8 @@ from stages.common.io import write_json
 from stages.common.policies import INDEX_DIR, export_keras_policy, seeded_policy_name
 from stages.common.policy_gradients import train_reinforce
 from stages.common.seeding import seed_everything
-from stages.common.training_log import plot_learning_curve
 from stages.common.settings import Params, run_stage
+from stages.common.training_log import plot_learning_curve
 from stages.pg_cartpole import settings
 
 NAME = "pg_cartpole"

@@ -6,9 +6,20 @@ from collections.abc import Sequence
 
 from pydantic import Field, model_validator
 
-from stages.common.settings import (Block, Count, Episodes, Params, PositiveFloat, Probability,
-                                    Seed, StageSettings, argument_parser, parse_arguments,
-                                    ranges_overlap, registered_env_id)
+from stages.common.settings import (
+    Block,
+    Count,
+    Episodes,
+    Params,
+    PositiveFloat,
+    Probability,
+    Seed,
+    StageSettings,
+    argument_parser,
+    parse_arguments,
+    ranges_overlap,
+    registered_env_id,
+)
 
 
 class ObservationSet(Block):

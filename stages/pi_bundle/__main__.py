@@ -26,8 +26,17 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from pi.policy_runtime import (ACTION_RULES, MANIFEST, TFLitePolicy, denormalize, dequantize,
-                               normalize, quantize, sha256, verify_bundle)
+from pi.policy_runtime import (
+    ACTION_RULES,
+    MANIFEST,
+    TFLitePolicy,
+    denormalize,
+    dequantize,
+    normalize,
+    quantize,
+    sha256,
+    verify_bundle,
+)
 from stages.common.bundle import size_of, write_reproducible_tar_gz
 from stages.common.dag import StageSpec, policy_producers, read_dag
 from stages.common.evaluation import evaluate_policy

@@ -6,8 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stages.common.settings import (Bootstrap, Pipeline, Params, StageSettings, argument_parser,
-                                    parse_arguments)
+from stages.common.settings import (
+    Bootstrap,
+    Params,
+    Pipeline,
+    StageSettings,
+    argument_parser,
+    parse_arguments,
+)
 
 SECTION = None
 

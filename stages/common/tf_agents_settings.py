@@ -1,0 +1,39 @@
+"""Settings blocks of the TF-Agents DQN experiments (the Atari games, SPEC 7 and 8, and the custom
+grid, SPEC 9): epsilon-greedy exploration and the collect-then-train loop over a replay buffer.
+Kept apart from the agents' code so that reading settings never imports TensorFlow."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from stages.common.settings import Block, Count, Probability, Seed
+
+
+class EpsilonGreedy(Block):
+    """Exploration: epsilon decays linearly from epsilon_start to epsilon_end (each agent says
+    over what)."""
+
+    epsilon_start: Probability
+    epsilon_end: Probability
+
+    @model_validator(mode="after")
+    def _decays(self) -> EpsilonGreedy:
+        if self.epsilon_end > self.epsilon_start:
+            raise ValueError("epsilon_end must not exceed epsilon_start")
+        return self
+
+
+class ReplayTraining(Block):
+    """Random steps fill the replay buffer; then each iteration collects steps with the
+    epsilon-greedy policy and trains on one batch of pairs of consecutive steps."""
+
+    iterations: Count
+    """One training step each."""
+    collect_steps_per_iteration: Count
+    initial_collect_steps: int = Field(ge=2)
+    """Random-policy steps that fill the buffer first (a training sample is 2 steps)."""
+    replay_buffer_capacity: int = Field(ge=2)
+    batch_size: Count
+    log_interval: Count
+    seed: Seed
+    """The training environment and TensorFlow."""
