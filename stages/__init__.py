@@ -1,4 +1,5 @@
-"""Pipeline stages: one module per experiment of chapter 18, run as ``python -m stages.<name>``.
+"""Pipeline stages: one package per experiment of chapter 18 (its typed settings in
+``__init__.py``, the experiment in ``__main__.py``), run as ``python -m stages.<name>``.
 
 Importing this package is the one place that prepares the process for TensorFlow and rendering,
 so every stage, test and helper gets the same settings before TensorFlow is first imported.
