@@ -159,3 +159,23 @@ def test_stage_settings_packages_do_not_import_tensorflow(repo_root):
     result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_every_setting_says_what_it_is():
+    """Each field of every stage's settings (and of the shared blocks) has a description: it is
+    what an editor shows from params.schema.json."""
+    import importlib
+    import inspect
+
+    from pydantic import BaseModel
+
+    modules = {"stages.common.settings", "stages.common.policy_gradient_settings",
+               "stages.common.tf_agents_settings", *(stage.module for stage in repo_stages())}
+    undocumented = []
+    for name in sorted(modules):
+        module = importlib.import_module(name)
+        for model in vars(module).values():
+            if inspect.isclass(model) and issubclass(model, BaseModel) and model.__module__ == name:
+                undocumented += [f"{name}.{model.__name__}.{field}" for field, info in model.model_fields.items()
+                                 if field in model.__annotations__ and not info.description]
+    assert undocumented == []

@@ -39,7 +39,9 @@ class ForcedSteps(Block):
     """Steps played for the agent, their frames not shown to it."""
 
     action: AtariAction
+    """The action played."""
     steps: NonNegativeInt
+    """How many agent steps of it."""
 
 
 class Game(Block):
@@ -69,6 +71,7 @@ class Environment(Block):
     noop_max: NonNegativeInt
     """Up to this many no-op frames after a reset."""
     frame_stack: Count
+    """The observation is the last this-many frames."""
     max_episode_steps: Count
     """Agent steps per episode at most."""
 
@@ -77,6 +80,7 @@ class Network(Block):
     conv_layers: list[list[Count]] = Field(min_length=1)
     """[filters, kernel size, stride] per convolution."""
     fc_layers: list[Count] = Field(min_length=1)
+    """Units of the dense layers after the convolutions."""
 
     @model_validator(mode="after")
     def _triples(self) -> Network:
@@ -89,14 +93,19 @@ class Agent(EpsilonGreedy):
     learning_rate: PositiveFloat
     """Keras RMSprop's, as in the book."""
     rmsprop_rho: Probability
+    """RMSprop's decay of the squared-gradient average."""
     rmsprop_momentum: Probability
+    """RMSprop's momentum."""
     rmsprop_epsilon: PositiveFloat
+    """Added to the root (Keras' rule)."""
     rmsprop_centered: bool
+    """Centered RMSprop (the gradient's variance)."""
     epsilon_decay_env_steps: Count
     """Epsilon reaches epsilon_end after this many collected environment steps."""
     target_update_period: Count
     """Training steps between target-network copies."""
     discount: Discount
+    """Discount of the bootstrapped targets."""
 
 
 class Training(ReplayTraining):
@@ -108,6 +117,7 @@ class Evaluation(Episodes):
     """Greedy policy, one seed each; a random baseline on the same seeds."""
 
     max_steps: Count
+    """Agent steps per episode at most."""
 
 
 class Pictures(Block):
@@ -121,16 +131,23 @@ class Pictures(Block):
     """... of this many consecutive steps each."""
     gif_seed: Seed
     gif_frames: int = Field(ge=2)
+    """Frames of the trained agent's GIF."""
     gif_fps: Fps
 
 
 class Shared(Block):
     environment: Environment
+    """The preprocessing every game shares."""
     network: Network
+    """The Nature DQN stack."""
     agent: Agent
+    """The TF-Agents DQN agent and its optimizer."""
     training: Training
+    """The collect-and-train loop and its checkpoints."""
     evaluation: Evaluation
+    """Greedy episodes on held-out seeds, beside random play."""
     pictures: Pictures
+    """Frames, sub-episodes and the GIF."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Shared:
@@ -146,13 +163,16 @@ class Section(Shared):
     """The whole ``atari_dqn`` section: what the games share, and the games by name."""
 
     games: dict[str, Game] = Field(min_length=1)
+    """Each game's id and start rule, by name (dvc.yaml: one stage per game)."""
 
 
 class Settings(Shared, StageSettings):
     """One game's run."""
 
     name: str
+    """The game's name in params.yaml."""
     game: Game
+    """The game's id and start rule."""
 
     def training_seeds(self) -> set[int]:
         return {self.training.seed}

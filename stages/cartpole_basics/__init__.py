@@ -26,6 +26,7 @@ class Settings(StageSettings):
     evaluation: Episodes
     """The hard-coded policy's episodes, one seed each."""
     gif: Gif
+    """The hard-coded policy's GIF."""
 
 
 def settings(argv: Sequence[str], params: Params) -> Settings:

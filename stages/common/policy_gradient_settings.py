@@ -28,13 +28,17 @@ class PolicyRun(StageSettings):
 
     env_id: EnvId
     network: Network
+    """The policy network."""
     optimizer: Optimizer
+    """Its optimizer."""
     max_steps: Count
     """Episode cap in training, evaluation and the GIF."""
     training: SeededTraining
+    """How long, on what, from which seeds."""
     evaluation: Episodes
     """Held-out episodes of the exported policy, greedy and sampled."""
     gif: Gif
+    """The GIF of one greedy episode."""
 
     @model_validator(mode="after")
     def _held_out(self) -> PolicyRun:
@@ -47,9 +51,11 @@ class PolicyRun(StageSettings):
 
 class ReinforceTraining(SeededTraining):
     iterations: Count
+    """Updates, each after one batch of episodes."""
     episodes_per_iteration: Count
     """One environment per episode, all played side by side."""
     discount: Discount
+    """Discount of the returns that weight each step."""
     entropy_coefficient: float = Field(ge=0.0)
     """Weight of the entropy bonus in the loss (the book has none: 0)."""
 
@@ -62,3 +68,4 @@ class Reinforce(PolicyRun):
     """A REINFORCE run (SPEC 3 on CartPole, SPEC 11 on LunarLander)."""
 
     training: ReinforceTraining
+    """How long, on what, from which seeds."""

@@ -101,13 +101,16 @@ class Optimizer(Block):
     """A Keras optimizer by name, with its learning rate (other arguments: Keras' defaults)."""
 
     name: OptimizerName
+    """The Keras optimizer."""
     learning_rate: PositiveFloat
+    """Its learning rate."""
 
 
 class Episodes(Block):
     """Episodes played one per seed: ``seed_start``, ``seed_start + 1``, ..."""
 
     episodes: Count
+    """How many episodes (one seed each)."""
     seed_start: Seed
 
     @property
@@ -127,6 +130,7 @@ class Bootstrap(Block):
     """A percentile bootstrap with a fixed random state (scipy.stats.bootstrap)."""
 
     resamples: int = Field(ge=100)
+    """Bootstrap resamples per interval."""
     seed: Seed
 
 

@@ -14,7 +14,9 @@ class EpsilonGreedy(Block):
     over what)."""
 
     epsilon_start: Probability
+    """Exploration rate at the first training step."""
     epsilon_end: Probability
+    """Exploration rate after the decay."""
 
     @model_validator(mode="after")
     def _decays(self) -> EpsilonGreedy:
@@ -30,10 +32,14 @@ class ReplayTraining(Block):
     iterations: Count
     """One training step each."""
     collect_steps_per_iteration: Count
+    """Environment steps collected before each training step."""
     initial_collect_steps: int = Field(ge=2)
     """Random-policy steps that fill the buffer first (a training sample is 2 steps)."""
     replay_buffer_capacity: int = Field(ge=2)
+    """Trajectory steps the replay buffer holds."""
     batch_size: Count
+    """Samples (pairs of consecutive steps) per training step."""
     log_interval: Count
+    """Iterations between rows of the training log."""
     seed: Seed
     """The training environment and TensorFlow."""

@@ -20,12 +20,15 @@ from stages.common.tf_agents_settings import EpsilonGreedy, ReplayTraining
 
 class Agent(EpsilonGreedy):
     fc_layers: list[Count] = Field(min_length=1)
+    """Units of the Q-network's dense layers."""
     optimizer: Optimizer
+    """Its optimizer."""
     discount: Discount
     """The agent's gamma: shorter paths are worth more."""
     epsilon_decay_steps: Count
     """Training steps over which epsilon decays to epsilon_end."""
     target_update_period: Count
+    """Training steps between target-network copies."""
 
 
 class Settings(StageSettings):
@@ -38,7 +41,9 @@ class Settings(StageSettings):
     validate_episodes: Count
     """Episodes of TF-Agents' validate_py_environment."""
     agent: Agent
+    """The TF-Agents DQN agent."""
     training: ReplayTraining
+    """Its training loop."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

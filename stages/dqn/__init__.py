@@ -47,7 +47,9 @@ class PrioritizedReplay(Block):
     beta_start: Probability
     """Importance-sampling exponent, annealed linearly to beta_end over the episodes."""
     beta_end: Probability
+    """The exponent at the last episode (1: full correction)."""
     priority_offset: PositiveFloat
+    """Keeps a zero TD error's transition sampleable."""
 
     @model_validator(mode="after")
     def _annealed_up(self) -> PrioritizedReplay:
@@ -58,8 +60,11 @@ class PrioritizedReplay(Block):
 
 class Variant(Block):
     network: QNetwork
+    """The Q-network."""
     optimizer: Optimizer
+    """Its optimizer."""
     episodes: Count
+    """Training episodes."""
     max_steps: Count
     """Training episodes are cut here (the book's cap: 200)."""
     learn_every: Literal["step", "episode"]
@@ -69,10 +74,15 @@ class Variant(Block):
     epsilon_decay_episodes: Count
     """epsilon = max(1 - episode / epsilon_decay_episodes, epsilon_min)."""
     epsilon_min: Probability
+    """The exploration rate's floor."""
     replay_capacity: Count
+    """Transitions the replay memory holds."""
     batch_size: Count
+    """Transitions per gradient step."""
     discount: Discount
+    """Discount of the bootstrapped targets."""
     loss: Literal["mse", "huber"]
+    """Of the TD error: squared, or Huber (delta 1)."""
     double: bool
     """Double Q-learning: the online network picks the next action, the target network values it."""
     target_update_episodes: Count | None
@@ -97,6 +107,7 @@ class Evaluation(Episodes):
 
 class CappedGif(Gif):
     max_steps: Count
+    """Step cap of the GIF's episode."""
 
 
 class Shared(Block):
@@ -105,7 +116,9 @@ class Shared(Block):
     """Weights, exploration, replay sampling and the first training reset (later episodes
     continue the environment's random stream)."""
     evaluation: Evaluation
+    """Held-out greedy episodes of both exported policies."""
     gif: CappedGif
+    """One episode of the best-kept policy."""
     moving_average_episodes: Count
     """The training log's mean_return (and the figure's smoothed curve): the mean return of the
     latest this-many episodes."""
@@ -122,13 +135,16 @@ class Section(Shared):
     """The whole ``dqn`` section: what the variants share, and the variants by name."""
 
     variants: dict[str, Variant] = Field(min_length=1)
+    """Each variant's recipe, by name (dvc.yaml: one stage per variant and seed)."""
 
 
 class Settings(Shared, StageSettings):
     """One variant's run: the shared settings, and the variant with its name."""
 
     name: str
+    """The variant's name in params.yaml."""
     variant: Variant
+    """The variant's recipe."""
 
     def training_seeds(self) -> set[int]:
         return {self.seed}

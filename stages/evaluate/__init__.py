@@ -22,6 +22,7 @@ class AtariEpisodes(Block):
     """Atari episodes are long: fewer of them."""
 
     episodes: Count
+    """Episodes per Atari policy."""
     max_steps: Count
     """Agent steps (4 ALE frames each), as in training."""
 
@@ -35,6 +36,7 @@ class Settings(StageSettings):
     """CartPole's caps (the book's 200 and CartPole-v1's own 500); other environments play to
     their own limit."""
     atari: AtariEpisodes
+    """Atari policies' own episodes and cap."""
     bootstrap: Bootstrap
     """The 95% interval of each policy's mean return."""
 

@@ -23,6 +23,7 @@ class Settings(StageSettings):
     """Row s: the probabilities of moving from state s to each state; a row with 1 on its
     diagonal is a terminal (absorbing) state."""
     start_state: NonNegativeInt
+    """Every run starts in this state."""
     runs: Count
     """Runs sampled from the start state."""
     max_steps: Count

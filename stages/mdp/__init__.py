@@ -34,8 +34,11 @@ class QLearning(Block):
     learning_rate: PositiveFloat
     """alpha0 in alpha_t = alpha0 / (1 + t * learning_rate_decay)."""
     learning_rate_decay: float = Field(ge=0.0)
+    """decay in alpha_t = alpha0 / (1 + t * decay)."""
     discount: Discount
+    """Must be one of q_value_iteration.discounts (the two are compared)."""
     start_state: NonNegativeInt
+    """The exploration starts here."""
     seed: Seed
 
 
@@ -45,7 +48,9 @@ class Settings(StageSettings):
     rewards: list[list[list[float] | None]]
     """[state][action] -> reward for landing in each next state; null where impossible."""
     q_value_iteration: QValueIteration
+    """The model-based solution."""
     q_learning: QLearning
+    """The model-free one."""
 
     @model_validator(mode="after")
     def _shapes(self) -> Settings:

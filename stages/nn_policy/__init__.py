@@ -18,6 +18,7 @@ from stages.common.settings import (
 
 class Training(SeededTraining):
     iterations: Count
+    """Updates, one per step of the environments."""
     environments: Count
     """Environments stepped together (a Gymnasium vector environment, reset in the step an
     episode ends)."""
@@ -30,6 +31,7 @@ class Training(SeededTraining):
 class Settings(PolicyRun):
     env_id: env_family("CartPole", "the imitated policy reads the pole angle")
     training: Training
+    """How long, on how many environments, from which seeds."""
 
 
 def settings(argv: Sequence[str], params: Params) -> Settings:

@@ -23,6 +23,7 @@ class Run(Settings):
     """One configuration's run, with the configuration's name."""
 
     config: str
+    """The configuration's name in params.yaml."""
 
 
 def settings(argv: Sequence[str], params: Params) -> Run:

@@ -27,6 +27,7 @@ class ObservationSet(Block):
     evenly spaced over every step played."""
 
     observations: Count
+    """Observations wanted."""
     seed_start: Seed
     max_episodes: Count
     """Episodes played at most (fewer observations if they run out)."""
@@ -57,6 +58,7 @@ class Settings(StageSettings):
     int8_agreement_target: Probability
     """Share of held-out actions the int8 model must keep, for int8_target_env_ids."""
     int8_target_env_ids: list[str]
+    """Environments whose int8 models are held to the agreement target."""
     sample_observations: Count
     """Shipped per policy with their expected actions (run_policy.py act)."""
     benchmark_calls: Count

@@ -20,7 +20,9 @@ SECTION = None
 
 class Settings(StageSettings):
     pipeline: Pipeline
+    """The profile and the training seeds (the first seed's figures are shown)."""
     bootstrap: Bootstrap
+    """As the evaluate stage's: the interval of pooled returns."""
 
 
 def settings(argv: Sequence[str], params: Params) -> Settings:
