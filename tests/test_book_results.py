@@ -19,7 +19,7 @@ from stages.common.policy_gradients import discount_and_normalize_rewards, disco
 from stages.common.settings import Params
 from stages.markov_chain.__main__ import sample_run
 from stages.mdp.__main__ import MDP, greedy_policy, q_learning, q_value_iteration
-from stages.report.__main__ import experiment_layouts
+from stages.report.results import experiment_layouts
 from tests.conftest import repo_stages
 
 ROOT = Path(__file__).parents[1]

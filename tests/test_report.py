@@ -75,7 +75,7 @@ BROKEN_IMAGES = "Array.from(document.images).filter(i => !(i.complete && i.natur
 def test_the_quick_report_in_a_real_browser(quick_run, chromium, served):
     from playwright.sync_api import sync_playwright
 
-    from stages.report.__main__ import experiment_layouts
+    from stages.report.results import experiment_layouts
 
     experiments = experiment_layouts(read_dag(quick_run))  # the report's sections: the DAG's
     assert set(book_experiments(quick_run / "data/book_results.yaml")) <= set(experiments)

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +35,28 @@ import pandas as pd
 import yaml
 
 from stages.common.book import BOOK_RESULTS, book_experiments
-from stages.common.dag import StageSpec, experiments, policy_producers, read_dag
+from stages.common.dag import StageSpec, policy_producers, read_dag
 from stages.common.html import esc, image, link, table, volatile
 from stages.common.io import write_text
 from stages.common.policies import INDEX_DIR, load_index
 from stages.common.settings import Bootstrap, InputError, Params, run_stage
-from stages.common.statistics import summarize_returns
 from stages.report import settings
+from stages.report.results import (
+    NOT_RUN,
+    REPORTS,
+    Layout,
+    Measurement,
+    experiment_layouts,
+    format_value,
+    measure,
+    read_csv,
+    read_json,
+)
 
-REPORTS = Path("reports")
 PAGE = REPORTS / "index.html"
 EVALUATION = REPORTS / "evaluate"
 AGGREGATE = REPORTS / "aggregate"
 PI_BUNDLE = REPORTS / "pi_bundle"
-NOT_RUN = "not run yet"
 # Packages whose versions decide the numbers (uv.lock pins them all; these are the ones that matter).
 KEY_PACKAGES = ("tensorflow-cpu", "tf-keras", "tf-agents", "tensorflow-probability", "gymnasium",
                 "ale-py", "box2d-py", "numpy", "scipy", "pandas", "matplotlib", "pillow", "dvc",
@@ -62,86 +69,6 @@ VERDICT_RULE = (
     "Space Invaders score) is beaten when the interval's low end is above it. Deterministic "
     "computations (Q-values, sampled runs, the grid's path) <b>match</b> when equal within the "
     "stated tolerance, else <b>differ</b>. Machine timings are shown for reference only.")
-
-
-@dataclass(frozen=True)
-class Layout:
-    """An experiment as dvc.yaml declares it: what it shows (paths relative to reports/), the
-    settings its stages read, and the policies it exports."""
-
-    name: str
-    desc: str
-    settings: dict[str, Any]
-    figures: tuple[str, ...] = ()
-    gifs: tuple[str, ...] = ()
-    texts: tuple[str, ...] = ()
-    metrics: str | None = None
-    policies: tuple[str, ...] = ()
-    seeds: tuple[int, ...] = ()
-
-    @classmethod
-    def of(cls, name: str, stages: list[StageSpec]) -> Layout:
-        """The layout of experiment ``name`` from its stages (the first training seed's files)."""
-        first = stages[0]
-        shown = [Path(out) for out in first.outs if Path(out).parts[0] == str(REPORTS)]
-        relative = [out.relative_to(REPORTS).as_posix() for out in shown]
-        metrics = [r for r in relative if r.endswith("metrics.json")]
-        return cls(
-            name=name, desc=first.desc, settings=first.params,
-            figures=tuple(r for r in relative if r.endswith(".png")),
-            gifs=tuple(r for r in relative if r.endswith(".gif")),
-            texts=tuple(r for r in relative if r.endswith(".txt")),
-            metrics=metrics[0] if metrics else None,
-            policies=tuple(Path(p).name for stage in stages for p in stage.policies),
-            seeds=tuple(stage.seed for stage in stages if stage.seed is not None))
-
-
-def is_consumer(stage: StageSpec) -> bool:
-    """Evaluation, aggregate, bundle and report: the stages that read every policy."""
-    return str(INDEX_DIR) in stage.deps
-
-
-def experiment_layouts(stages: list[StageSpec]) -> dict[str, Layout]:
-    """Every experiment of the DAG (consumers aside), in declaration order."""
-    return {name: Layout.of(name, group) for name, group in experiments(stages).items()
-            if not is_consumer(group[0])}
-
-
-# --- reading what the run produced -------------------------------------------------------------
-
-
-def read_json(path: Path) -> Any | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def read_csv(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path) if path.is_file() else None
-
-
-def dotted(data: Any, key: str) -> Any:
-    """``data["a"]["b"][0]`` for key ``a.b.0``; keys may themselves hold dots (``0.9``), tried first."""
-    parts = key.split(".")
-    while parts:
-        for n in range(len(parts), 0, -1):
-            candidate = ".".join(parts[:n])
-            if isinstance(data, dict) and candidate in data:
-                data, parts = data[candidate], parts[n:]
-                break
-            if isinstance(data, list) and n == 1 and candidate.isdigit():
-                data, parts = data[int(candidate)], parts[1:]
-                break
-        else:
-            raise KeyError(key)
-    return data
-
-
-def wall_time_of(metrics: Any) -> float | None:
-    """A stage's own training time, where its metrics record one."""
-    if isinstance(metrics, dict):
-        training = metrics.get("training")
-        if isinstance(training, dict) and "wall_time_s" in training:
-            return float(training["wall_time_s"])
-    return None
 
 
 def dvc_md5(folder: Path) -> str:
@@ -169,119 +96,6 @@ def git_state() -> tuple[str, str]:
     except (OSError, subprocess.CalledProcessError):
         return "not a git repository", "unknown"
     return commit, ("dirty: " + ", ".join(line[3:] for line in changed.splitlines())) if changed else "clean"
-
-
-# --- measuring this run against the book ----------------------------------------------------------
-
-
-@dataclass
-class Measurement:
-    """This run's side of a comparison: a summary of returns or a plain value, and its verdict."""
-
-    text: str
-    verdict: str
-    stats: dict[str, Any] | None = None
-    wall_time_s: float | None = None
-    notes: list[str] = field(default_factory=list)
-    timing: bool = False  # the value is a wall-clock time: volatile on the page
-
-    def markup(self) -> str:
-        if self.text == NOT_RUN:
-            return f'<span class="missing">{NOT_RUN}</span>'
-        return volatile(esc(self.text)) if self.timing else esc(self.text)
-
-
-def returns_of(measured_by: dict[str, Any], returns: pd.DataFrame | None) -> tuple[pd.DataFrame | None, str]:
-    """The held-out returns an experiment is judged on: its policy (every seed of it) at one step cap."""
-    if "returns_csv" in measured_by:
-        path = Path(measured_by["returns_csv"])
-        frame = read_csv(path)
-        count = 0 if frame is None else len(frame)
-        return frame, f"the {path.parent.name} stage's own {count} episodes, at most {measured_by['max_steps']} steps"
-    if returns is None:
-        return None, ""
-    name = measured_by["policy"]
-    rows = returns[(returns["policy"] == name) | (returns["algorithm"] == name)]
-    if "max_steps" in measured_by:
-        rows = rows[rows["max_steps"] == measured_by["max_steps"]]
-    if rows.empty:
-        return None, ""
-    policies = sorted(set(rows["policy"]))
-    cap = int(rows["max_steps"].iloc[0])
-    return rows, (f"{', '.join(policies)}: {len(rows)} held-out episodes, greedy, "
-                  f"at most {cap} steps")
-
-
-def judge_interval(book: float, stats: dict[str, Any]) -> str:
-    """The book's value against the interval; a level to pass (at_least) reads the same way."""
-    low, high = stats["ci95_low"], stats["ci95_high"]
-    return "beats" if low > book else "below the book" if high < book else "matches"
-
-
-def close(found: Any, expected: Any, tolerance: float) -> bool:
-    if isinstance(expected, list):
-        return isinstance(found, list) and len(found) == len(expected) and all(
-            close(f, e, tolerance) for f, e in zip(found, expected))
-    if expected is None or found is None:
-        return expected is found
-    return abs(float(found) - float(expected)) <= tolerance
-
-
-def measure(layout: Layout, entry: dict[str, Any] | None, returns: pd.DataFrame | None,
-            index: dict[str, Any], bootstrap: Bootstrap) -> Measurement:
-    """This run's result for the overview: what the book entry names, or, for an experiment the
-    book gives no number for, the held-out evaluation of its first algorithm."""
-    metrics = read_json(REPORTS / layout.metrics) if layout.metrics else None
-    wall = wall_time_of(metrics)
-    if entry is None:
-        algorithms = [index[p].algorithm or p for p in layout.policies if p in index]
-        if not algorithms:
-            return Measurement("-", "no book number", wall_time_s=wall)
-        rows, description = returns_of({"policy": algorithms[0]}, returns)
-        if rows is None:
-            return Measurement(NOT_RUN, NOT_RUN)
-        rows = rows[rows["max_steps"] == rows["max_steps"].min()]
-        stats = summarize_returns(rows["return"].to_numpy(), resamples=bootstrap.resamples,
-                                  seed=bootstrap.seed)
-        return Measurement(f"{stats['mean']:.1f} [{stats['ci95_low']:.1f}, {stats['ci95_high']:.1f}]",
-                           "no book number", stats, wall, [description])
-    headline = entry["headline"]
-    how, rule = headline["measured_by"], headline["verdict"]
-    if "metrics" in how:
-        data = read_json(Path(how["metrics"]))
-        if data is None:
-            return Measurement(NOT_RUN, NOT_RUN)
-        value = dotted(data, how["key"])
-        if rule == "exact":
-            verdict = "matches" if close(value, headline["value"], headline.get("tolerance", 0)) else "differs"
-            return Measurement(_format(value), verdict, wall_time_s=wall)
-        timing = how["key"].endswith("wall_time_s")
-        return Measurement(_format(value), "reference only (machine timing)" if timing else "reference only",
-                           wall_time_s=wall, timing=timing)
-    if "text" in how:
-        path = Path(how["text"])
-        if not path.is_file():
-            return Measurement(NOT_RUN, NOT_RUN)
-        runs = path.read_text().splitlines()
-        book_runs = entry["details"]["runs"]["value"]
-        same = sum(a == b for a, b in zip(runs, book_runs))
-        verdict = "matches" if runs == book_runs else "differs"
-        return Measurement(f"{same} of {len(book_runs)} runs identical to the book's", verdict)
-    rows, description = returns_of(how, returns)
-    if rows is None:
-        return Measurement(NOT_RUN, NOT_RUN)
-    stats = summarize_returns(rows["return"].to_numpy(), resamples=bootstrap.resamples, seed=bootstrap.seed)
-    text = f"{stats['mean']:.1f} [{stats['ci95_low']:.1f}, {stats['ci95_high']:.1f}]"
-    verdict = "no book number" if rule == "none" else judge_interval(float(headline["value"]), stats)
-    return Measurement(text, verdict, stats, wall, [description])
-
-
-def _format(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.9g}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_format(v) for v in value) + "]"
-    return "-" if value is None else str(value)
 
 
 def _seconds(value: float | None) -> str:
@@ -318,7 +132,7 @@ def verdict_cell(verdict: str) -> str:
 
 def book_text(headline: dict[str, Any]) -> str:
     value = headline["value"]
-    shown = "-" if value is None else value if isinstance(value, str) else _format(value)
+    shown = "-" if value is None else value if isinstance(value, str) else format_value(value)
     return f"{esc(shown)}<br><small>{esc(headline['what'])}</small>"
 
 
@@ -376,7 +190,7 @@ def files_block(paths: tuple[str, ...], render: Callable[[str], str], what: str)
 
 def details_table(entry: dict[str, Any]) -> str:
     details = entry.get("details") or {}
-    rows = [[name, _format(d["value"]) if not isinstance(d["value"], str) else d["value"], d["source"]]
+    rows = [[name, format_value(d["value"]) if not isinstance(d["value"], str) else d["value"], d["source"]]
             for name, d in details.items() if name != "runs"]
     return table(["the book's other numbers", "value", "source"], rows) if rows else ""
 
@@ -421,7 +235,7 @@ def csv_table(path: Path) -> str:
     frame = read_csv(path)
     if frame is None:
         return f'<p class="missing">{esc(path.relative_to(REPORTS))}: {NOT_RUN}</p>'
-    rows = [[_format(v) if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
+    rows = [[format_value(v) if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
     return table(list(frame.columns), rows)
 
 
