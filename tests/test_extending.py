@@ -1,6 +1,6 @@
-"""An experiment grows through params.yaml alone: a fifth DQN variant and a third LunarLander
-configuration reach both engines' DAGs, the evaluation, the aggregate, the Pi bundle and the
-report, with no line of code or of dvc.yaml changed."""
+"""An experiment grows through params.yaml alone: a fifth DQN variant, a third LunarLander
+configuration and a third Atari game reach both engines' DAGs, the evaluation, the aggregate (the
+per-seed ones), the Pi bundle and the report, with no line of code or of dvc.yaml changed."""
 
 from __future__ import annotations
 
@@ -16,27 +16,33 @@ from tests.test_dag import disagreements, dvc_view, snakemake_view
 
 pytestmark = pytest.mark.e2e
 
-VARIANT, CONFIG = "huber_dqn", "short"
+VARIANT, CONFIG, GAME, GAME_ID = "huber_dqn", "short", "pong", "PongNoFrameskip-v4"
 
 
-def add_a_variant_and_a_configuration(params: dict) -> None:
+def add_a_variant_a_configuration_and_a_game(params: dict) -> None:
     variants = params["dqn"]["variants"]
     variants[VARIANT] = {**variants["dqn"], "loss": "huber"}          # the book's DQN, Huber loss
     configurations = params["pg_lunarlander"]
     configurations[CONFIG] = {**configurations["book"],
                               "training": {**configurations["book"]["training"], "iterations": 1}}
+    # Pong serves at once: no forced steps. The bundle's per-environment settings name its id too.
+    params["atari_dqn"]["games"][GAME] = {"env_id": GAME_ID, "after_reset": {"action": "NOOP", "steps": 0},
+                                          "after_life_loss": {"action": "NOOP", "steps": 0}}
+    bundle = params["pi_bundle"]["evaluation"]
+    bundle[GAME_ID] = dict(bundle["BreakoutNoFrameskip-v4"])
 
 
-def test_a_new_variant_and_configuration_need_only_params_yaml(clone_of_quick_run):
+def test_a_new_variant_configuration_and_game_need_only_params_yaml(clone_of_quick_run):
     ws = clone_of_quick_run()
     path = ws / "params.yaml"
     params = yaml.safe_load(path.read_text())
-    add_a_variant_and_a_configuration(params)
+    add_a_variant_a_configuration_and_a_game(params)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     seeds = params["seeds"]
 
     view = dvc_view(ws)
-    new_stages = {f"dqn@{VARIANT}-{s}" for s in seeds} | {f"pg_lunarlander@{CONFIG}-{s}" for s in seeds}
+    new_stages = {f"dqn@{VARIANT}-{s}" for s in seeds} | {f"pg_lunarlander@{CONFIG}-{s}" for s in seeds} \
+        | {f"atari_dqn@{GAME}"}
     assert new_stages <= set(view)
     assert disagreements(snakemake_view(ws), view) == []
 
@@ -45,7 +51,7 @@ def test_a_new_variant_and_configuration_need_only_params_yaml(clone_of_quick_ru
     assert new_stages | {"evaluate", "aggregate", "pi_bundle", "report"} <= ran
 
     new_policies = {f"{VARIANT}_s{s}" for s in seeds} | {f"{VARIANT}_final_s{s}" for s in seeds} \
-        | {f"pg_lunarlander_{CONFIG}_s{s}" for s in seeds}
+        | {f"pg_lunarlander_{CONFIG}_s{s}" for s in seeds} | {f"{GAME}_dqn"}
     evaluated = set(pd.read_csv(ws / "reports/evaluate/summary.csv")["policy"])
     assert new_policies <= evaluated
     aggregated = set(pd.read_csv(ws / "reports/aggregate/summary.csv")["algorithm"])
@@ -53,7 +59,7 @@ def test_a_new_variant_and_configuration_need_only_params_yaml(clone_of_quick_ru
     manifest = json.loads((ws / "data/pi_bundle/manifest.json").read_text())
     assert new_policies <= set(manifest["policies"])
     page = (ws / "reports/index.html").read_text()
-    for section in (f"dqn@{VARIANT}", f"pg_lunarlander@{CONFIG}"):
+    for section in (f"dqn@{VARIANT}", f"pg_lunarlander@{CONFIG}", f"atari_dqn@{GAME}"):
         assert f'<section id="{section}">' in page
     assert f"reports/dqn/{VARIANT}/s{seeds[0]}/{VARIANT}_rewards_plot.png".removeprefix("reports/") in page
 
