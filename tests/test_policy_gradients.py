@@ -175,6 +175,7 @@ def test_a_trained_policy_plays_from_the_index_without_its_stage(quick_workspace
     entry = load_index(ws / "data/policies")["pg_cartpole_s42"]
     assert (entry.algorithm, entry.seed, entry.stage) == ("pg_cartpole", 42, "pg_cartpole@42")
     assert (ws / entry.details["training_log"]).is_file()
-    lunar = run([sys.executable, "-m", "stages.pg_lunarlander", "nonsense"], ws, check=False)
-    assert lunar.returncode == 2 and "config one of book, solve" in lunar.stderr
+    lunar = run([sys.executable, "-m", "stages.pg_lunarlander", "--config", "nonsense"], ws, check=False)
+    assert lunar.returncode == 2
+    assert "pg_lunarlander has no configuration 'nonsense'; known: book, solve" in lunar.stderr
     assert not (ws / "reports/pg_lunarlander").exists()
