@@ -101,7 +101,7 @@ def wall_time_of(metrics: Any) -> float | None:
     return None
 
 
-# --- this run against the book ----------------------------------------------------------
+# --- this run against the book -----------------------------------------------------------------
 
 
 @dataclass
@@ -142,6 +142,11 @@ def returns_of(measured_by: dict[str, Any], returns: pd.DataFrame | None) -> tup
                   f"at most {cap} steps")
 
 
+def interval_text(stats: dict[str, Any]) -> str:
+    """A summary's mean and its 95% interval, as the overview prints them."""
+    return f"{stats['mean']:.1f} [{stats['ci95_low']:.1f}, {stats['ci95_high']:.1f}]"
+
+
 def judge_interval(book: float, stats: dict[str, Any]) -> str:
     """The book's value against the interval; a level to pass (at_least) reads the same way."""
     low, high = stats["ci95_low"], stats["ci95_high"]
@@ -173,7 +178,7 @@ def measure(layout: Layout, entry: dict[str, Any] | None, returns: pd.DataFrame 
         rows = rows[rows["max_steps"] == rows["max_steps"].min()]
         stats = summarize_returns(rows["return"].to_numpy(), resamples=bootstrap.resamples,
                                   seed=bootstrap.seed)
-        return Measurement(f"{stats['mean']:.1f} [{stats['ci95_low']:.1f}, {stats['ci95_high']:.1f}]",
+        return Measurement(interval_text(stats),
                            "no book number", stats, wall, [description])
     headline = entry["headline"]
     how, rule = headline["measured_by"], headline["verdict"]
@@ -201,7 +206,7 @@ def measure(layout: Layout, entry: dict[str, Any] | None, returns: pd.DataFrame 
     if rows is None:
         return Measurement(NOT_RUN, NOT_RUN)
     stats = summarize_returns(rows["return"].to_numpy(), resamples=bootstrap.resamples, seed=bootstrap.seed)
-    text = f"{stats['mean']:.1f} [{stats['ci95_low']:.1f}, {stats['ci95_high']:.1f}]"
+    text = interval_text(stats)
     verdict = "no book number" if rule == "none" else judge_interval(float(headline["value"]), stats)
     return Measurement(text, verdict, stats, wall, [description])
 
