@@ -48,9 +48,14 @@ def edited_params(folder: Path, edit) -> Path:
     return path
 
 
-def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a pipeline command the way a user would, with this environment's tools first on PATH."""
-    result = subprocess.run(command, cwd=cwd, env=engine_env(), capture_output=True, text=True)
+def run(command: list[str], cwd: Path, check: bool = True,
+        timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run a pipeline command the way a user would, with this environment's tools first on PATH.
+
+    With ``timeout`` (seconds), a command still running then is killed and raises
+    ``subprocess.TimeoutExpired`` holding what it printed so far."""
+    result = subprocess.run(command, cwd=cwd, env=engine_env(), capture_output=True, text=True,
+                            timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n"
                              f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
@@ -126,6 +131,27 @@ def quick_run(tmp_path_factory) -> Path:
     ws = create_workspace(tmp_path_factory.mktemp("quick") / "repo", profile="quick")
     run(SNAKEMAKE, ws)
     return ws
+
+
+def one_stage_of_every_kind(stages: list) -> list:
+    """The first stage the DAG declares for each stage module: every kind of stage (tabular,
+    policy gradient, DQN, TF-Agents, the consumers of every policy) once, per-seed ones at their
+    first seed. The second and third passes over the quick profile (DVC, SLURM) run these."""
+    chosen: dict[str, object] = {}
+    for stage in stages:
+        chosen.setdefault(stage.module, stage)
+    return list(chosen.values())
+
+
+def remove_outputs(workspace: Path, stages: list) -> None:
+    """Delete the outputs and the resumable state of ``stages``: they must run from nothing."""
+    for stage in stages:
+        for path in (*stage.outs, *stage.state):
+            target = workspace / path
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
 
 
 @pytest.fixture

@@ -1,10 +1,9 @@
 """The quick profile end to end through Snakemake and DVC, and the reproducibility contract.
 
-The quick profile runs once through Snakemake in a workspace (a git copy of the project with
-profiles/quick.yaml applied; fixture ``quick_run`` in conftest.py, shared with test_report.py)
-and once through DVC in another; tests that change parameters work on copies of the finished
-Snakemake workspace. Nothing here touches the repository's params.yaml
-or outputs.
+The quick profile runs once in full through Snakemake in a workspace (a git copy of the project
+with profiles/quick.yaml applied; fixture ``quick_run`` in conftest.py, shared with other test
+files). DVC then reruns a stage of every kind from nothing in a copy of it; tests that change
+parameters work on copies too. Nothing here touches the repository's params.yaml or outputs.
 """
 
 from __future__ import annotations
@@ -17,8 +16,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common.dag import rule_name
-from tests.conftest import SNAKEMAKE, SNAKEMAKE_DIRECTORY_MARKER, file_digests, run
+from stages.common.dag import read_dag, rule_name
+from tests.conftest import (
+    SNAKEMAKE,
+    SNAKEMAKE_DIRECTORY_MARKER,
+    file_digests,
+    one_stage_of_every_kind,
+    remove_outputs,
+    run,
+)
 from tests.test_dag import dvc_view
 
 pytestmark = pytest.mark.e2e
@@ -73,13 +79,19 @@ def test_snakemake_runs_the_quick_profile_and_leaves_dvc_up_to_date(quick_run):
     assert "Running stage" not in repro
 
 
-def test_dvc_repro_reproduces_snakemakes_outputs_byte_for_byte(quick_run, quick_workspace):
-    """Two engines, two runs from scratch, the same bytes: every stage is deterministic."""
-    by_dvc = quick_workspace("dvc")
-    run([DVC, "repro"], by_dvc)
-    assert dvc_changed_stages(by_dvc) == set()
-    outputs = declared_outputs(by_dvc)
-    assert file_digests(by_dvc, outputs) == file_digests(quick_run, outputs)
+def test_dvc_repro_reproduces_snakemakes_outputs_byte_for_byte(quick_run, clone_of_quick_run):
+    """Two engines, the same bytes: a stage of every kind, its outputs and resumable state
+    deleted, is run again by DVC and gives what Snakemake's run gave (so every stage module is
+    deterministic whichever engine starts it), and DVC runs those stages and no other."""
+    ws = clone_of_quick_run()
+    chosen = one_stage_of_every_kind(read_dag(ws))
+    remove_outputs(ws, chosen)
+    ran = [line.split("'")[1] for line in run([DVC, "repro"], ws).stdout.splitlines()
+           if line.startswith("Running stage '")]
+    assert sorted(ran) == sorted(stage.name for stage in chosen)
+    assert dvc_changed_stages(ws) == set()
+    outputs = sorted(o for stage in chosen for o in stage.outs)
+    assert file_digests(ws, outputs) == file_digests(quick_run, outputs)
 
 
 def test_a_parameter_change_reruns_only_the_stages_that_read_it(clone_of_quick_run):

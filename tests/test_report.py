@@ -160,9 +160,10 @@ def test_dvc_metrics_and_plots_cover_every_stage_and_show_what_a_change_moved(cl
     params = yaml.safe_load(path.read_text())
     params["pg_cartpole"]["training"]["iterations"] += 1
     path.write_text(yaml.safe_dump(params, sort_keys=False, default_flow_style=None))
-    repro = run([DVC, "repro"], ws).stdout
+    # The evaluation is enough to see a change move (the rest of the consumers would only cost time).
+    repro = run([DVC, "repro", "evaluate"], ws).stdout
     seeds = params["seeds"]
-    assert {*(f"pg_cartpole@{seed}" for seed in seeds), "evaluate", "report"} <= set(_ran(repro))
+    assert set(_ran(repro)) == {*(f"pg_cartpole@{seed}" for seed in seeds), "evaluate"}
 
     diff = json.loads(run([DVC, "metrics", "diff", "--json"], ws).stdout)
     moved = diff[f"reports/pg_cartpole/s{seeds[0]}/metrics.json"]["training.iterations"]

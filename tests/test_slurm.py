@@ -2,8 +2,9 @@
 
 .ci/slurm_cluster.sh starts munge, slurmctld and slurmd from Debian's packages on this machine
 (installing them when missing; needs root) and stops them, by their process ids, at the end.
-Every stage must run as a SLURM job, produce the same bytes as the local reference run
-(``quick_run``), and leave DVC up to date: Snakemake on the submit host records the stages.
+In a copy of the local reference run (``quick_run``), a stage of every kind loses its outputs
+and resumable state; each must then run as a SLURM job of its own, produce the same bytes as the
+local run, and leave DVC up to date: Snakemake on the submit host records the stages.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 
 from stages.common.dag import read_dag
 from stages.common.workspace import REPO_ROOT
-from tests.conftest import file_digests, run
+from tests.conftest import file_digests, one_stage_of_every_kind, remove_outputs, run
 
 pytestmark = pytest.mark.e2e
 
@@ -28,14 +29,37 @@ SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) "
                        r"\(log: (\S+/rule_(\w+)/\d+\.log)\)")
 
 
+# The SLURM pass takes 4-8 minutes on two cores; a run still going after this is stuck (a job
+# that never leaves the queue), and the test says what the cluster looked like instead of hanging.
+RUN_TIMEOUT_S = 1800
+
+
+def _text(output: bytes | str | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
+
+
+def cluster_state(state: Path) -> str:
+    """What a stuck run needs explained: the queue, the node, the daemons' last log lines."""
+    parts = []
+    for command in (["squeue", "--all"], ["sinfo", "--Node", "--long"], ["scontrol", "show", "node"]):
+        shown = subprocess.run(command, capture_output=True, text=True)
+        parts.append(f"$ {' '.join(command)}\n{shown.stdout}{shown.stderr}")
+    for daemon in ("slurmctld", "slurmd"):
+        log = state / "log" / f"{daemon}.log"
+        lines = log.read_text(errors="replace").splitlines()[-30:] if log.exists() else ["(no log)"]
+        parts.append(f"{log}:\n" + "\n".join(lines))
+    return "\n".join(parts)
+
+
 @pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory):
     """SLURM_CONF of a running one-node cluster; its daemons are stopped afterwards."""
     if os.geteuid() != 0:
         pytest.skip("starting a SLURM cluster needs root (apt-get, munge, slurmd)")
     state = tmp_path_factory.mktemp("slurm")
+    # Installing slurm-wlm and munge from Debian's mirror, then starting them: minutes at most.
     started = subprocess.run([str(CLUSTER_SCRIPT), "start", str(state)], capture_output=True,
-                             text=True)
+                             text=True, timeout=RUN_TIMEOUT_S)
     assert started.returncode == 0, f"cluster did not start:\n{started.stdout}\n{started.stderr}"
     pids = [int((state / f"{d}.pid").read_text()) for d in ("munged", "slurmctld", "slurmd")]
     try:
@@ -47,25 +71,32 @@ def slurm_cluster(tmp_path_factory):
 
 
 def test_the_quick_profile_runs_as_slurm_jobs_and_matches_the_local_run(
-        quick_run, quick_workspace, slurm_cluster, monkeypatch):
-    ws = quick_workspace("slurm")
+        quick_run, clone_of_quick_run, slurm_cluster, monkeypatch):
+    ws = clone_of_quick_run()
+    chosen = one_stage_of_every_kind(read_dag(ws))
+    remove_outputs(ws, chosen)
     monkeypatch.setenv("SLURM_CONF", slurm_cluster)
-    result = run([str(BIN / "snakemake"), "--profile", "profiles/slurm"], ws)
+    try:
+        result = run([str(BIN / "snakemake"), "--profile", "profiles/slurm"], ws, timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired as stuck:
+        pytest.fail(f"snakemake --profile profiles/slurm still ran after {RUN_TIMEOUT_S} s\n"
+                    f"{cluster_state(Path(slurm_cluster).parent)}\n"
+                    f"snakemake printed:\n{_text(stuck.stdout)[-3000:]}\n{_text(stuck.stderr)[-3000:]}")
     log = result.stdout + result.stderr
 
-    # One SLURM job per stage, each with the log SLURM wrote for it (<job id>.log, the id sbatch
-    # returned) showing the job step ran the stage's rule to the end. (scontrol forgets finished
-    # jobs after MinJobAge, so the logs are the record.)
+    # One SLURM job per stage that lost its outputs (and none for the others), each with the log
+    # SLURM wrote for it (<job id>.log, the id sbatch returned) showing the job step ran the
+    # stage's rule to the end. (scontrol forgets finished jobs after MinJobAge, so the logs are
+    # the record.)
     jobs = {rule: (job_id, Path(path)) for job_id, path, rule in SUBMITTED.findall(log)}
-    stages = read_dag(ws)
-    assert set(jobs) == {stage.rule_name for stage in stages}
-    assert len({job_id for job_id, _ in jobs.values()}) == len(stages)
+    assert set(jobs) == {stage.rule_name for stage in chosen}
+    assert len({job_id for job_id, _ in jobs.values()}) == len(chosen)
     for rule, (job_id, path) in jobs.items():
         job_log = path.read_text()
         assert path.name == f"{job_id}.log" and f"rule {rule}:" in job_log, path
         assert "1 of 1 steps (100%) done" in job_log, path
 
     # The same bytes as the local run, and DVC up to date (stages recorded by the submit host).
-    outputs = sorted(o for stage in stages for o in stage.outs)
+    outputs = sorted(o for stage in chosen for o in stage.outs)
     assert file_digests(ws, outputs) == file_digests(quick_run, outputs)
     assert run([str(BIN / "dvc"), "status", "--json"], ws).stdout.strip() in ("{}", "")
