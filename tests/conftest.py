@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import shutil
 import subprocess
 import sys
@@ -14,7 +12,8 @@ import pytest
 import yaml
 
 import stages  # noqa: F401  (sets TensorFlow's Keras mode before any test imports TensorFlow)
-from stages.common.html import strip_volatile
+from stages.common.reproduction import (  # noqa: F401  (tests import them from here)
+    SNAKEMAKE_DIRECTORY_MARKER, file_digests, reproducible_bytes)
 from stages.common.workspace import REPO_ROOT, create_workspace, engine_env
 
 
@@ -60,54 +59,6 @@ def run(command: list[str], cwd: Path, check: bool = True,
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n"
                              f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
-
-
-TIMING_SUFFIX = "wall_time_s"
-
-
-def _without_timings(value):
-    if isinstance(value, dict):
-        return {k: _without_timings(v) for k, v in value.items() if not k.endswith(TIMING_SUFFIX)}
-    if isinstance(value, list):
-        return [_without_timings(v) for v in value]
-    return value
-
-
-def reproducible_bytes(file: Path) -> bytes:
-    """A file's bytes, less what may differ between identical runs: wall-clock timings.
-
-    Outputs must be byte-identical across reruns, except JSON keys and CSV columns whose name
-    ends in ``wall_time_s``, and the report's volatile spans (timings, date, machine, git commit;
-    see stages/common/html.py); those are dropped before comparing (their presence is still checked).
-    """
-    if file.suffix == ".html":
-        return strip_volatile(file.read_text()).encode()
-    if file.suffix == ".json":
-        return json.dumps(_without_timings(json.loads(file.read_text())), sort_keys=True).encode()
-    if file.suffix == ".csv":
-        lines = file.read_text().splitlines()
-        header = lines[0].split(",") if lines else []
-        keep = [i for i, name in enumerate(header) if not name.endswith(TIMING_SUFFIX)]
-        if len(keep) < len(header):
-            return "\n".join(",".join(row.split(",")[i] for i in keep) for row in lines).encode()
-    return file.read_bytes()
-
-
-# Snakemake marks each directory output with this empty file; DVC ignores it (.dvcignore).
-SNAKEMAKE_DIRECTORY_MARKER = ".snakemake_timestamp"
-
-
-def file_digests(root: Path, paths: list[str]) -> dict[str, str]:
-    """sha256 of every file named or inside a folder named (less Snakemake's marker); no timings."""
-    digests = {}
-    for path in paths:
-        target = root / path
-        files = (sorted(f for f in target.rglob("*")
-                        if f.is_file() and f.name != SNAKEMAKE_DIRECTORY_MARKER)
-                 if target.is_dir() else [target])
-        for file in files:
-            digests[str(file.relative_to(root))] = hashlib.sha256(reproducible_bytes(file)).hexdigest()
-    return digests
 
 
 @pytest.fixture

@@ -289,7 +289,7 @@ def test_overlapping_seed_ranges_are_refused():
 # --- an emulated Raspberry Pi -----------------------------------------------------------------
 
 
-@pytest.mark.e2e
+@pytest.mark.system
 def test_the_bundle_runs_on_an_emulated_raspberry_pi(bundled, tmp_path):
     """Debian bookworm arm64 under qemu: same returns as here, and a corrupted model is refused.
 

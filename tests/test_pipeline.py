@@ -31,6 +31,7 @@ pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc")
+PYTHON = sys.executable
 
 
 def declared_outputs(workspace: Path) -> list[str]:
@@ -82,16 +83,36 @@ def test_snakemake_runs_the_quick_profile_and_leaves_dvc_up_to_date(quick_run):
 def test_dvc_repro_reproduces_snakemakes_outputs_byte_for_byte(quick_run, clone_of_quick_run):
     """Two engines, the same bytes: a stage of every kind, its outputs and resumable state
     deleted, is run again by DVC and gives what Snakemake's run gave (so every stage module is
-    deterministic whichever engine starts it), and DVC runs those stages and no other."""
+    deterministic whichever engine starts it), and DVC runs those stages and no other. The
+    reproduction check, recorded from Snakemake's run, says the same stage by stage."""
     ws = clone_of_quick_run()
+    recorded = run([PYTHON, "-m", "stages.common.reproduction", "record"], ws).stdout
+    assert f"{len(read_dag(ws))} stages recorded" in recorded
     chosen = one_stage_of_every_kind(read_dag(ws))
     remove_outputs(ws, chosen)
+    not_run = run([PYTHON, "-m", "stages.common.reproduction", "check"], ws).stdout
+    assert verdicts(not_run) == {s.name: "not run" if s in chosen else "reproduced"
+                                 for s in read_dag(ws)}
     ran = [line.split("'")[1] for line in run([DVC, "repro"], ws).stdout.splitlines()
            if line.startswith("Running stage '")]
     assert sorted(ran) == sorted(stage.name for stage in chosen)
     assert dvc_changed_stages(ws) == set()
     outputs = sorted(o for stage in chosen for o in stage.outs)
     assert file_digests(ws, outputs) == file_digests(quick_run, outputs)
+    rerun = run([PYTHON, "-m", "stages.common.reproduction", "check"], ws).stdout
+    assert set(verdicts(rerun).values()) == {"reproduced"}, rerun
+
+
+VERDICTS = ("reproduced", "differs", "other inputs", "not run", "not recorded")
+
+
+def verdicts(check_output: str) -> dict[str, str]:
+    """stage -> verdict, from `python -m stages.common.reproduction check` (last line: counts)."""
+    found = {}
+    for line in check_output.strip().splitlines()[:-1]:
+        stage, rest = line.split(maxsplit=1)
+        found[stage] = next(v for v in VERDICTS if rest.startswith(v))
+    return found
 
 
 def test_a_parameter_change_reruns_only_the_stages_that_read_it(clone_of_quick_run):

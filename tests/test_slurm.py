@@ -21,7 +21,7 @@ from stages.common.dag import read_dag
 from stages.common.workspace import REPO_ROOT
 from tests.conftest import file_digests, one_stage_of_every_kind, remove_outputs, run
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.system]
 
 CLUSTER_SCRIPT = REPO_ROOT / ".ci" / "slurm_cluster.sh"
 BIN = Path(sys.executable).parent

@@ -1,0 +1,229 @@
+"""Did a run reproduce the recorded one? Stage by stage, bit for bit, wall-clock timings aside.
+
+    python -m stages.common.reproduction record   # after a run you commit: write dvc.digests.yaml
+    python -m stages.common.reproduction check    # after a rerun: one line per stage
+
+DVC hashes whole files, and some outputs carry facts that differ between two identical runs:
+the wall-clock time a training took (JSON keys and CSV columns whose name ends in ``wall_time_s``)
+and the report's volatile spans (timings, date, host, commit: see stages/common/html.py). A rerun
+therefore always rewrites those entries of dvc.lock, and ``dvc status`` cannot tell a rerun that
+reproduced the recorded results from one that did not. This module records, beside dvc.lock, a
+digest of every output file with exactly those parts left out, and compares a workspace against
+it. Neither DVC nor Snakemake has a notion of volatile fields inside an output, which is why this
+is written here.
+
+A stage's record also holds a fingerprint of what it was run from: its command, its params and
+its source dependencies (files that are not another stage's output), as dvc.lock records them.
+When the fingerprint in the workspace's dvc.lock differs, the stage ran from other code or values,
+and the check says so instead of reporting a difference in results. Outputs of upstream stages
+are left out of the fingerprint: they are checked as those stages' own outputs.
+
+Verdicts: ``reproduced`` (every file as recorded), ``differs`` (with the files), ``other inputs``
+(code or params changed since the record), ``not run`` (no output present), ``not recorded``.
+``check`` exits 1 when a stage differs, so it can gate a script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stages.common.html import strip_volatile
+
+LOCK = "dvc.lock"
+DIGESTS = "dvc.digests.yaml"
+TIMING_SUFFIX = "wall_time_s"
+# Snakemake marks each directory output with this empty file; DVC ignores it (.dvcignore).
+SNAKEMAKE_DIRECTORY_MARKER = ".snakemake_timestamp"
+HEADER = ("# Timing-free digests of every stage's outputs, beside dvc.lock. Written by\n"
+          "# `python -m stages.common.reproduction record`; compare a rerun with `... check`.\n")
+
+
+# --- what two identical runs share --------------------------------------------------------------
+
+
+def _without_timings(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if not k.endswith(TIMING_SUFFIX)}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def reproducible_bytes(file: Path) -> bytes:
+    """A file's bytes less wall-clock timings: JSON keys and CSV columns ending in ``wall_time_s``
+    and the report's volatile spans are dropped; every other file is taken as it is."""
+    if file.suffix == ".html":
+        return strip_volatile(file.read_text()).encode()
+    if file.suffix == ".json":
+        return json.dumps(_without_timings(json.loads(file.read_text())), sort_keys=True).encode()
+    if file.suffix == ".csv":
+        lines = file.read_text().splitlines()
+        header = lines[0].split(",") if lines else []
+        keep = [i for i, name in enumerate(header) if not name.endswith(TIMING_SUFFIX)]
+        if len(keep) < len(header):
+            return "\n".join(",".join(row.split(",")[i] for i in keep) for row in lines).encode()
+    return file.read_bytes()
+
+
+def files_of(root: Path, path: str) -> list[Path]:
+    """The files an output path names: itself, or every file inside it (less Snakemake's marker)."""
+    target = root / path
+    if target.is_dir():
+        return sorted(f for f in target.rglob("*")
+                      if f.is_file() and f.name != SNAKEMAKE_DIRECTORY_MARKER)
+    return [target] if target.is_file() else []
+
+
+def file_digests(root: Path, paths: Iterable[str]) -> dict[str, str]:
+    """sha256 of the reproducible bytes of every file named by ``paths``, keyed by relative path."""
+    return {str(file.relative_to(root)): hashlib.sha256(reproducible_bytes(file)).hexdigest()
+            for path in paths for file in files_of(root, path)}
+
+
+# --- dvc.lock -------------------------------------------------------------------------------------
+
+
+def read_lock(root: Path) -> dict[str, dict]:
+    """The stages dvc.lock records (name -> entry); empty when there is no lock."""
+    lock = root / LOCK
+    if not lock.is_file():
+        return {}
+    return (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) or {}
+
+
+def _outputs(entry: dict) -> list[str]:
+    return [out["path"] for out in entry.get("outs", [])]
+
+
+def _under(path: str, folders: set[str]) -> bool:
+    return any(path == f or path.startswith(f.rstrip("/") + "/") for f in folders)
+
+
+def fingerprint(entry: dict, produced: set[str]) -> str:
+    """What a stage ran from: command, params and the dependencies no stage produces."""
+    sources = sorted((d["path"], d.get("md5")) for d in entry.get("deps", [])
+                     if not _under(d["path"], produced))
+    text = json.dumps({"cmd": entry.get("cmd"), "params": entry.get("params", {}),
+                       "deps": sources}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _produced(lock: dict[str, dict]) -> set[str]:
+    return {path for entry in lock.values() for path in _outputs(entry)}
+
+
+# --- record and check -----------------------------------------------------------------------------
+
+
+def dvc_changed_stages(root: Path) -> set[str]:
+    """Stages whose outputs in ``root`` are not the ones dvc.lock records (DVC's own status)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        status = repo.status()
+    return {name.split(":")[-1] for name in status}
+
+
+def record(root: Path) -> tuple[dict[str, Any], list[str]]:
+    """Digests of every stage whose outputs are exactly what dvc.lock records.
+
+    Returns the record and the stages left out (outputs missing or not matching dvc.lock).
+    """
+    lock = read_lock(root)
+    if not lock:
+        raise SystemExit(f"{root / LOCK}: no recorded run to take digests of; run the pipeline first")
+    changed = dvc_changed_stages(root)
+    produced = _produced(lock)
+    stages, skipped = {}, []
+    for name, entry in sorted(lock.items()):
+        outputs = _outputs(entry)
+        if name in changed or not all(files_of(root, p) for p in outputs):
+            skipped.append(name)
+            continue
+        stages[name] = {"inputs": fingerprint(entry, produced),
+                        "files": file_digests(root, outputs)}
+    return {"stages": stages}, skipped
+
+
+@dataclass
+class Verdict:
+    stage: str
+    result: str
+    files: list[str] = field(default_factory=list)
+
+    def line(self, width: int) -> str:
+        detail = ", ".join(self.files[:4]) + (f" (+{len(self.files) - 4} more)"
+                                               if len(self.files) > 4 else "")
+        return f"{self.stage:<{width}}  {self.result:<12}  {detail}".rstrip()
+
+
+def check(root: Path, recorded: dict[str, Any]) -> list[Verdict]:
+    """Compare the workspace at ``root`` with ``recorded`` (what :func:`record` wrote)."""
+    lock = read_lock(root)
+    produced = _produced(lock)
+    digests = recorded.get("stages", {})
+    verdicts = []
+    for name in sorted(set(digests) | set(lock)):
+        if name not in digests:
+            verdicts.append(Verdict(name, "not recorded"))
+            continue
+        want = digests[name]["files"]
+        outputs = _outputs(lock[name]) if name in lock else sorted(want)
+        have = file_digests(root, outputs)
+        if not have:
+            verdicts.append(Verdict(name, "not run"))
+        elif name in lock and fingerprint(lock[name], produced) != digests[name]["inputs"]:
+            verdicts.append(Verdict(name, "other inputs"))
+        elif have == want:
+            verdicts.append(Verdict(name, "reproduced", [f"{len(have)} files"]))
+        else:
+            different = sorted(p for p in set(have) | set(want) if have.get(p) != want.get(p))
+            verdicts.append(Verdict(name, "differs", different))
+    return verdicts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="\n\n".join(__doc__.split("\n\n")[:2]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["record", "check"])
+    parser.add_argument("--dir", type=Path, default=Path("."),
+                        help="the workspace (default: the current folder)")
+    args = parser.parse_args(argv)
+    root = args.dir.resolve()
+    target = root / DIGESTS
+    if args.action == "record":
+        result, skipped = record(root)
+        text = HEADER + yaml.safe_dump(result, sort_keys=True, width=1000)
+        partial = target.with_suffix(".yaml.partial")
+        partial.write_text(text)
+        partial.replace(target)
+        print(f"{target}: {len(result['stages'])} stages recorded")
+        for name in skipped:
+            print(f"  not recorded (outputs missing or not what dvc.lock records): {name}")
+        return 0
+    if not target.is_file():
+        print(f"{target} is missing: record a run first "
+              "(python -m stages.common.reproduction record)", file=sys.stderr)
+        return 2
+    verdicts = check(root, yaml.safe_load(target.read_text()) or {})
+    width = max((len(v.stage) for v in verdicts), default=5)
+    for verdict in verdicts:
+        print(verdict.line(width))
+    counts: dict[str, int] = {}
+    for verdict in verdicts:
+        counts[verdict.result] = counts.get(verdict.result, 0) + 1
+    print("; ".join(f"{n} {result}" for result, n in sorted(counts.items())))
+    return 1 if counts.get("differs") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

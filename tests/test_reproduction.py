@@ -1,0 +1,146 @@
+"""The reproduction check: timing-free digests beside dvc.lock, and the verdict per stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.common import reproduction
+from stages.common.html import volatile
+from stages.common.reproduction import (
+    DIGESTS, LOCK, check, file_digests, fingerprint, read_lock, reproducible_bytes)
+
+
+def test_timings_and_volatile_spans_are_left_out_and_nothing_else(tmp_path):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"mean": 1.5, "training": {"wall_time_s": 3.2, "steps": 7}}))
+    before = reproducible_bytes(metrics)
+    metrics.write_text(json.dumps({"mean": 1.5, "training": {"wall_time_s": 9.9, "steps": 7}}))
+    assert reproducible_bytes(metrics) == before
+    metrics.write_text(json.dumps({"mean": 1.5, "training": {"wall_time_s": 3.2, "steps": 8}}))
+    assert reproducible_bytes(metrics) != before
+
+    log = tmp_path / "training_log.csv"
+    log.write_text("iteration,mean_return,wall_time_s\n1,2.0,0.5\n")
+    before = reproducible_bytes(log)
+    log.write_text("iteration,mean_return,wall_time_s\n1,2.0,0.7\n")
+    assert reproducible_bytes(log) == before
+    log.write_text("iteration,mean_return,wall_time_s\n1,2.5,0.5\n")
+    assert reproducible_bytes(log) != before
+
+    page = tmp_path / "index.html"
+    page.write_text(f"<p>{volatile('took 3 s')}</p><p>return 12</p>")
+    before = reproducible_bytes(page)
+    page.write_text(f"<p>{volatile('took 4 s on another host')}</p><p>return 12</p>")
+    assert reproducible_bytes(page) == before
+    page.write_text(f"<p>{volatile('took 3 s')}</p><p>return 13</p>")
+    assert reproducible_bytes(page) != before
+
+
+def _workspace(root: Path) -> dict:
+    """Two recorded stages: ``train`` (a folder and a metrics file) and ``plot`` reading it."""
+    (root / "data/train").mkdir(parents=True)
+    (root / "data/train/model.bin").write_bytes(b"\x00weights")
+    (root / "reports").mkdir()
+    (root / "reports/metrics.json").write_text(json.dumps({"return": 10, "wall_time_s": 1.0}))
+    (root / "reports/curve.png").write_bytes(b"png")
+    (root / "train.py").write_text("print('train')\n")
+    lock = {"schema": "2.0", "stages": {
+        "train": {"cmd": "python train.py",
+                  "deps": [{"path": "train.py", "md5": "aaa"}],
+                  "params": {"params.yaml": {"train": {"lr": 0.01}}},
+                  "outs": [{"path": "data/train", "md5": "x.dir"},
+                           {"path": "reports/metrics.json", "md5": "y"}]},
+        "plot": {"cmd": "python plot.py",
+                 "deps": [{"path": "data/train", "md5": "x.dir"}],
+                 "outs": [{"path": "reports/curve.png", "md5": "z"}]}}}
+    (root / LOCK).write_text(yaml.safe_dump(lock))
+    produced = {"data/train", "reports/metrics.json", "reports/curve.png"}
+    entries = read_lock(root)
+    return {"stages": {
+        name: {"inputs": fingerprint(entries[name], produced),
+               "files": file_digests(root, [o["path"] for o in entries[name]["outs"]])}
+        for name in entries}}
+
+
+def _verdicts(root: Path, recorded: dict) -> dict[str, tuple[str, list[str]]]:
+    return {v.stage: (v.result, v.files) for v in check(root, recorded)}
+
+
+def test_a_rerun_that_changed_only_timings_is_reproduced(tmp_path):
+    recorded = _workspace(tmp_path)
+    (tmp_path / "reports/metrics.json").write_text(json.dumps({"return": 10, "wall_time_s": 7.5}))
+    verdicts = _verdicts(tmp_path, recorded)
+    assert verdicts["train"] == ("reproduced", ["2 files"])
+    assert verdicts["plot"] == ("reproduced", ["1 files"])
+
+
+def test_a_changed_added_or_missing_file_is_named(tmp_path):
+    recorded = _workspace(tmp_path)
+    (tmp_path / "data/train/model.bin").write_bytes(b"\x01weights")
+    (tmp_path / "data/train/extra.bin").write_bytes(b"new")
+    (tmp_path / "reports/metrics.json").unlink()
+    result, files = _verdicts(tmp_path, recorded)["train"]
+    assert result == "differs"
+    assert files == ["data/train/extra.bin", "data/train/model.bin", "reports/metrics.json"]
+
+
+def test_changed_code_or_params_are_told_apart_from_changed_results(tmp_path):
+    recorded = _workspace(tmp_path)
+    lock = yaml.safe_load((tmp_path / LOCK).read_text())
+    lock["stages"]["train"]["params"]["params.yaml"]["train"]["lr"] = 0.02
+    # The consumer's dependency on the upstream output changes too: that is not "other inputs".
+    lock["stages"]["plot"]["deps"][0]["md5"] = "another.dir"
+    (tmp_path / LOCK).write_text(yaml.safe_dump(lock))
+    verdicts = _verdicts(tmp_path, recorded)
+    assert verdicts["train"][0] == "other inputs"
+    assert verdicts["plot"][0] == "reproduced"
+
+
+def test_stages_not_run_or_not_recorded(tmp_path):
+    recorded = _workspace(tmp_path)
+    (tmp_path / "reports/curve.png").unlink()
+    del recorded["stages"]["train"]
+    verdicts = _verdicts(tmp_path, recorded)
+    assert verdicts["plot"][0] == "not run"
+    assert verdicts["train"][0] == "not recorded"
+
+
+def test_check_exits_1_on_a_difference_and_2_without_a_record(tmp_path, capsys):
+    recorded = _workspace(tmp_path)
+    assert reproduction.main(["check", "--dir", str(tmp_path)]) == 2
+    assert "record a run first" in capsys.readouterr().err
+    (tmp_path / DIGESTS).write_text(yaml.safe_dump(recorded))
+    assert reproduction.main(["check", "--dir", str(tmp_path)]) == 0
+    assert "2 reproduced" in capsys.readouterr().out
+    (tmp_path / "reports/curve.png").write_bytes(b"other png")
+    assert reproduction.main(["check", "--dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "differs" in out and "reports/curve.png" in out
+
+
+def test_mains_digests_are_recorded_from_the_run_dvc_lock_records(repo_root):
+    """dvc.digests.yaml must be taken from the same run as dvc.lock: every stage dvc.lock records
+    has digests, taken from the same code and params (a stale record would make `check` report
+    'other inputs' on a faithful rerun)."""
+    lock = read_lock(repo_root)
+    recorded = yaml.safe_load((repo_root / DIGESTS).read_text())["stages"]
+    produced = {o["path"] for e in lock.values() for o in e.get("outs", [])}
+    assert sorted(recorded) == sorted(lock)
+    stale = [name for name in lock if fingerprint(lock[name], produced) != recorded[name]["inputs"]]
+    assert not stale, f"dvc.digests.yaml was recorded from other inputs for: {stale}"
+    for name, entry in lock.items():
+        files = recorded[name]["files"]
+        for out in entry.get("outs", []):
+            assert any(f == out["path"] or f.startswith(out["path"] + "/") for f in files), \
+                f"{name}: no digest for {out['path']}"
+
+
+@pytest.mark.parametrize("action", ["record", "check"])
+def test_help_names_the_file(action, capsys):
+    with pytest.raises(SystemExit):
+        reproduction.main([action, "--help"])
+    assert "dvc.digests.yaml" in capsys.readouterr().out
