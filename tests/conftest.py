@@ -94,6 +94,25 @@ def one_stage_of_every_kind(stages: list) -> list:
     return list(chosen.values())
 
 
+def with_downstream(stages: list, chosen: list) -> list:
+    """``chosen`` and every stage that reads, directly or not, what they write (in DAG order):
+    what an engine reruns once the chosen stages are rebuilt."""
+    names = {stage.name for stage in chosen}
+    grown = True
+    while grown:
+        written = {o for stage in stages if stage.name in names for o in stage.outs}
+        readers = {stage.name for stage in stages
+                   if any(_under(d, written) for d in (*stage.deps, *stage.inputs))}
+        grown = not readers <= names
+        names |= readers
+    return [stage for stage in stages if stage.name in names]
+
+
+def _under(path: str, outputs: set[str]) -> bool:
+    return any(path == o or path.startswith(o.rstrip("/") + "/") or o.startswith(path.rstrip("/") + "/")
+               for o in outputs)
+
+
 def remove_outputs(workspace: Path, stages: list) -> None:
     """Delete the outputs and the resumable state of ``stages``: they must run from nothing."""
     for stage in stages:

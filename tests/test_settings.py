@@ -33,7 +33,7 @@ def test_the_quick_profile_is_valid_for_its_own_stages(tmp_path):
     params = yaml.safe_load(text)
     assert {v["episodes"] for v in params["dqn"]["variants"].values()} == {30}
     assert {c["training"]["iterations"] for c in params["pg_lunarlander"].values()} == {2}
-    assert "<<: *book_dqn" in text and "# [SPEC 4]" in text
+    assert "<<: *book_dqn" in text and "# sampled runs of a four-state Markov chain" in text
 
 
 @pytest.mark.parametrize("edit, message", [
