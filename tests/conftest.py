@@ -77,10 +77,11 @@ def reproducible_bytes(file: Path) -> bytes:
     """A file's bytes, less what may differ between identical runs: wall-clock timings.
 
     Outputs must be byte-identical across reruns, except JSON keys and CSV columns whose name
-    ends in ``wall_time_s``, and the report's volatile spans (timings, date, machine, git commit;
-    see stages/common/html.py); those are dropped before comparing (their presence is still checked).
+    ends in ``wall_time_s``, and the volatile spans of the report's page and Markdown summary
+    (timings, date, machine, git commit; see stages/common/html.py); those are dropped before
+    comparing (their presence is still checked).
     """
-    if file.suffix == ".html":
+    if file.suffix in (".html", ".md"):  # the report's page and its Markdown summary
         return strip_volatile(file.read_text()).encode()
     if file.suffix == ".json":
         return json.dumps(_without_timings(json.loads(file.read_text())), sort_keys=True).encode()
