@@ -90,7 +90,7 @@ def plot_environment(env_id: str, frame: pd.DataFrame, aggregate: pd.DataFrame |
         at_cap = aggregate[(aggregate["env_id"] == env_id) & (aggregate["max_steps"] == cap)] \
             if aggregate is not None else None
         _draw_panel(ax, rows, frame[frame["max_steps"] == cap], at_cap, colours)
-        ax.set_title(f"at most {cap} steps" if len(caps) > 1 else f"{env_id}, at most {cap} steps", fontsize=11)
+        ax.set_title(f"at most {cap} steps", fontsize=11)
         ax.set_xlabel("held-out mean return", fontsize=10)
     shown = [s for s in colours if s in set(frame["seed"].dropna().astype(int))]
     handles = [Line2D([], [], marker="o", linestyle="", markersize=5, color=colours[s], label=f"seed {s}")
