@@ -181,6 +181,7 @@ def test_a_rerun_gives_the_same_bytes_but_for_volatile_spans(workspace):
         assert (workspace / "figures_1" / figure.name).read_bytes() == figure.read_bytes()
     page = (reports / "index.html").read_text()
     assert all(f'src="report/{f.name}"' in page for f in figures)
+    assert page.count('<figure class="span">') == 1  # CartPole's two caps: the figure spans the grid
 
 
 def test_the_leader_is_the_highest_iqm_and_beats_only_what_the_intervals_allow():
