@@ -12,7 +12,7 @@ from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
 from stages.common.dag import rule_name, snakemake_inputs
-from stages.common.deps import differences, has_code, import_closure, main
+from stages.common.deps import code_dependencies, differences, has_code, import_closure, main, package_data
 from tests.conftest import repo_stages
 
 # Snakemake parses the Snakefile in a separate process (it changes directory and logging).
@@ -125,6 +125,25 @@ def test_the_check_catches_a_missing_and_an_extra_code_dependency(quick_workspac
     assert any(c.startswith("markov_chain: deps missing ['stages/common/io.py']") for c in changes), changes
     assert any("markov_chain: deps" in c and "extra ['stages/common/replay.py']" in c for c in changes), changes
     assert main(["--root", str(workspace), "--check"]) == 1
+    assert main(["--root", str(workspace)]) == 0 and differences(workspace)[1] == []
+
+
+def test_a_stage_packages_templates_are_derived_dependencies_one_per_file(repo_root, quick_workspace):
+    templates = sorted(str(p.relative_to(repo_root)) for p in (repo_root / "stages/report/templates").rglob("*")
+                       if p.is_file())
+    assert "stages/report/templates/index.html" in templates
+    assert package_data(import_closure("stages.report", repo_root), repo_root) == templates
+    assert set(templates) <= set(code_dependencies("stages.report", repo_root))
+    assert package_data(import_closure("stages.mdp", repo_root), repo_root) == []  # no templates there
+
+    # Both ways: a new template is missing from dvc.yaml, a removed one is extra; the write mode fixes both.
+    workspace = quick_workspace("templates")
+    (workspace / "stages/report/templates/new.html").write_text("<p>{{ profile }}</p>\n")
+    (workspace / "stages/report/templates/macros.html").unlink()
+    _, changes = differences(workspace)
+    (report,) = [c for c in changes if c.startswith("report: deps")]
+    assert "missing ['stages/report/templates/new.html']" in report
+    assert "extra ['stages/report/templates/macros.html']" in report
     assert main(["--root", str(workspace)]) == 0 and differences(workspace)[1] == []
 
 

@@ -96,13 +96,31 @@ def test_the_quick_report_in_a_real_browser(quick_run, chromium, served):
                 assert page.evaluate(BROKEN_IMAGES) == [], how
                 assert page.locator("img").count() >= 20
                 assert page.locator("img[src$='.gif']").count() >= 8
+                assert page.locator("script").count() == 0
+                # The summary comes first: verdicts against the book, then the leader per environment.
+                assert page.locator("main > section").first.get_attribute("id") == "summary"
                 assert page.locator("table.overview tbody tr").count() == len(experiments)
                 verdicts = page.locator("table.overview tbody tr td:nth-child(4)").all_inner_texts()
                 assert "not run yet" not in verdicts, "the quick profile runs every experiment, Atari too"
-                shown = set(page.locator("#evaluation table.evaluation tbody tr td:first-child").all_inner_texts())
+                leaders = page.locator("#summary table.winners tbody tr").all_inner_texts()
+                assert leaders and {row.split("\t")[0] for row in leaders} >= {"CartPole-v1", "LunarLander-v3"}
+                assert_markdown_summary_agrees(quick_run / "reports/summary.md", verdicts, leaders)
+                # A sidebar that stays in view, linking to every section; experiments by package name.
+                assert page.locator("nav.sidebar").evaluate("e => getComputedStyle(e).position") == "sticky"
+                nav = [a.get_attribute("href") for a in page.locator("nav.sidebar a").all()]
+                sections = [s.get_attribute("id") for s in page.locator("section").all()]
+                assert set(nav) == {f"#{s}" for s in sections}, "every section, nothing else"
+                assert {"#summary", "#pg_cartpole", "#dqn", "#atari_dqn", "#pi_bundle", "#dqn@double_dqn"} <= set(nav)
+                # Figures and GIFs side by side: a grid of more than one column at this width.
+                columns = page.locator("#pg_cartpole .gallery").evaluate(
+                    "e => getComputedStyle(e).gridTemplateColumns.split(' ').length")
+                assert columns >= 2
+                envs = set(page.locator("#summary table.winners tbody tr td:first-child").all_inner_texts())
+                assert page.locator("#evaluation img[src^='report/intervals_']").count() >= len(envs)
+                shown = set(page.locator("#evaluation table.evaluation tbody tr td:first-child").all_text_contents())
                 assert shown == policies
-                for section in page.locator("section").all():  # quick profile: a banner everywhere
-                    assert section.locator(".banner").count() == 1, section.get_attribute("id")
+                for section in page.locator("section").all():  # quick profile: a banner in every one
+                    assert section.locator(":scope > .banner").count() == 1, section.get_attribute("id")
                 assert page.locator("#aggregate, #pi_bundle").count() == 2
                 hashes = dict(zip(page.locator("#provenance table.hashes td:nth-child(1)").all_inner_texts(),
                                   page.locator("#provenance table.hashes td:nth-child(2)").all_inner_texts()))
@@ -117,12 +135,33 @@ def test_the_quick_report_in_a_real_browser(quick_run, chromium, served):
                         assert page.request.get(absolute).status == 200, href
                 assert errors == [], (how, errors)
 
+                height = page.evaluate("document.documentElement.scrollHeight")
+                print(f"page height ({how}): {height} CSS px at 1280 px wide")
+                top = ARTIFACTS / f"report_quick_{how}_top.png"
+                page.screenshot(path=str(top))
+                print(f"screenshot: {top}")
+                page.locator("[id='dqn@double_dqn']").scroll_into_view_if_needed()
+                middle = ARTIFACTS / f"report_quick_{how}_dqn.png"
+                page.screenshot(path=str(middle))  # the sidebar stays in view beside a section
+                print(f"screenshot: {middle}")
                 shot = ARTIFACTS / f"report_quick_{how}.png"
                 page.screenshot(path=str(shot), full_page=True)
                 print(f"screenshot: {shot}")
                 page.close()
         finally:
             browser.close()
+
+
+def assert_markdown_summary_agrees(path: Path, verdicts: list[str], leaders: list[str]) -> None:
+    """reports/summary.md holds the page's two summary tables: the same verdicts in the same order,
+    and the same leader, IQM and interval per environment and step cap."""
+    rows = [line.strip("| ").split(" | ") for line in path.read_text().splitlines() if line.startswith("| ")]
+    experiments = [r for r in rows if r[0].startswith("[")]
+    assert [r[3] for r in experiments] == verdicts
+    md_leaders = [(r[0], r[1], r[2].strip("*"), r[3]) for r in rows if len(r) == 8 and r[0] != "environment"
+                  and not r[0].startswith("---")]
+    page_leaders = [tuple(row.split("\t")[:4]) for row in leaders]
+    assert md_leaders == page_leaders
 
 
 def locked_policy_hashes(workspace: Path) -> dict[str, str]:

@@ -8,7 +8,11 @@ Three kinds, each owned by this command (edit the rest of dvc.yaml by hand):
 - **Code.** A stage's Python dependencies are exactly the project files its module imports,
   directly or through other project modules, at the top of a file or inside a function
   (:func:`import_closure` reads the import statements; nothing is run). Files that hold only a
-  docstring are left out: they change no result.
+  docstring are left out: they change no result. A stage package's data files are code too: every
+  file under a ``templates/`` folder of a package in the closure (the report's Jinja2 templates)
+  is listed, one entry per file (:func:`package_data`), so that editing one reruns the stage in
+  DVC and in Snakemake alike (Snakemake judges a folder input by the folder's own time stamp,
+  which editing a file inside it does not move).
 - **Consumers' folders.** A stage whose ``meta`` says ``derive: [every_report]`` (the report)
   depends on the ``reports/<folder>`` of every other stage; ``derive: [training_logs]`` (the
   aggregate) on the ``data/<folder>`` holding the training logs (plots) of every per-seed stage
@@ -35,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DVC_YAML = "dvc.yaml"
 DERIVE = "derive"
 RULES = ("every_report", "training_logs")
+PACKAGE_DATA = ("templates",)  # folders of a stage package whose files the package reads at run time
 
 
 # --- the import closure ------------------------------------------------------------------------
@@ -119,13 +124,37 @@ def import_closure(module: str, root: Path = ROOT) -> list[str]:
     return sorted(str(f.relative_to(root)) for f in seen if has_code(f))
 
 
+def package_data(files: list[str], root: Path = ROOT) -> list[str]:
+    """The data files (relative, sorted) of the packages holding ``files``: everything under a
+    ``templates/`` folder beside a package's ``__init__.py``, hidden files and caches left out."""
+    found: set[str] = set()
+    for package in {(root / f).parent for f in files}:
+        if not (package / "__init__.py").is_file():
+            continue
+        for folder in PACKAGE_DATA:
+            for path in (package / folder).rglob("*") if (package / folder).is_dir() else ():
+                parts = path.relative_to(package).parts
+                if path.is_file() and not any(p.startswith(".") or p == "__pycache__" for p in parts):
+                    found.add(str(path.relative_to(root)))
+    return sorted(found)
+
+
+def code_dependencies(module: str, root: Path = ROOT) -> list[str]:
+    """What a stage's code is: its import closure and its packages' data files, sorted."""
+    closure = import_closure(module, root)
+    return sorted({*closure, *package_data(closure, root)})
+
+
 # --- what dvc.yaml should say ------------------------------------------------------------------
 
 
 def _is_code(dep: str, closures: set[str]) -> bool:
-    """A dependency this command owns: pipeline code (stages/) or a module some stage imports.
-    Other files (pi/run_policy.py, which the bundle ships but nothing imports) are declared."""
-    return dep.endswith(".py") and (dep.startswith("stages/") or dep in closures)
+    """A dependency this command owns: pipeline code and its packages' data (stages/), or a module
+    some stage imports. Other files (pi/run_policy.py, which the bundle ships but nothing imports)
+    are declared."""
+    if dep.startswith("stages/"):
+        return dep.endswith(".py") or any(f"/{folder}/" in dep for folder in PACKAGE_DATA)
+    return dep.endswith(".py") and dep in closures
 
 
 def derived_folders(rule: str, stage: StageSpec, stages: list[StageSpec]) -> list[str]:
@@ -182,7 +211,7 @@ def differences(root: Path = ROOT) -> tuple[dict[str, Any], list[str]]:
     document = _yaml().load((root / DVC_YAML).read_text())
     stages = read_dag(root)
     dimensions = dimension_params(YAML(typ="safe").load((root / DVC_YAML).read_text()))
-    closures = {stage.module: import_closure(stage.module, root) for stage in stages}
+    closures = {stage.module: code_dependencies(stage.module, root) for stage in stages}
     changes = []
     for group, definition in document["stages"].items():
         body = definition.get("do", definition)

@@ -60,8 +60,9 @@ def _without_timings(value: Any) -> Any:
 
 def reproducible_bytes(file: Path) -> bytes:
     """A file's bytes less wall-clock timings: JSON keys and CSV columns ending in ``wall_time_s``
-    and the report's volatile spans are dropped; every other file is taken as it is."""
-    if file.suffix == ".html":
+    and the volatile spans of the report's page and Markdown summary are dropped; every other file
+    is taken as it is."""
+    if file.suffix in (".html", ".md"):
         return strip_volatile(file.read_text()).encode()
     if file.suffix == ".json":
         return json.dumps(_without_timings(json.loads(file.read_text())), sort_keys=True).encode()

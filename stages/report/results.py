@@ -1,6 +1,6 @@
 """What the report shows and how it judges it: experiments as the DAG declares them, what their
-stages produced, and this run's result against the book's number (the page itself is in
-``__main__``)."""
+stages produced, and this run's result against the book's number (the page itself is rendered
+from templates/ by ``__main__``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from typing import Any
 import pandas as pd
 
 from stages.common.dag import StageSpec, experiments
-from stages.common.html import esc, volatile
 from stages.common.policies import INDEX_DIR
 from stages.common.settings import Bootstrap
 from stages.common.statistics import summarize_returns
@@ -29,6 +28,7 @@ class Layout:
     name: str
     desc: str
     settings: dict[str, Any]
+    module: str = ""  # the stage package (``dqn`` for ``dqn@double_dqn``): the page's section
     figures: tuple[str, ...] = ()
     gifs: tuple[str, ...] = ()
     texts: tuple[str, ...] = ()
@@ -44,7 +44,7 @@ class Layout:
         relative = [out.relative_to(REPORTS).as_posix() for out in shown]
         metrics = [r for r in relative if r.endswith("metrics.json")]
         return cls(
-            name=name, desc=first.desc, settings=first.params,
+            name=name, desc=first.desc, settings=first.params, module=first.module.split(".")[-1],
             figures=tuple(r for r in relative if r.endswith(".png")),
             gifs=tuple(r for r in relative if r.endswith(".gif")),
             texts=tuple(r for r in relative if r.endswith(".txt")),
@@ -114,11 +114,6 @@ class Measurement:
     wall_time_s: float | None = None
     notes: list[str] = field(default_factory=list)
     timing: bool = False  # the value is a wall-clock time: volatile on the page
-
-    def markup(self) -> str:
-        if self.text == NOT_RUN:
-            return f'<span class="missing">{NOT_RUN}</span>'
-        return volatile(esc(self.text)) if self.timing else esc(self.text)
 
 
 def returns_of(measured_by: dict[str, Any], returns: pd.DataFrame | None) -> tuple[pd.DataFrame | None, str]:
