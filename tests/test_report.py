@@ -116,8 +116,8 @@ def test_the_quick_report_in_a_real_browser(quick_run, chromium, served):
                     "e => getComputedStyle(e).gridTemplateColumns.split(' ').length")
                 assert columns >= 2
                 envs = set(page.locator("#summary table.winners tbody tr td:first-child").all_inner_texts())
-                assert page.locator("#evaluation img[src^='report/intervals_']").count() >= len(envs)
-                shown = set(page.locator("#evaluation table.evaluation tbody tr td:first-child").all_text_contents())
+                assert page.locator("#evaluate img[src^='report/intervals_']").count() >= len(envs)
+                shown = set(page.locator("#evaluate table.evaluation tbody tr td:first-child").all_text_contents())
                 assert shown == policies
                 for section in page.locator("section").all():  # quick profile: a banner in every one
                     assert section.locator(":scope > .banner").count() == 1, section.get_attribute("id")

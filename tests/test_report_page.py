@@ -143,7 +143,7 @@ def test_the_summary_comes_first_and_the_sidebar_reaches_every_section(workspace
     targets = [href[1:] for href in page.nav_links]
     assert all(href.startswith("#") for href in page.nav_links)
     assert set(targets) <= set(page.ids)
-    top_level = {"summary", "evaluation", "aggregate", "pi_bundle", "provenance", "markov_chain", "dqn",
+    top_level = {"summary", "evaluate", "aggregate", "pi_bundle", "provenance", "markov_chain", "dqn",
                  "atari_dqn", "pg_lunarlander", "pg_cartpole"}
     assert top_level <= set(targets)
     assert "dqn@double_dqn" in targets and "dqn@double_dqn" in page.sections
