@@ -122,19 +122,22 @@ def test_check_exits_1_on_a_difference_and_2_without_a_record(tmp_path, capsys):
     assert "differs" in out and "reports/curve.png" in out
 
 
-def test_mains_digests_are_recorded_from_the_run_dvc_lock_records(repo_root):
-    """dvc.digests.yaml must be taken from the same run as dvc.lock: every stage dvc.lock records
-    has digests, taken from the same code and params (a stale record would make `check` report
-    'other inputs' on a faithful rerun)."""
+def test_mains_digests_are_taken_from_the_run_dvc_lock_records(repo_root):
+    """dvc.digests.yaml may cover fewer stages than dvc.lock (a stage recorded on a machine whose
+    outputs are gone has no digests; `check` says "not recorded"), but every digest it holds must
+    come from the code, params and command dvc.lock records for that stage, and name a file of
+    each of the stage's outputs: a stale record would make `check` report "other inputs" on a
+    faithful rerun."""
     lock = read_lock(repo_root)
     recorded = yaml.safe_load((repo_root / DIGESTS).read_text())["stages"]
     produced = {o["path"] for e in lock.values() for o in e.get("outs", [])}
-    assert sorted(recorded) == sorted(lock)
-    stale = [name for name in lock if fingerprint(lock[name], produced) != recorded[name]["inputs"]]
+    assert recorded, "dvc.digests.yaml records no stage"
+    assert set(recorded) <= set(lock), f"digests of stages dvc.lock does not have: {set(recorded) - set(lock)}"
+    stale = [name for name in recorded if fingerprint(lock[name], produced) != recorded[name]["inputs"]]
     assert not stale, f"dvc.digests.yaml was recorded from other inputs for: {stale}"
-    for name, entry in lock.items():
+    for name in recorded:
         files = recorded[name]["files"]
-        for out in entry.get("outs", []):
+        for out in lock[name].get("outs", []):
             assert any(f == out["path"] or f.startswith(out["path"] + "/") for f in files), \
                 f"{name}: no digest for {out['path']}"
 
