@@ -130,7 +130,7 @@ def read_history(folder: str | os.PathLike) -> pd.DataFrame:
     step_name = json.loads(summary_file.read_text()).get(STEP_NAME, STEP)
     frame: pd.DataFrame | None = None
     for tsv in sorted(plots.glob("*.tsv")):
-        metric = pd.read_csv(tsv, sep="\t", float_precision="round_trip")
+        metric = pd.read_csv(tsv, sep="\t")
         frame = metric if frame is None else frame.merge(metric, on=STEP, how="outer")
     if frame is None:
         raise FileNotFoundError(f"{plots} holds no .tsv file")
