@@ -20,8 +20,8 @@ revision, picking an experiment name, reading Studio's settings, and in a git re
 ``.dvc`` even running ``dvc init``), and under ``dvc exp run`` it would ``git add`` untracked
 files of its folder when it ends. A stage is run by DVC or Snakemake and must touch nothing but
 its outputs, so :class:`StageLive` skips that start-up (and Studio) altogether; the logger then
-only writes files. ``Live.end`` is not called for the same reason: :meth:`TrainingLive.close`
-writes the summary itself.
+only writes files. ``Live.end`` and ``Live.next_step`` are not called for the same reason:
+:class:`TrainingLive` sets the step itself and rewrites metrics.json after each row.
 
 Resuming (the Atari stage) does not use ``Live(resume=True)``, which continues from whatever
 metrics.json holds: rows logged after the last checkpoint by a run that was then killed would
@@ -84,6 +84,7 @@ class TrainingLive:
         self.step_name = step_name
         self._live = StageLive(dir=str(self.folder), resume=False, report=None, save_dvc_exp=False,
                                dvcyaml=None)
+        self._live.summary[STEP_NAME] = step_name
         self._rows: list[dict[str, int | float]] = []
         self._start = time.perf_counter()
         for row in history:
@@ -101,6 +102,7 @@ class TrainingLive:
         for name, value in values.items():
             self._live.log_metric(name, value, timestamp=False)
         self._rows.append({self.step_name: int(step), **values})
+        self._live.make_summary()  # metrics.json follows the run: `dvc metrics show` while it trains
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self._rows)
@@ -116,7 +118,6 @@ class TrainingLive:
 
     def close(self) -> None:
         """Write metrics.json: the latest value of each metric, the last ``step`` and its name."""
-        self._live.summary[STEP_NAME] = self.step_name
         self._live.make_summary()
 
 
