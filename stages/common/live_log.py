@@ -94,8 +94,8 @@ class TrainingLive:
         """Append one row. A value under the step's own name is the step (left out), and wall-clock
         values (names ending in ``wall_time_s``) are left out: they differ between identical runs."""
         if self._rows and step <= self._rows[-1][self.step_name]:
-            raise ValueError(f"{self.folder}: {self.step_name} {step} logged after {self._rows[-1][self.step_name]}; "
-                             "steps must increase")
+            last = self._rows[-1][self.step_name]
+            raise ValueError(f"{self.folder}: {self.step_name} {step} logged after {last}; steps must increase")
         values = {name: _scalar(value) for name, value in metrics.items()
                   if name != self.step_name and not name.endswith(WALL_TIME)}
         self._live.step = int(step)

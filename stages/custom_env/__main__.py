@@ -132,7 +132,8 @@ def train(agent: DqnAgent, tf_env: TFPyEnvironment, epsilon: Callable[[], float]
         return agent.train(experience).loss
 
     live = TrainingLive(f"{DATA}/dvclive", "iteration")
-    summaries = TrainSummaries(f"{DATA}/{FOLDER}", agent.train_step_counter, metrics, cfg.log_interval, fresh=True)
+    summaries = TrainSummaries(f"{DATA}/{FOLDER}", agent.train_step_counter, metrics, cfg.log_interval,
+                               fresh=True)
     rows, losses, started = [], [], time.perf_counter()
     interval_start = started
     time_step, policy_state = None, agent.collect_policy.get_initial_state(tf_env.batch_size)
