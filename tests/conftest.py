@@ -133,3 +133,25 @@ def clone_of_quick_run(quick_run, tmp_path):
         return target
 
     return make
+
+
+def dvclive_history(folder: Path, step_name: str, metrics: set[str]):
+    """A trainer's DVCLive folder, checked: each metric's .tsv (read with pandas) holds ``step`` and
+    the metric, steps increasing, no timestamp; metrics.json names the step. The merged history."""
+    import json as _json
+
+    import pandas as pd
+
+    from stages.common.live_log import read_history
+
+    summary = _json.loads((folder / "metrics.json").read_text())
+    assert summary["step_name"] == step_name and metrics <= set(summary), summary
+    written = {tsv.stem for tsv in (folder / "plots/metrics").glob("*.tsv")}
+    assert metrics <= written and not any(name.endswith("wall_time_s") for name in written), written
+    for metric in metrics:
+        table = pd.read_csv(folder / "plots/metrics" / f"{metric}.tsv", sep="\t")
+        assert list(table.columns) == ["step", metric]
+        assert table["step"].is_monotonic_increasing and table["step"].iloc[-1] == summary["step"]
+    history = read_history(folder)
+    assert history.columns[0] == step_name
+    return history

@@ -26,7 +26,9 @@ from pi.policy_runtime import (
 from stages.common.checkpoints import TrainingCheckpoint
 from stages.common.settings import ParamError
 from stages.common.validation import validate_pipeline
-from tests.conftest import edited_params, file_digests, repo_stages, run
+from stages.common.live_log import read_history
+from stages.common.tf_summaries import STEPS_PER_SECOND, read_scalars
+from tests.conftest import dvclive_history, edited_params, file_digests, repo_stages, run
 from tests.test_dag import dvc_view
 
 BIN = Path(sys.executable).parent
@@ -255,9 +257,12 @@ def test_both_games_run_end_to_end_in_the_quick_profile(clone_of_quick_run):
         entry = json.loads((ws / f"data/policies/{game}_dqn/policy.json").read_text())
         assert entry["output"] == "tf_agents_policy" and entry["observation_shape"] == [84, 84, 4]
         assert entry["preprocessing"]["frame_stack"] == 4
-        log = pd.read_csv(ws / f"data/atari_dqn/{game}/training_log.csv")
-        assert {"episodes", "environment_steps", "average_return", "average_episode_length", "loss",
-                "wall_time_s"} <= set(log.columns)
+        dvclive_history(ws / f"data/atari_dqn/{game}/dvclive", "iteration",
+                        {"episodes", "environment_steps", "average_return", "average_episode_length", "loss",
+                         "epsilon"})
+        scalars = read_scalars(ws / f"data/atari_dqn/{game}/tensorboard")
+        assert {"Metrics/AverageReturn", "Metrics_vs_EnvironmentSteps/AverageReturn",
+                "Losses/total_loss", STEPS_PER_SECOND} <= set(scalars)
     status = run([DVC, "status", "--json", *(f"atari_dqn@{game}" for game in GAMES)], ws).stdout
     assert json.loads(status or "{}") == {}
 
@@ -290,6 +295,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(quick_workspace):
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     assert not (ws / target).exists()
+    killed = read_history(ws / "data/atari_dqn/breakout/dvclive")  # rows up to the kill
 
     # Started again, Snakemake leaves the checkpoint alone and the stage continues from it.
     run([*SNAKEMAKE, "--unlock"], ws)  # the killed Snakemake left its lock behind
@@ -297,16 +303,21 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(quick_workspace):
     text = (ws / "logs/atari_dqn@breakout.log").read_text()
     resumed_at = int(text.split("resuming from the checkpoint at iteration ")[1].split()[0])
     assert 30 <= resumed_at < 150, log.stdout
-    training_log = pd.read_csv(ws / "data/atari_dqn/breakout/training_log.csv")
+    live = ws / "data/atari_dqn/breakout/dvclive"
+    training_log = dvclive_history(live, "iteration", {"environment_steps", "average_return", "loss"})
     assert training_log["iteration"].tolist() == list(range(10, 151, 10))
     # The metrics came back with the agent: 4 environment steps per iteration, none counted twice.
     assert training_log["environment_steps"].tolist() == [4 * i for i in range(10, 151, 10)]
+    # Up to the checkpoint the history is what the killed run logged; its rows after the
+    # checkpoint are gone (logged again by the resumed run, not twice).
+    before = killed[killed["iteration"] <= resumed_at].reset_index(drop=True)
+    assert before.equals(training_log[training_log["iteration"] <= resumed_at].reset_index(drop=True))
 
     # DVC keeps it too (persist): asking for more iterations continues the finished run.
     edit_params(ws, lambda p: p["training"].update(iterations=170))
     repro = run([DVC, "repro", "atari_dqn@breakout"], ws).stdout
     assert "resuming from the checkpoint at iteration 150 of 170" in repro
-    assert pd.read_csv(ws / "data/atari_dqn/breakout/training_log.csv")["iteration"].iloc[-1] == 170
+    assert dvclive_history(live, "iteration", {"loss"})["iteration"].iloc[-1] == 170
 
 
 @pytest.mark.e2e

@@ -9,7 +9,8 @@ import pytest
 from tf_agents.environments import utils
 
 from stages.custom_env.__main__ import GOAL_REWARD, OFF_GRID_REWARD, GridEnvironment
-from tests.conftest import run
+from stages.common.tf_summaries import read_scalars
+from tests.conftest import dvclive_history, run
 
 UP, DOWN, LEFT, RIGHT = range(4)
 
@@ -61,3 +62,13 @@ def test_the_agent_learns_a_shortest_path(quick_workspace):
     assert path["cells"][0] == [0, 0] and path["cells"][-1] == [3, 3]
     assert metrics["found_a_shortest_path"]
     assert (ws / "reports/custom_env/learned_path.png").stat().st_size > 0
+    history = dvclive_history(ws / "data/custom_env/dvclive", "iteration",
+                              {"episodes", "environment_steps", "average_return", "average_episode_length",
+                               "loss", "epsilon"})
+    assert history["iteration"].iloc[-1] == metrics["training"]["iterations"]
+    # TensorBoard's view of the same run, read with TensorBoard's reader.
+    scalars = read_scalars(ws / "data/custom_env/tensorboard")
+    for name in ("NumberOfEpisodes", "EnvironmentSteps", "AverageReturn", "AverageEpisodeLength"):
+        assert f"Metrics/{name}" in scalars
+    assert "Metrics_vs_EnvironmentSteps/AverageReturn" in scalars and "Losses/total_loss" in scalars
+    assert scalars["Metrics/EnvironmentSteps"][-1][0] == metrics["training"]["iterations"]

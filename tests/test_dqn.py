@@ -15,7 +15,7 @@ from stages.common.deep_q import DeepQLearner, build_q_network, elementwise_loss
 from stages.common.policies import load_index, load_policy
 from stages.common.replay import Batch
 from stages.dqn.__main__ import beta_at, epsilon_at, variant_title
-from tests.conftest import file_digests, run
+from tests.conftest import dvclive_history, file_digests, run
 
 RNG = np.random.default_rng(0)
 NEXT = RNG.normal(size=(16, 4)).astype(np.float32)
@@ -145,6 +145,12 @@ def test_stage_is_reproducible_and_exports_what_it_evaluates(quick_workspace):
     # The exported best policy acts as the stage's evaluation says: greedy on the Q-values.
     policy = load_policy(index["prioritized_dueling_double_dqn_s0"])
     assert policy(NEXT).shape == (16,)
+    # The training history: DVCLive's, one step per episode, where both policies' entries point.
+    folder = ws / "data/dqn/prioritized_dueling_double_dqn/s0/dvclive"
+    assert {entry.details["training_log"] for entry in index.values()} == {str(folder.relative_to(ws))}
+    history = dvclive_history(folder, "episode", {"return", "mean_return", "epsilon", "loss", "gradient_steps"})
+    assert history["episode"].tolist() == list(range(metrics["training"]["episodes"]))
+    assert history["gradient_steps"].iloc[-1] == metrics["training"]["gradient_steps"]
 
 
 @pytest.mark.e2e

@@ -7,6 +7,7 @@ These tests hold the two to float tolerance on fixed batches.
 
 from __future__ import annotations
 
+import json
 import sys
 
 import gymnasium as gym
@@ -29,7 +30,7 @@ from stages.common.policy_gradients import (
 )
 from stages.common.settings import ParamError, Params
 from stages.common.validation import validate_pipeline
-from tests.conftest import edited_params, repo_stages, run
+from tests.conftest import dvclive_history, edited_params, repo_stages, run
 
 # The book's discounting examples: tests/test_book_results.py (numbers from data/book_results.yaml).
 
@@ -174,7 +175,9 @@ def test_a_trained_policy_plays_from_the_index_without_its_stage(quick_workspace
     assert played == "p_left 2 []"
     entry = load_index(ws / "data/policies")["pg_cartpole_s42"]
     assert (entry.algorithm, entry.seed, entry.stage) == ("pg_cartpole", 42, "pg_cartpole@42")
-    assert (ws / entry.details["training_log"]).is_file()
+    history = dvclive_history(ws / entry.details["training_log"], "iteration", {"mean_return", "loss"})
+    metrics = json.loads((ws / "reports/pg_cartpole/s42/metrics.json").read_text())
+    assert history["iteration"].tolist() == list(range(metrics["training"]["iterations"]))
     lunar = run([sys.executable, "-m", "stages.pg_lunarlander", "--config", "nonsense"], ws, check=False)
     assert lunar.returncode == 2
     assert "pg_lunarlander has no configuration 'nonsense'; known: book, solve" in lunar.stderr

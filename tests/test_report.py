@@ -180,7 +180,8 @@ def test_dvc_metrics_and_plots_cover_every_stage_and_show_what_a_change_moved(cl
     metrics_files = {o for stage in view.values() for o in stage["outs"] if o.endswith("metrics.json")}
     shown = json.loads(run([DVC, "metrics", "show", "--json"], ws).stdout)
     assert set(shown[""]["data"]) == metrics_files
-    training_logs = {o for stage in view.values() for o in stage["outs"] if o.endswith("training_log.csv")}
+    training_logs = {o for stage in view.values() for o in stage["outs"] if o.endswith("dvclive/plots/metrics")}
+    assert training_logs and {o.removesuffix("plots/metrics") + "metrics.json" for o in training_logs} <= metrics_files
     top_level = yaml.safe_load((ws / "dvc.yaml").read_text())["plots"]
     curves = {path for plot in top_level if isinstance(plot, dict)
               for definition in plot.values() for path in definition["y"]}
@@ -188,7 +189,10 @@ def test_dvc_metrics_and_plots_cover_every_stage_and_show_what_a_change_moved(cl
     with Repo(str(ws)) as repo:
         curves |= {out.def_path for stage in repo.index.stages for out in stage.outs
                    if isinstance(out.plot, dict) and {"x", "y"} <= set(out.plot)}
-    assert training_logs <= curves, "every learning curve is a DVC plot with x/y fields"
+        # DVCLive folders: every .tsv against DVCLive's step (each file's one metric is its y).
+        curves |= {out.def_path for stage in repo.index.stages for out in stage.outs
+                   if isinstance(out.plot, dict) and out.plot.get("x") == "step"}
+    assert training_logs <= curves, "every learning curve is a DVC plot with its x (and y) fields"
     for plot in top_level:
         for definition in (plot.values() if isinstance(plot, dict) else []):
             assert {"title", "x", "y"} <= set(definition)
@@ -210,7 +214,7 @@ def test_dvc_metrics_and_plots_cover_every_stage_and_show_what_a_change_moved(cl
     assert (moved["old"], moved["new"]) == (iterations - 1, iterations)
     assert "reports/evaluate/metrics.json" in diff
     plots_diff = json.loads(run([DVC, "plots", "diff", "--json"], ws).stdout)
-    curve = plots_diff["data"][f"data/pg_cartpole/s{seeds[0]}/training_log.csv"]
+    curve = plots_diff["data"][f"data/pg_cartpole/s{seeds[0]}/dvclive/plots/metrics/mean_return.tsv"]
     assert {"HEAD", "workspace"} <= {rev for definition in curve for rev in definition["revisions"]}
 
 

@@ -31,6 +31,14 @@ def test_timings_and_volatile_spans_are_left_out_and_nothing_else(tmp_path):
     log.write_text("iteration,mean_return,wall_time_s\n1,2.5,0.5\n")
     assert reproducible_bytes(log) != before
 
+    tsv = tmp_path / "mean_return.tsv"  # DVCLive's layout, tab-separated
+    tsv.write_text("step\tmean_return\ttrain_wall_time_s\n1\t2.0\t0.5\n")
+    before = reproducible_bytes(tsv)
+    tsv.write_text("step\tmean_return\ttrain_wall_time_s\n1\t2.0\t0.9\n")
+    assert reproducible_bytes(tsv) == before
+    tsv.write_text("step\tmean_return\ttrain_wall_time_s\n1\t2.5\t0.5\n")
+    assert reproducible_bytes(tsv) != before
+
     page = tmp_path / "index.html"
     page.write_text(f"<p>{volatile('took 3 s')}</p><p>return 12</p>")
     before = reproducible_bytes(page)

@@ -91,3 +91,65 @@ def test_gif_round_trip(tmp_path):
             gif.seek(index)
             durations.append(gif.info["duration"])
     assert sum(durations) == 40 * len(episode.frames)
+
+
+def test_a_training_log_is_a_dvclive_folder_and_nothing_else(tmp_path):
+    """Inside a git repository without DVC (where DVCLive would otherwise run `dvc init`), the log
+    writes its folder only: metrics.json and one .tsv per metric, without timestamps or wall time."""
+    import subprocess
+
+    import pandas as pd
+
+    from stages.common.live_log import TrainingLive, read_history
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    rows = [{"iteration": 10, "mean_return": float("nan"), "loss": 0.5, "episodes": 0, "wall_time_s": 1.0},
+            {"iteration": 20, "mean_return": 12.25, "loss": 0.25, "episodes": 3, "wall_time_s": 2.0}]
+    live = TrainingLive(tmp_path / "run/dvclive", "iteration")
+    for row in rows:
+        live.log(row["iteration"], **row)
+    live.close()
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() and ".git" not in p.parts)
+    assert files == ["run/dvclive/metrics.json", *(f"run/dvclive/plots/metrics/{m}.tsv"
+                                                  for m in ("episodes", "loss", "mean_return"))]
+    tsv = pd.read_csv(tmp_path / "run/dvclive/plots/metrics/mean_return.tsv", sep="\t")
+    assert list(tsv.columns) == ["step", "mean_return"] and tsv["step"].tolist() == [10, 20]
+    summary = json.loads((tmp_path / "run/dvclive/metrics.json").read_text())
+    assert summary == {"mean_return": 12.25, "loss": 0.25, "episodes": 3, "step": 20, "step_name": "iteration"}
+    history = read_history(tmp_path / "run/dvclive")
+    assert list(history.columns) == ["iteration", "episodes", "loss", "mean_return"]
+    assert history["mean_return"].isna().tolist() == [True, False]
+    with pytest.raises(ValueError, match="steps must increase"):
+        live.log(20, loss=1.0)
+
+    # A resumed run logs the checkpoint's rows again, then goes on: the same bytes as one run.
+    resumed = TrainingLive(tmp_path / "resumed/dvclive", "iteration", history=rows[:1])
+    resumed.log(20, **rows[1])
+    resumed.close()
+    for file in ("metrics.json", "plots/metrics/loss.tsv", "plots/metrics/mean_return.tsv"):
+        assert (tmp_path / "resumed/dvclive" / file).read_bytes() == (tmp_path / "run/dvclive" / file).read_bytes()
+
+
+def test_train_summaries_hold_tf_agents_tags_against_both_steps(tmp_path):
+    import tensorflow as tf
+    from tf_agents.metrics import tf_metrics
+
+    from stages.common.tf_summaries import STEPS_PER_SECOND, TrainSummaries, read_scalars
+
+    step = tf.Variable(0, dtype=tf.int64)
+    metrics = [tf_metrics.NumberOfEpisodes(), tf_metrics.EnvironmentSteps(),
+               tf_metrics.AverageReturnMetric(), tf_metrics.AverageEpisodeLengthMetric()]
+    summaries = TrainSummaries(tmp_path / "tensorboard", step, metrics, interval=2, fresh=True)
+    with summaries.recording():
+        for _ in range(4):
+            tf.summary.scalar("Losses/loss", 1.5, step=step)  # as agent.train writes it
+            step.assign_add(1)
+        summaries.write(steps_per_second=3.0)
+    summaries.close()
+    scalars = read_scalars(tmp_path / "tensorboard")
+    for name in ("NumberOfEpisodes", "EnvironmentSteps", "AverageReturn", "AverageEpisodeLength"):
+        assert scalars[f"Metrics/{name}"] == [(4, 0.0)]
+    assert "Metrics_vs_EnvironmentSteps/AverageReturn" in scalars
+    assert "Metrics_vs_NumberOfEpisodes/AverageEpisodeLength" in scalars
+    assert [s for s, _ in scalars["Losses/loss"]] == [0, 2]  # every interval only
+    assert scalars[STEPS_PER_SECOND] == [(4, 3.0)]

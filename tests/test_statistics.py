@@ -14,6 +14,7 @@ import pytest
 import yaml
 from scipy import stats
 
+from stages.common.live_log import TrainingLive
 from stages.common.statistics import (
     Interval,
     curve_intervals,
@@ -104,12 +105,11 @@ def synthetic_workspace(root, seeds=(0, 1, 2, 3, 4)):
         stage["outs"].append(f"data/policies/{algorithm}_s${{item.seed}}")
         for seed in seeds:
             name = f"{algorithm}_s{seed}"
-            log = f"data/{training}/s{seed}/training_log.csv"
-            (root / log).parent.mkdir(parents=True, exist_ok=True)
-            iterations = np.arange(30)
-            pd.DataFrame({"iteration": iterations,
-                          "mean_return": level * iterations / 29 + rng.normal(0, 5, 30),
-                          "loss": 0.0, "wall_time_s": 0.1}).to_csv(root / log, index=False)
+            log = f"data/{training}/s{seed}/dvclive"  # a trainer's DVCLive folder
+            live = TrainingLive(root / log, "iteration")
+            for iteration, mean_return in enumerate(level * np.arange(30) / 29 + rng.normal(0, 5, 30)):
+                live.log(iteration, mean_return=mean_return, loss=0.0, wall_time_s=0.1)
+            live.close()
             export_keras_policy(model, root / "data/policies" / name, stage=f"{training}@{seed}",
                                 env_id="CartPole-v1", output="p_left", algorithm=algorithm, seed=seed,
                                 details={"training_log": log})
@@ -158,6 +158,7 @@ def test_the_aggregate_stage_on_synthetic_runs(tmp_path):
     for figure in ("interval_estimates.png", "learning_curves.png"):
         assert (tmp_path / "reports/aggregate" / figure).stat().st_size > 10_000
     assert "strong" in result.stdout
+    assert "no learning curve" not in result.stderr  # every run's DVCLive folder was read
 
     # Same inputs, same bytes (the bootstrap is seeded); timings aside.
     first = (tmp_path / "reports/aggregate/summary.csv").read_bytes()

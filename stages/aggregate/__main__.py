@@ -22,6 +22,7 @@ import pandas as pd
 from stages.aggregate import Settings, settings
 from stages.common.dag import declared_policies
 from stages.common.io import write_csv, write_json, write_text
+from stages.common.live_log import read_history
 from stages.common.plotting import new_figure, save_figure
 from stages.common.policies import PolicyEntry, load_index
 from stages.common.settings import ParamError, Params, run_stage
@@ -129,12 +130,12 @@ def learning_curves(algorithms: list[str], returns: pd.DataFrame, index: dict[st
                 for policy, seed in policies.itertuples(index=False)}
         if None in logs.values():
             print(f"note: no learning curve for {algorithm}: some of its policies' entries name no "
-                  "training_log", file=sys.stderr)
+                  "training_log (DVCLive folder)", file=sys.stderr)
             continue
         if frozenset(logs.values()) in seen:  # the same runs' logs (dqn and dqn_final): one curve
             continue
         seen.add(frozenset(logs.values()))
-        frames = [pd.read_csv(logs[seed]) for seed in sorted(logs)]
+        frames = [read_history(logs[seed]) for seed in sorted(logs)]  # the step first, by its name
         x_name = frames[0].columns[0]
         length = min(len(f) for f in frames)
         points = np.unique(np.linspace(0, length - 1, min(cfg.curve_points, length)).round().astype(int))

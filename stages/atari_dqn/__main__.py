@@ -9,6 +9,13 @@ epsilon-greedy policy and trains on 64 pairs of consecutive steps. Training chec
 ``checkpoint_interval`` iterations and resumes from the last checkpoint when started again.
 The greedy policy is exported (PolicySaver) and evaluated, through the export, against random
 play on seeds that training never used.
+
+The training history is DVCLive's, in ``data/atari_dqn/<game>/dvclive``, one step per iteration
+(a row every ``log_interval``): ``episodes``, ``environment_steps``, ``average_return``,
+``average_episode_length`` (of the last 10 episodes), ``loss`` and ``epsilon``. A resumed run logs
+the checkpoint's rows again first, so the folder is the same whether or not training was
+interrupted. TensorBoard's view (``tensorboard --logdir data/atari_dqn``) is in
+``data/atari_dqn/<game>/tensorboard``, outside DVC's outputs (stages/common/tf_summaries.py).
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ from stages.atari_dqn import Agent, Settings, settings
 from stages.common.checkpoints import TrainingCheckpoint, restore_trackables
 from stages.common.evaluation import evaluate_policy
 from stages.common.frames import record_episode, write_gif
-from stages.common.io import write_csv, write_json
+from stages.common.io import write_json
+from stages.common.live_log import TrainingLive
 from stages.common.plotting import new_figure, save_figure
 from stages.common.policies import (
     PolicyEntry,
@@ -54,6 +62,7 @@ from stages.common.policies import (
 from stages.common.seeding import seed_everything
 from stages.common.settings import ParamError, Params, run_stage
 from stages.common.tf_env import GymnasiumPyEnvironment
+from stages.common.tf_summaries import FOLDER as TENSORBOARD, TrainSummaries
 
 OPTIMIZER = "Keras RMSprop (epsilon added to the root)"
 MEMORY_HEADROOM_BYTES = 2 * 1024**3  # TensorFlow, the networks, the environment, a checkpoint's buffers
@@ -170,8 +179,9 @@ def log_row(iteration: int, metrics: list, losses: list[float], epsilon: float,
 
 def train(agent: DqnAgent, tf_env: TFPyEnvironment, replay_buffer: TFUniformReplayBuffer,
           metrics: list, epsilon: Callable[[], float], checkpoint: TrainingCheckpoint,
-          cfg: Settings, start: int, log: list[dict]) -> list[dict]:
-    """Iterations ``start`` .. ``iterations``: collect, train, log, checkpoint."""
+          cfg: Settings, start: int, log: list[dict], live: TrainingLive,
+          summaries: TrainSummaries) -> list[dict]:
+    """Iterations ``start`` .. ``iterations``: collect, train, log (DVCLive, TensorBoard), checkpoint."""
     training = cfg.training
     driver = DynamicStepDriver(tf_env, agent.collect_policy, observers=[replay_buffer.add_batch, *metrics],
                                num_steps=training.collect_steps_per_iteration)
@@ -189,7 +199,8 @@ def train(agent: DqnAgent, tf_env: TFPyEnvironment, replay_buffer: TFUniformRepl
     collect_s = train_s = 0.0
     # Written to a log file rather than a terminal, the bar updates twice a minute.
     refresh = 0.1 if sys.stderr.isatty() else 30.0
-    with tqdm(total=training.iterations, initial=start, desc="training", unit="it", mininterval=refresh) as bar:
+    with tqdm(total=training.iterations, initial=start, desc="training", unit="it", mininterval=refresh) as bar, \
+            summaries.recording():
         for iteration in range(start + 1, training.iterations + 1):
             tick = time.perf_counter()
             time_step, policy_state = collect(time_step, policy_state)
@@ -202,6 +213,8 @@ def train(agent: DqnAgent, tf_env: TFPyEnvironment, replay_buffer: TFUniformRepl
                     "collect_wall_time_s": collect_s, "train_wall_time_s": train_s,
                     "wall_time_s": previous_wall + time.perf_counter() - started})
                 log.append(row)
+                live.log(iteration, **row)
+                summaries.write(len(losses) / (collect_s + train_s))
                 bar.set_postfix(mean_return=f"{row['average_return']:.1f}", loss=f"{row['loss']:.4f}")
                 steps = len(losses) * training.collect_steps_per_iteration
                 tqdm.write(f"iteration {iteration}: {row['episodes']} episodes, "
@@ -364,10 +377,14 @@ def main() -> None:
         seconds = collect_randomly(tf_env, replay_buffer, cfg.training.initial_collect_steps)
         print(f"random collection: {cfg.training.initial_collect_steps / seconds:.0f} steps/s; "
               f"peak resident memory {peak_rss_mib():.0f} MiB")
-    log = train(agent, tf_env, replay_buffer, metrics, epsilon, checkpoint, cfg, start, log)
+    live = TrainingLive(paths.data / "dvclive", "iteration", history=log)
+    summaries = TrainSummaries(paths.data / TENSORBOARD, agent.train_step_counter, metrics,
+                               cfg.training.log_interval, fresh=not start)
+    log = train(agent, tf_env, replay_buffer, metrics, epsilon, checkpoint, cfg, start, log, live, summaries)
+    live.close()
+    summaries.close()
     print(f"peak resident memory {peak_rss_mib():.0f} MiB")
     log = pd.DataFrame(log)
-    write_csv(paths.data / "training_log.csv", log)
     plot_learning_curve(log, game, paths.reports / "learning_curve.png")
 
     tf.random.set_seed(cfg.pictures.seed)  # the same sample whether training ran now or earlier

@@ -86,6 +86,8 @@ class TrainingCheckpoint:
         self._checkpointer.initialize_or_restore()
         iteration = int(global_step.numpy())
         log_file = self.folder / LOG_FILE
+        # pandas reads floats back exactly as written: the resumed run's DVCLive history logs these
+        # rows again (stages/common/live_log.py).
         log = pd.read_csv(log_file) if log_file.is_file() else None
         if log is not None:
             log = log[log["iteration"] <= iteration].reset_index(drop=True)

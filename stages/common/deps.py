@@ -15,8 +15,8 @@ Three kinds, each owned by this command (edit the rest of dvc.yaml by hand):
   which editing a file inside it does not move).
 - **Consumers' folders.** A stage whose ``meta`` says ``derive: [every_report]`` (the report)
   depends on the ``reports/<folder>`` of every other stage; ``derive: [training_logs]`` (the
-  aggregate) on the ``data/<folder>`` holding the training logs (plots) of every per-seed stage
-  that exports a policy. A new experiment's folders are then added by this command.
+  aggregate) on the ``data/<folder>`` holding the training logs (DVCLive folders, declared as
+  plots and metrics) of every per-seed stage that exports a policy. A new experiment's folders are then added by this command.
 - **The lists.** A stage that reads every policy (a ``data/policies`` dependency) chooses the
   policies the DAG declares (stages/common/policies.py), so it also depends on the params that
   decide which stages exist: the lists ``foreach``/``matrix`` iterate over (``seeds``,

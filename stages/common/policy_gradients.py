@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from stages.common.optimizers import make_optimizer
 from stages.common.policies import actions_from_outputs
-from stages.common.training_log import TrainingLog
+from stages.common.live_log import TrainingLive
 
 if TYPE_CHECKING:
     from stages.common.policy_gradient_settings import Reinforce
@@ -201,12 +201,13 @@ def batch_of(episodes: Sequence[Episode], weights: Sequence[np.ndarray]) -> dict
 
 
 def train_reinforce(cfg: Reinforce, output: str, rng: np.random.Generator,
-                    desc: str) -> tuple[tf_keras.Model, TrainingLog]:
+                    desc: str, log_folder: str) -> tuple[tf_keras.Model, TrainingLive]:
     """REINFORCE: play a batch of episodes, weight each step by its normalised return, update.
 
     ``cfg`` is a REINFORCE run's settings (stages/common/policy_gradient_settings.py), ``output`` the
     policy's output kind, and ``rng`` samples the actions. Environment ``i`` first resets with
-    ``cfg.training.env_seeds[i]``, then continues its own random stream.
+    ``cfg.training.env_seeds[i]``, then continues its own random stream. The history goes to the
+    DVCLive folder ``log_folder``, one step per iteration: the batch's mean return and the loss.
     """
     training = cfg.training
     envs = [gym.make(cfg.env_id, max_episode_steps=cfg.max_steps)
@@ -217,15 +218,16 @@ def train_reinforce(cfg: Reinforce, output: str, rng: np.random.Generator,
     train_step = make_train_step(model, make_optimizer(cfg.optimizer.name, cfg.optimizer.learning_rate),
                                  output, training.entropy_coefficient)
     act = sampling_actor(model, output, rng)
-    log = TrainingLog()
+    log = TrainingLive(log_folder, "iteration")
     with tqdm(range(training.iterations), desc=desc, unit="iteration", mininterval=1.0) as bar:
         for iteration in bar:
             episodes = play_episodes(envs, act, list(training.env_seeds) if iteration == 0 else None)
             weights = discount_and_normalize_rewards([e.rewards for e in episodes], training.discount)
             loss = train_step(**batch_of(episodes, weights))
             mean_return = float(np.mean([e.total_reward for e in episodes]))
-            log.record(iteration, mean_return, float(loss))
+            log.log(iteration, mean_return=mean_return, loss=float(loss))
             bar.set_postfix(mean_return=f"{mean_return:.1f}", refresh=False)
     for env in envs:
         env.close()
+    log.close()
     return model, log

@@ -4,8 +4,8 @@
     python -m stages.common.reproduction check    # after a rerun: one line per stage
 
 DVC hashes whole files, and some outputs carry facts that differ between two identical runs:
-the wall-clock time a training took (JSON keys and CSV columns whose name ends in ``wall_time_s``)
-and the report's volatile spans (timings, date, host, commit: see stages/common/html.py). A rerun
+the wall-clock time a training took (JSON keys and CSV or TSV columns whose name ends in
+``wall_time_s``) and the report's volatile spans (timings, date, host, commit: see stages/common/html.py). A rerun
 therefore always rewrites those entries of dvc.lock, and ``dvc status`` cannot tell a rerun that
 reproduced the recorded results from one that did not. This module records, beside dvc.lock, a
 digest of every output file with exactly those parts left out, and compares a workspace against
@@ -41,6 +41,7 @@ from stages.common.html import strip_volatile
 LOCK = "dvc.lock"
 DIGESTS = "dvc.digests.yaml"
 TIMING_SUFFIX = "wall_time_s"
+SEPARATORS = {".csv": ",", ".tsv": "\t"}  # tables whose timing columns are dropped
 # Snakemake marks each directory output with this empty file; DVC ignores it (.dvcignore).
 SNAKEMAKE_DIRECTORY_MARKER = ".snakemake_timestamp"
 HEADER = ("# Timing-free digests of every stage's outputs, beside dvc.lock. Written by\n"
@@ -59,19 +60,21 @@ def _without_timings(value: Any) -> Any:
 
 
 def reproducible_bytes(file: Path) -> bytes:
-    """A file's bytes less wall-clock timings: JSON keys and CSV columns ending in ``wall_time_s``
-    and the volatile spans of the report's page and Markdown summary are dropped; every other file
-    is taken as it is."""
+    """A file's bytes less wall-clock timings: JSON keys and CSV/TSV columns ending in
+    ``wall_time_s`` and the volatile spans of the report's page and Markdown summary are dropped;
+    every other file is taken as it is. (DVCLive's .tsv and metrics.json are written without
+    timestamps, stages/common/live_log.py; a ``wall_time_s`` column there would be dropped too.)"""
     if file.suffix in (".html", ".md"):
         return strip_volatile(file.read_text()).encode()
     if file.suffix == ".json":
         return json.dumps(_without_timings(json.loads(file.read_text())), sort_keys=True).encode()
-    if file.suffix == ".csv":
+    if file.suffix in SEPARATORS:
+        separator = SEPARATORS[file.suffix]
         lines = file.read_text().splitlines()
-        header = lines[0].split(",") if lines else []
+        header = lines[0].split(separator) if lines else []
         keep = [i for i, name in enumerate(header) if not name.endswith(TIMING_SUFFIX)]
         if len(keep) < len(header):
-            return "\n".join(",".join(row.split(",")[i] for i in keep) for row in lines).encode()
+            return "\n".join(separator.join(row.split(separator)[i] for i in keep) for row in lines).encode()
     return file.read_bytes()
 
 

@@ -5,6 +5,11 @@ with a 1 in its own cell. Reaching the goal ends the episode with +10, stepping 
 ends it with -1, every other step gives 0 (with the environment's configurable discount). The
 environment passes TF-Agents' ``validate_py_environment``; a DQN agent trained on it should walk
 a shortest path: 6 steps, return 10.
+
+The training history is DVCLive's, in ``data/custom_env/dvclive``, one step per iteration (a
+row every ``log_interval``): ``episodes``, ``environment_steps``, ``average_return``,
+``average_episode_length`` (of the last 10 episodes), ``loss`` and ``epsilon``. TensorBoard's view
+of the same run is in ``data/custom_env/tensorboard`` (stages/common/tf_summaries.py).
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ from tf_agents.trajectories import time_step as ts
 from tf_agents.utils import common
 from tqdm import tqdm
 
-from stages.common.io import write_csv, write_json
+from stages.common.io import write_json
+from stages.common.live_log import TrainingLive
 from stages.common.optimizers import make_optimizer
 from stages.common.plotting import new_figure, save_figure
 from stages.common.seeding import seed_everything
 from stages.common.settings import Params, run_stage
+from stages.common.tf_summaries import FOLDER, TrainSummaries
 from stages.common.tf_agents_settings import ReplayTraining
 from stages.custom_env import Agent, Settings, settings
 
@@ -124,9 +131,13 @@ def train(agent: DqnAgent, tf_env: TFPyEnvironment, epsilon: Callable[[], float]
         experience, _ = replay_buffer.get_next(sample_batch_size=cfg.batch_size, num_steps=2)
         return agent.train(experience).loss
 
+    live = TrainingLive(f"{DATA}/dvclive", "iteration")
+    summaries = TrainSummaries(f"{DATA}/{FOLDER}", agent.train_step_counter, metrics, cfg.log_interval,
+                               fresh=True)
     rows, losses, started = [], [], time.perf_counter()
+    interval_start = started
     time_step, policy_state = None, agent.collect_policy.get_initial_state(tf_env.batch_size)
-    with tqdm(range(1, cfg.iterations + 1), desc="training", unit="it") as bar:
+    with tqdm(range(1, cfg.iterations + 1), desc="training", unit="it") as bar, summaries.recording():
         for iteration in bar:
             time_step, policy_state = collect(time_step, policy_state)
             losses.append(float(train_step()))
@@ -136,8 +147,14 @@ def train(agent: DqnAgent, tf_env: TFPyEnvironment, epsilon: Callable[[], float]
                              "environment_steps": int(steps), "average_return": average_return,
                              "average_episode_length": average_length, "loss": float(np.mean(losses)),
                              "epsilon": epsilon(), "wall_time_s": time.perf_counter() - started})
+                live.log(iteration, **rows[-1])
+                now = time.perf_counter()
+                summaries.write(cfg.log_interval / (now - interval_start))
+                interval_start = now
                 bar.set_postfix(mean_return=f"{average_return:.2f}")
                 losses = []
+    live.close()
+    summaries.close()
     return pd.DataFrame(rows)
 
 
@@ -182,7 +199,6 @@ def main() -> None:
     tf_env = TFPyEnvironment(GridEnvironment(cfg.grid_size, cfg.step_discount, cfg.max_steps))
     agent, epsilon = build_agent(tf_env, cfg.agent)
     log = train(agent, tf_env, epsilon, cfg.training)
-    write_csv(f"{DATA}/training_log.csv", log)
 
     walk = greedy_walk(agent, cfg)
     shortest = 2 * (cfg.grid_size - 1)

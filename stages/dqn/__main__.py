@@ -16,6 +16,10 @@ exported and evaluated: ``<variant>_s<seed>`` (best-kept weights) and ``<variant
 (the weights at the end of training).
 Evaluation is greedy, on seeds disjoint from training, at each step limit of
 ``dqn.evaluation.max_steps`` (the book's 200 and CartPole-v1's own 500).
+
+The training history is DVCLive's, in ``data/dqn/<variant>/s<seed>/dvclive``, one step per
+episode: ``return``, ``mean_return`` (of the last ``moving_average_episodes``), ``epsilon``,
+``loss`` (the episode's mean, ``nan`` before learning starts) and ``gradient_steps``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from tqdm import tqdm
 from stages.common.deep_q import DeepQLearner, build_q_network
 from stages.common.evaluation import evaluate_policy
 from stages.common.frames import record_episode, write_gif
-from stages.common.io import write_csv, write_json
+from stages.common.io import write_json
+from stages.common.live_log import TrainingLive
 from stages.common.plotting import new_figure, save_figure
 from stages.common.policies import (
     INDEX_DIR,
@@ -129,10 +134,13 @@ def play_episode(env: gym.Env, learner: DeepQLearner, memory: ReplayMemory, rng:
 
 
 def train(variant: Variant, learner: DeepQLearner, memory: ReplayMemory, rng: np.random.Generator,
-          *, env_id: str, seed: int, name: str, moving_average: int) -> TrainingRun:
-    """The book's loop: decaying epsilon, learning after the warm-up, best weights kept (ties: latest)."""
+          *, env_id: str, seed: int, name: str, moving_average: int, log_folder: str) -> TrainingRun:
+    """The book's loop: decaying epsilon, learning after the warm-up, best weights kept (ties: latest).
+
+    The history goes to the DVCLive folder ``log_folder``, one step per episode."""
     env = gym.make(env_id, max_episode_steps=variant.max_steps)
     run = TrainingRun()
+    live = TrainingLive(log_folder, "episode")
     start = time.perf_counter()
     with tqdm(range(variant.episodes), desc=f"train {name}", unit="episode", mininterval=1.0) as bar:
         for episode in bar:
@@ -156,9 +164,11 @@ def train(variant: Variant, learner: DeepQLearner, memory: ReplayMemory, rng: np
                             "gradient_steps": run.gradient_steps,
                             "wall_time_s": time.perf_counter() - start})
             recent = run.log[-1]["mean_return"] = float(run.returns[-moving_average:].mean())
+            live.log(episode, **run.log[-1])
             bar.set_postfix(ret=f"{episode_return:.0f}", mean=f"{recent:.1f}", eps=f"{epsilon:.2f}",
                             refresh=False)
     env.close()
+    live.close()
     return run
 
 
@@ -182,7 +192,7 @@ def plot_returns(run: TrainingRun, variant: Variant, title: str, path: str, movi
 
 
 def export_policies(learner: DeepQLearner, run: TrainingRun, cfg: Settings, name: str, title: str,
-                    training_log: str) -> dict[str, PolicyEntry]:
+                    live_folder: str) -> dict[str, PolicyEntry]:
     """The best-kept weights as ``<name>_s<seed>``, the final weights as ``<name>_final_s<seed>``."""
     best = tf_keras.models.clone_model(learner.online)
     best.set_weights(run.best_weights)
@@ -194,13 +204,13 @@ def export_policies(learner: DeepQLearner, run: TrainingRun, cfg: Settings, name
             best, INDEX_DIR / seeded_policy_name(name, cfg.seed), algorithm=name, **common, details={
                 "algorithm": title, "weights": "best training episode (latest of ties)",
                 "episode": run.best_episode, "training_return": run.best_return,
-                "training_log": training_log}),
+                "training_log": live_folder}),
         "final": export_keras_policy(
             learner.online, INDEX_DIR / seeded_policy_name(f"{name}_final", cfg.seed),
             algorithm=f"{name}_final", **common, details={
                 "algorithm": title, "weights": "end of training",
                 "episode": len(run.log) - 1, "training_return": final_return,
-                "training_log": training_log}),
+                "training_log": live_folder}),
     }
 
 
@@ -243,15 +253,12 @@ def main() -> None:
 
     started = time.perf_counter()
     run = train(variant, learner, memory, rng, env_id=cfg.env_id, seed=cfg.seed, name=name,
-                moving_average=cfg.moving_average_episodes)
+                moving_average=cfg.moving_average_episodes, log_folder=f"{data}/dvclive")
     training_time = time.perf_counter() - started
-    training_log = f"{data}/training_log.csv"
-    write_csv(training_log, pd.DataFrame(run.log)[
-        ["episode", "return", "mean_return", "epsilon", "loss", "gradient_steps", "wall_time_s"]])
     plot_returns(run, variant, f"{title} on {cfg.env_id}", f"{reports}/{name}_rewards_plot.png",
                  cfg.moving_average_episodes)
 
-    entries = export_policies(learner, run, cfg, name, title, training_log)
+    entries = export_policies(learner, run, cfg, name, title, f"{data}/dvclive")
     started = time.perf_counter()
     evaluation = evaluate(entries, cfg)
     evaluation_time = time.perf_counter() - started

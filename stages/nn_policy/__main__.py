@@ -7,7 +7,8 @@ when the pole leans left), and the environments move on with actions sampled fro
 computed before that update: the network drives, the hard-coded policy teaches.
 
 ``python -m stages.nn_policy --seed S`` trains with training seed S (dvc.yaml: one run per seed
-of params.yaml's ``seeds``); the policy is ``nn_policy_s<S>``.
+of params.yaml's ``seeds``); the policy is ``nn_policy_s<S>``. The training history is DVCLive's,
+in ``data/nn_policy/s<S>/dvclive``, one step per iteration (``mean_return``, ``loss``).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from stages.common.assessment import assess_policy, record_policy_gif
 from stages.common.book import book_value
 from stages.common.cartpole import LEFT, basic_policy
 from stages.common.io import write_json
+from stages.common.live_log import TrainingLive
 from stages.common.optimizers import make_optimizer
+from stages.common.plotting import plot_learning_curve
 from stages.common.policies import INDEX_DIR, actions_from_outputs, export_keras_policy, seeded_policy_name
 from stages.common.policy_gradients import policy_network
 from stages.common.seeding import seed_everything
 from stages.common.settings import Params, run_stage
-from stages.common.training_log import TrainingLog, plot_learning_curve
 from stages.nn_policy import settings
 
 NAME = "nn_policy"
@@ -68,7 +70,7 @@ def main() -> None:
     imitation_step = make_imitation_step(model, make_optimizer(cfg.optimizer.name,
                                                                cfg.optimizer.learning_rate))
 
-    log = TrainingLog()
+    log = TrainingLive(f"{data}/dvclive", "iteration")
     observations, _ = envs.reset(seed=env_seeds)
     running_returns = np.zeros(training.environments)
     finished_returns: deque[float] = deque(maxlen=training.environments)  # the latest episodes
@@ -84,10 +86,10 @@ def main() -> None:
             finished_returns.extend(running_returns[ended])
             running_returns[ended] = 0.0
             mean_return = float(np.mean(finished_returns)) if finished_returns else float("nan")
-            log.record(iteration, mean_return, float(loss))
+            log.log(iteration, mean_return=mean_return, loss=float(loss))
             bar.set_postfix(loss=f"{float(loss):.3f}", mean_return=f"{mean_return:.1f}", refresh=False)
     envs.close()
-    log.write(f"{data}/training_log.csv")
+    log.close()
     plot_learning_curve(log.frame(), f"{reports}/learning_curve.png",
                         f"Imitation over {training.environments} environments: latest episodes' return",
                         reference={"hard-coded policy (SPEC 1)": hard_coded_mean_return}, loss=True)
@@ -98,7 +100,7 @@ def main() -> None:
         training_max_steps=cfg.max_steps, training_seeds=tuple(env_seeds),
         details={"algorithm": "imitation of the hard-coded policy (binary cross-entropy)",
                  "iterations": training.iterations, "environments": training.environments,
-                 "training_log": f"{data}/training_log.csv"})
+                 "training_log": f"{data}/dvclive"})
     eval_seeds = list(cfg.evaluation.seeds)
     evaluation = assess_policy(entry, eval_seeds, cfg.max_steps)
     gif = record_policy_gif(entry, f"{reports}/policy.gif", cfg.gif.seed, cfg.max_steps, cfg.gif.fps)

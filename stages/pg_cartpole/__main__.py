@@ -7,7 +7,8 @@ batched gradient (stages/common/policy_gradients.py), the same update as the boo
 tapes; benchmarks/reinforce_speed.py measures the difference in time.
 
 ``python -m stages.pg_cartpole --seed S`` trains with training seed S (dvc.yaml: one run per
-seed of params.yaml's ``seeds``); the policy is ``pg_cartpole_s<S>``.
+seed of params.yaml's ``seeds``); the policy is ``pg_cartpole_s<S>``. The training history is
+DVCLive's, in ``data/pg_cartpole/s<S>/dvclive``, one step per iteration (``mean_return``, ``loss``).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import tensorflow as tf  # noqa: F401  (imported before seeding, so TensorFlow i
 from stages.common.assessment import assess_policy, record_policy_gif
 from stages.common.book import book_value
 from stages.common.io import write_json
+from stages.common.plotting import plot_learning_curve
 from stages.common.policies import INDEX_DIR, export_keras_policy, seeded_policy_name
 from stages.common.policy_gradients import train_reinforce
 from stages.common.seeding import seed_everything
 from stages.common.settings import Params, run_stage
-from stages.common.training_log import plot_learning_curve
 from stages.pg_cartpole import settings
 
 NAME = "pg_cartpole"
@@ -36,8 +37,8 @@ def main() -> None:
     book_final_mean_return = book_value(NAME)  # the book's last iteration (of at most 200)
     rng = seed_everything(seed)
 
-    model, log = train_reinforce(cfg, "p_left", rng, desc="REINFORCE on CartPole")
-    log.write(f"{data}/training_log.csv")
+    model, log = train_reinforce(cfg, "p_left", rng, desc="REINFORCE on CartPole",
+                                 log_folder=f"{data}/dvclive")
     plot_learning_curve(log.frame(), f"{reports}/learning_curve.png",
                         f"REINFORCE on {cfg.env_id}: {training.episodes_per_iteration} episodes per iteration",
                         reference={"book, last iteration": book_final_mean_return,
@@ -49,7 +50,7 @@ def main() -> None:
         training_max_steps=cfg.max_steps, training_seeds=tuple(training.env_seeds),
         details={"algorithm": "REINFORCE", "iterations": training.iterations,
                  "episodes_per_iteration": training.episodes_per_iteration, "discount": training.discount,
-                 "training_log": f"{data}/training_log.csv"})
+                 "training_log": f"{data}/dvclive"})
     evaluation = assess_policy(entry, list(cfg.evaluation.seeds), cfg.max_steps)
     gif = record_policy_gif(entry, f"{reports}/policy.gif", cfg.gif.seed, cfg.max_steps, cfg.gif.fps)
 

@@ -7,7 +7,8 @@
 takes up the exercise's challenge of passing 200, the environment's "solved" level, with the same
 algorithm given more and larger batches. dvc.yaml runs every configuration for every training
 seed of params.yaml's ``seeds``; the policy is ``pg_lunarlander_<config>_s<seed>`` and the
-outputs go under ``.../<config>/s<seed>/``.
+outputs go under ``.../<config>/s<seed>/``. The training history is DVCLive's, in
+``data/pg_lunarlander/<config>/s<seed>/dvclive``, one step per iteration (``mean_return``, ``loss``).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import tensorflow as tf  # noqa: F401  (imported before seeding, so TensorFlow i
 from stages.common.assessment import assess_policy, record_policy_gif
 from stages.common.book import book_value
 from stages.common.io import write_json
+from stages.common.plotting import plot_learning_curve
 from stages.common.policies import INDEX_DIR, export_keras_policy, seeded_policy_name
 from stages.common.policy_gradients import train_reinforce
 from stages.common.seeding import seed_everything
 from stages.common.settings import Params, run_stage
-from stages.common.training_log import plot_learning_curve
 from stages.pg_lunarlander import settings
 
 NAME = "pg_lunarlander"
@@ -39,8 +40,7 @@ def main() -> None:
     rng = seed_everything(seed)
 
     model, log = train_reinforce(cfg, "action_probabilities", rng,
-                                 desc=f"REINFORCE on LunarLander ({config})")
-    log.write(f"{data}/training_log.csv")
+                                 desc=f"REINFORCE on LunarLander ({config})", log_folder=f"{data}/dvclive")
     plot_learning_curve(log.frame(), f"{reports}/learning_curve.png",
                         f"REINFORCE on {cfg.env_id} ({config}): "
                         f"{training.episodes_per_iteration} episodes per iteration",
@@ -55,7 +55,7 @@ def main() -> None:
                  "iterations": training.iterations,
                  "episodes_per_iteration": training.episodes_per_iteration,
                  "discount": training.discount, "entropy_coefficient": training.entropy_coefficient,
-                 "training_log": f"{data}/training_log.csv"})
+                 "training_log": f"{data}/dvclive"})
     evaluation = assess_policy(entry, list(cfg.evaluation.seeds), cfg.max_steps)
     gif = record_policy_gif(entry, f"{reports}/policy.gif", cfg.gif.seed, cfg.max_steps, cfg.gif.fps)
 
