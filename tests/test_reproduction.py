@@ -56,6 +56,7 @@ def _workspace(root: Path) -> dict:
     (root / "reports/metrics.json").write_text(json.dumps({"return": 10, "wall_time_s": 1.0}))
     (root / "reports/curve.png").write_bytes(b"png")
     (root / "train.py").write_text("print('train')\n")
+    (root / "page.html").write_text("<p>10</p>")
     lock = {"schema": "2.0", "stages": {
         "train": {"cmd": "python train.py",
                   "deps": [{"path": "train.py", "md5": "aaa"}],
@@ -64,9 +65,13 @@ def _workspace(root: Path) -> dict:
                            {"path": "reports/metrics.json", "md5": "y"}]},
         "plot": {"cmd": "python plot.py",
                  "deps": [{"path": "data/train", "md5": "x.dir"}],
-                 "outs": [{"path": "reports/curve.png", "md5": "z"}]}}}
+                 "outs": [{"path": "reports/curve.png", "md5": "z"}]},
+        # A consumer of a folder holding other stages' outputs, as the report reads reports/<stage>.
+        "page": {"cmd": "python page.py",
+                 "deps": [{"path": "reports", "md5": "r.dir"}, {"path": "page.py", "md5": "p"}],
+                 "outs": [{"path": "page.html", "md5": "h"}]}}}
     (root / LOCK).write_text(yaml.safe_dump(lock))
-    produced = {"data/train", "reports/metrics.json", "reports/curve.png"}
+    produced = {"data/train", "reports/metrics.json", "reports/curve.png", "page.html"}
     entries = read_lock(root)
     return {"stages": {
         name: {"inputs": fingerprint(entries[name], produced),
@@ -100,12 +105,19 @@ def test_changed_code_or_params_are_told_apart_from_changed_results(tmp_path):
     recorded = _workspace(tmp_path)
     lock = yaml.safe_load((tmp_path / LOCK).read_text())
     lock["stages"]["train"]["params"]["params.yaml"]["train"]["lr"] = 0.02
-    # The consumer's dependency on the upstream output changes too: that is not "other inputs".
+    # The consumers' dependencies on upstream outputs change too (an output, a folder holding
+    # outputs): that is not "other inputs", those are checked as the upstream stages' outputs.
     lock["stages"]["plot"]["deps"][0]["md5"] = "another.dir"
+    lock["stages"]["page"]["deps"][0]["md5"] = "another.dir"
     (tmp_path / LOCK).write_text(yaml.safe_dump(lock))
     verdicts = _verdicts(tmp_path, recorded)
     assert verdicts["train"][0] == "other inputs"
     assert verdicts["plot"][0] == "reproduced"
+    assert verdicts["page"][0] == "reproduced"
+    # The consumer's own code is a source dependency.
+    lock["stages"]["page"]["deps"][1]["md5"] = "q"
+    (tmp_path / LOCK).write_text(yaml.safe_dump(lock))
+    assert _verdicts(tmp_path, recorded)["page"][0] == "other inputs"
 
 
 def test_stages_not_run_or_not_recorded(tmp_path):
@@ -123,7 +135,7 @@ def test_check_exits_1_on_a_difference_and_2_without_a_record(tmp_path, capsys):
     assert "record a run first" in capsys.readouterr().err
     (tmp_path / DIGESTS).write_text(yaml.safe_dump(recorded))
     assert reproduction.main(["check", "--dir", str(tmp_path)]) == 0
-    assert "2 reproduced" in capsys.readouterr().out
+    assert "3 reproduced" in capsys.readouterr().out
     (tmp_path / "reports/curve.png").write_bytes(b"other png")
     assert reproduction.main(["check", "--dir", str(tmp_path)]) == 1
     out = capsys.readouterr().out

@@ -108,14 +108,16 @@ def _outputs(entry: dict) -> list[str]:
     return [out["path"] for out in entry.get("outs", [])]
 
 
-def _under(path: str, folders: set[str]) -> bool:
-    return any(path == f or path.startswith(f.rstrip("/") + "/") for f in folders)
+def _produced_by_a_stage(path: str, outputs: set[str]) -> bool:
+    """``path`` is an output, lies inside one, or is a folder holding outputs (``reports/dqn``)."""
+    return any(path == o or path.startswith(o.rstrip("/") + "/") or o.startswith(path.rstrip("/") + "/")
+               for o in outputs)
 
 
 def fingerprint(entry: dict, produced: set[str]) -> str:
     """What a stage ran from: command, params and the dependencies no stage produces."""
     sources = sorted((d["path"], d.get("md5")) for d in entry.get("deps", [])
-                     if not _under(d["path"], produced))
+                     if not _produced_by_a_stage(d["path"], produced))
     text = json.dumps({"cmd": entry.get("cmd"), "params": entry.get("params", {}),
                        "deps": sources}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
