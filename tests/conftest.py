@@ -13,7 +13,7 @@ import yaml
 
 import stages  # noqa: F401  (sets TensorFlow's Keras mode before any test imports TensorFlow)
 from stages.common.reproduction import (  # noqa: F401  (tests import them from here)
-    SNAKEMAKE_DIRECTORY_MARKER, file_digests, reproducible_bytes)
+    SNAKEMAKE_DIRECTORY_MARKER, file_digests, produced_by_a_stage, reproducible_bytes)
 from stages.common.workspace import REPO_ROOT, create_workspace, engine_env
 
 
@@ -102,15 +102,10 @@ def with_downstream(stages: list, chosen: list) -> list:
     while grown:
         written = {o for stage in stages if stage.name in names for o in stage.outs}
         readers = {stage.name for stage in stages
-                   if any(_under(d, written) for d in (*stage.deps, *stage.inputs))}
+                   if any(produced_by_a_stage(d, written) for d in (*stage.deps, *stage.inputs))}
         grown = not readers <= names
         names |= readers
     return [stage for stage in stages if stage.name in names]
-
-
-def _under(path: str, outputs: set[str]) -> bool:
-    return any(path == o or path.startswith(o.rstrip("/") + "/") or o.startswith(path.rstrip("/") + "/")
-               for o in outputs)
 
 
 def remove_outputs(workspace: Path, stages: list) -> None:

@@ -14,38 +14,37 @@ from stages.common.reproduction import (
     DIGESTS, LOCK, check, file_digests, fingerprint, read_lock, reproducible_bytes)
 
 
+def _only_the_timing_is_ignored(file: Path, recorded: str, other_timing: str, other_result: str) -> None:
+    """``file`` written as ``recorded``: a new timing leaves its digest alone, a new result does not."""
+    file.write_text(recorded)
+    before = reproducible_bytes(file)
+    file.write_text(other_timing)
+    assert reproducible_bytes(file) == before
+    file.write_text(other_result)
+    assert reproducible_bytes(file) != before
+
+
 def test_timings_and_volatile_spans_are_left_out_and_nothing_else(tmp_path):
-    metrics = tmp_path / "metrics.json"
-    metrics.write_text(json.dumps({"mean": 1.5, "training": {"wall_time_s": 3.2, "steps": 7}}))
-    before = reproducible_bytes(metrics)
-    metrics.write_text(json.dumps({"mean": 1.5, "training": {"wall_time_s": 9.9, "steps": 7}}))
-    assert reproducible_bytes(metrics) == before
-    metrics.write_text(json.dumps({"mean": 1.5, "training": {"wall_time_s": 3.2, "steps": 8}}))
-    assert reproducible_bytes(metrics) != before
-
-    log = tmp_path / "training_log.csv"
-    log.write_text("iteration,mean_return,wall_time_s\n1,2.0,0.5\n")
-    before = reproducible_bytes(log)
-    log.write_text("iteration,mean_return,wall_time_s\n1,2.0,0.7\n")
-    assert reproducible_bytes(log) == before
-    log.write_text("iteration,mean_return,wall_time_s\n1,2.5,0.5\n")
-    assert reproducible_bytes(log) != before
-
-    tsv = tmp_path / "mean_return.tsv"  # DVCLive's layout, tab-separated
-    tsv.write_text("step\tmean_return\ttrain_wall_time_s\n1\t2.0\t0.5\n")
-    before = reproducible_bytes(tsv)
-    tsv.write_text("step\tmean_return\ttrain_wall_time_s\n1\t2.0\t0.9\n")
-    assert reproducible_bytes(tsv) == before
-    tsv.write_text("step\tmean_return\ttrain_wall_time_s\n1\t2.5\t0.5\n")
-    assert reproducible_bytes(tsv) != before
-
-    page = tmp_path / "index.html"
-    page.write_text(f"<p>{volatile('took 3 s')}</p><p>return 12</p>")
-    before = reproducible_bytes(page)
-    page.write_text(f"<p>{volatile('took 4 s on another host')}</p><p>return 12</p>")
-    assert reproducible_bytes(page) == before
-    page.write_text(f"<p>{volatile('took 3 s')}</p><p>return 13</p>")
-    assert reproducible_bytes(page) != before
+    _only_the_timing_is_ignored(
+        tmp_path / "metrics.json",
+        json.dumps({"mean": 1.5, "training": {"wall_time_s": 3.2, "steps": 7}}),
+        json.dumps({"mean": 1.5, "training": {"wall_time_s": 9.9, "steps": 7}}),
+        json.dumps({"mean": 1.5, "training": {"wall_time_s": 3.2, "steps": 8}}))
+    _only_the_timing_is_ignored(
+        tmp_path / "training_log.csv",
+        "iteration,mean_return,wall_time_s\n1,2.0,0.5\n",
+        "iteration,mean_return,wall_time_s\n1,2.0,0.7\n",
+        "iteration,mean_return,wall_time_s\n1,2.5,0.5\n")
+    _only_the_timing_is_ignored(  # DVCLive's layout, tab-separated
+        tmp_path / "mean_return.tsv",
+        "step\tmean_return\ttrain_wall_time_s\n1\t2.0\t0.5\n",
+        "step\tmean_return\ttrain_wall_time_s\n1\t2.0\t0.9\n",
+        "step\tmean_return\ttrain_wall_time_s\n1\t2.5\t0.5\n")
+    _only_the_timing_is_ignored(
+        tmp_path / "index.html",
+        f"<p>{volatile('took 3 s')}</p><p>return 12</p>",
+        f"<p>{volatile('took 4 s on another host')}</p><p>return 12</p>",
+        f"<p>{volatile('took 3 s')}</p><p>return 13</p>")
 
 
 def _workspace(root: Path) -> dict:

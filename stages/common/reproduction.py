@@ -5,8 +5,8 @@
 
 DVC hashes whole files, and some outputs carry facts that differ between two identical runs:
 the wall-clock time a training took (JSON keys and CSV or TSV columns whose name ends in
-``wall_time_s``) and the report's volatile spans (timings, date, host, commit: see stages/common/html.py). A rerun
-therefore always rewrites those entries of dvc.lock, and ``dvc status`` cannot tell a rerun that
+``wall_time_s``) and the report's volatile spans (timings, date, host, commit: see
+stages/common/html.py). A rerun therefore always rewrites those entries of dvc.lock, and ``dvc status`` cannot tell a rerun that
 reproduced the recorded results from one that did not. This module records, beside dvc.lock, a
 digest of every output file with exactly those parts left out, and compares a workspace against
 it. Neither DVC nor Snakemake has a notion of volatile fields inside an output, which is why this
@@ -108,7 +108,7 @@ def _outputs(entry: dict) -> list[str]:
     return [out["path"] for out in entry.get("outs", [])]
 
 
-def _produced_by_a_stage(path: str, outputs: set[str]) -> bool:
+def produced_by_a_stage(path: str, outputs: set[str]) -> bool:
     """``path`` is an output, lies inside one, or is a folder holding outputs (``reports/dqn``)."""
     return any(path == o or path.startswith(o.rstrip("/") + "/") or o.startswith(path.rstrip("/") + "/")
                for o in outputs)
@@ -117,7 +117,7 @@ def _produced_by_a_stage(path: str, outputs: set[str]) -> bool:
 def fingerprint(entry: dict, produced: set[str]) -> str:
     """What a stage ran from: command, params and the dependencies no stage produces."""
     sources = sorted((d["path"], d.get("md5")) for d in entry.get("deps", [])
-                     if not _produced_by_a_stage(d["path"], produced))
+                     if not produced_by_a_stage(d["path"], produced))
     text = json.dumps({"cmd": entry.get("cmd"), "params": entry.get("params", {}),
                        "deps": sources}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
