@@ -1,4 +1,4 @@
-"""SPEC 9: the grid environment's rules, TF-Agents' validation, and the agent's learned path."""
+"""The grid environment's rules, TF-Agents' validation, and the agent's learned path."""
 
 from __future__ import annotations
 

@@ -115,6 +115,19 @@ def test_no_page_cites_the_specification(page):
     assert hits == [], "the specification is not in the repository; link a docs page instead"
 
 
+def test_no_code_or_data_cites_the_specification():
+    """Docstrings, templates, the book's numbers and the figures' labels say where in the chapter a
+    result comes from, never a section of a document the repository does not hold."""
+    files = [path for folder in ("stages", "pi", "data", "benchmarks", "tests")
+             for path in sorted((ROOT / folder).rglob("*"))
+             if path.suffix in {".py", ".yaml", ".html", ".md", ".j2"} and path.name != "test_docs.py"]
+    assert len(files) > 50, "the code tree was not found"
+    hits = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}" for path in files
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+            if re.search(r"\bSPEC\b", line)]
+    assert hits == [], "the specification is not in the repository:\n" + "\n".join(hits)
+
+
 def test_command_2_is_what_ci_runs():
     command = command_2()
     assert command.startswith("python3 -m pip install uv==") and command.endswith(" uv run pytest")

@@ -1,4 +1,4 @@
-"""SPEC 7 and 8, a TF-Agents DQN on Atari games from pixels, one run per game: its settings.
+"""A TF-Agents DQN on Atari games from pixels, one run per game: its settings.
 
 ``atari_dqn`` in params.yaml holds what every game shares (preprocessing, network, agent,
 training, evaluation, pictures) and, under ``games``, each game's id and start rule.

@@ -1,4 +1,4 @@
-"""SPEC 7 and 8: a TF-Agents DQN learns an Atari game (Breakout, Space Invaders) from pixels.
+"""A TF-Agents DQN learns an Atari game (Breakout, Space Invaders) from pixels.
 
     python -m stages.atari_dqn --game breakout
 

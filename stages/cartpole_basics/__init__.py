@@ -1,4 +1,4 @@
-"""SPEC 1, CartPole's first frame and the hard-coded policy: its settings."""
+"""CartPole's first frame and the hard-coded policy: its settings."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 1: CartPole's first observation and frame, and the hard-coded policy's statistics.
+"""CartPole's first observation and frame, and the hard-coded policy's statistics.
 
 The hard-coded policy pushes the cart toward the side the pole leans to. It is evaluated by the
 shared evaluation helper on one seed per episode, so its numbers depend on nothing but the seeds.

@@ -23,7 +23,7 @@ def _read(path: str) -> dict[str, Any]:
 
 
 def book_experiments(path: str | os.PathLike = BOOK_RESULTS) -> dict[str, Any]:
-    """Every experiment's entry: title, spec, headline (value, what, source, verdict, measured_by), details."""
+    """Every experiment's entry: title, section, headline (value, what, source, verdict, measured_by), details."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} not found: the book's numbers live there (git-tracked)")
     return _read(str(path))

@@ -1,5 +1,5 @@
 """The book's hard-coded CartPole policy, shared by the stage that measures it and the network
-that imitates it (SPEC 1 and 2)."""
+that imitates it."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Settings of the policy-gradient experiments: a policy network trained on seeded environments,
-evaluated on held-out seeds and recorded as a GIF (SPEC 2 imitation, SPEC 3 and 11 REINFORCE).
+evaluated on held-out seeds and recorded as a GIF (the imitation, and REINFORCE on CartPole and LunarLander).
 Each experiment extends these models with its environment family and training block. Kept apart
 from the training machinery (policy_gradients.py) so that reading settings never imports
 TensorFlow."""
@@ -65,7 +65,7 @@ class ReinforceTraining(SeededTraining):
 
 
 class Reinforce(PolicyRun):
-    """A REINFORCE run (SPEC 3 on CartPole, SPEC 11 on LunarLander)."""
+    """A REINFORCE run (on CartPole, or on LunarLander for exercise 8)."""
 
     training: ReinforceTraining
     """How long, on what, from which seeds."""

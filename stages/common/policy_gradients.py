@@ -1,4 +1,4 @@
-"""Policy-gradient machinery shared by the CartPole and LunarLander stages (SPEC 2, 3 and 11).
+"""Policy-gradient machinery shared by the CartPole and LunarLander stages.
 
 The book plays one environment step per ``GradientTape`` and, after the iteration's episodes,
 averages the per-step gradients, each weighted by its step's normalised discounted return. A

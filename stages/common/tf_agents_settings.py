@@ -1,5 +1,5 @@
-"""Settings blocks of the TF-Agents DQN experiments (the Atari games, SPEC 7 and 8, and the custom
-grid, SPEC 9): epsilon-greedy exploration and the collect-then-train loop over a replay buffer.
+"""Settings blocks of the TF-Agents DQN experiments (the Atari games and the custom
+grid): epsilon-greedy exploration and the collect-then-train loop over a replay buffer.
 Kept apart from the agents' code so that reading settings never imports TensorFlow."""
 
 from __future__ import annotations

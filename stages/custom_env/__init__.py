@@ -1,4 +1,4 @@
-"""SPEC 9, a custom TF-Agents environment (a grid) and a DQN agent that crosses it: its settings."""
+"""A custom TF-Agents environment (a grid) and a DQN agent that crosses it: its settings."""
 
 from __future__ import annotations
 

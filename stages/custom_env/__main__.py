@@ -1,4 +1,4 @@
-"""SPEC 9: a custom TF-Agents environment, a 4 x 4 grid, and a DQN agent that learns to cross it.
+"""A custom TF-Agents environment, a 4 x 4 grid, and a DQN agent that learns to cross it.
 
 The agent starts in the top-left cell and must reach the bottom-right one; it sees the grid
 with a 1 in its own cell. Reaching the goal ends the episode with +10, stepping off the grid
@@ -52,7 +52,7 @@ GOAL_REWARD, OFF_GRID_REWARD = 10.0, -1.0
 
 
 class GridEnvironment(py_environment.PyEnvironment):
-    """The SPEC 9 grid. Episodes longer than ``max_steps`` are cut (a truncation, not a terminal)."""
+    """The 4 x 4 grid. Episodes longer than ``max_steps`` are cut (a truncation, not a terminal)."""
 
     def __init__(self, size: int = 4, discount: float = 1.0, max_steps: int = 100) -> None:
         super().__init__(handle_auto_reset=True)  # stepped after the last step, it starts anew

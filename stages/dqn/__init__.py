@@ -1,4 +1,4 @@
-"""SPEC 6, deep Q-networks on CartPole, one run per variant and training seed: their settings.
+"""Deep Q-networks on CartPole, one run per variant and training seed: their settings.
 
 ``dqn`` in params.yaml holds what every variant shares (environment, seed, evaluation, GIF) and,
 under ``variants``, what makes each variant: its network, optimizer, loss, target network, double

@@ -1,4 +1,4 @@
-"""SPEC 6: deep Q-networks on CartPole, one variant per run.
+"""Deep Q-networks on CartPole, one variant per run.
 
     python -m stages.dqn --variant double_dqn --seed 0
 

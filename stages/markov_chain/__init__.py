@@ -1,4 +1,4 @@
-"""SPEC 4, a four-state Markov chain: its settings (the experiment is in ``__main__.py``)."""
+"""A four-state Markov chain: its settings (the experiment is in ``__main__.py``)."""
 
 from __future__ import annotations
 

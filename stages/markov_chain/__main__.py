@@ -1,4 +1,4 @@
-"""SPEC 4: sample runs of a four-state Markov chain whose last state is terminal.
+"""Sample runs of a four-state Markov chain whose last state is terminal.
 
 Sampling uses NumPy's legacy ``RandomState`` on purpose: with seed 42 and the same draw order as
 the book, it reproduces the book's printed runs exactly. Beside the samples, the expected run

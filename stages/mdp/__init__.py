@@ -1,4 +1,4 @@
-"""SPEC 5, a three-state MDP solved by Q-value iteration and Q-learning: its settings."""
+"""A three-state MDP solved by Q-value iteration and Q-learning: its settings."""
 
 from __future__ import annotations
 

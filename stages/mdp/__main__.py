@@ -1,4 +1,4 @@
-"""SPEC 5: a three-state MDP solved by Q-value iteration (two discounts) and by Q-learning.
+"""A three-state MDP solved by Q-value iteration (two discounts) and by Q-learning.
 
 Impossible actions hold -inf in every Q table so that a max over actions ignores them; in JSON
 they are written as null. Q-learning draws with NumPy's legacy ``RandomState`` in the book's

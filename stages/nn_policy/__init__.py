@@ -1,4 +1,4 @@
-"""SPEC 2, a network that imitates the hard-coded CartPole policy: its settings."""
+"""A network that imitates the hard-coded CartPole policy: its settings."""
 
 from __future__ import annotations
 

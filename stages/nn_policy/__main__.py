@@ -1,4 +1,4 @@
-"""SPEC 2: a small network learns to imitate the hard-coded CartPole policy.
+"""A small network learns to imitate the hard-coded CartPole policy.
 
 Fifty environments run side by side in a Gymnasium vector environment that resets an environment
 in the step its episode ends. At each iteration the network's P(left) for the current
@@ -58,7 +58,7 @@ def main() -> None:
     cfg = settings(sys.argv[1:], Params.load())
     training, seed = cfg.training, cfg.training.seed
     data, reports = f"data/{NAME}/s{seed}", f"reports/{NAME}/s{seed}"
-    hard_coded_mean_return = book_value("cartpole_basics")  # SPEC 1: the policy imitated
+    hard_coded_mean_return = book_value("cartpole_basics")  # the policy imitated
     book_final_loss = book_value("nn_policy", "final_loss")
     rng = seed_everything(seed)
     env_seeds = list(training.env_seeds)
@@ -92,7 +92,7 @@ def main() -> None:
     log.close()
     plot_learning_curve(log.frame(), f"{reports}/learning_curve.png",
                         f"Imitation over {training.environments} environments: latest episodes' return",
-                        reference={"hard-coded policy (SPEC 1)": hard_coded_mean_return}, loss=True)
+                        reference={"hard-coded policy": hard_coded_mean_return}, loss=True)
 
     entry = export_keras_policy(
         model, INDEX_DIR / seeded_policy_name(NAME, seed), stage=f"{NAME}@{seed}",

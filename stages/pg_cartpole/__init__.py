@@ -1,4 +1,4 @@
-"""SPEC 3, REINFORCE on CartPole with the book's settings: its settings."""
+"""REINFORCE on CartPole with the book's settings: its settings."""
 
 from __future__ import annotations
 

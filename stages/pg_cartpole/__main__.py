@@ -1,4 +1,4 @@
-"""SPEC 3: REINFORCE on CartPole with the book's settings.
+"""REINFORCE on CartPole with the book's settings.
 
 Each iteration plays a batch of episodes with the current policy, weights every step's
 cross-entropy toward the action it took by the step's discounted return (standardised over the

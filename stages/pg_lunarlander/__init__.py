@@ -1,4 +1,4 @@
-"""SPEC 11 (exercise 8), REINFORCE on LunarLander, one run per configuration and training seed:
+"""REINFORCE on LunarLander, one run per configuration and training seed:
 its settings. ``pg_lunarlander`` in params.yaml maps configuration names to REINFORCE settings."""
 
 from __future__ import annotations

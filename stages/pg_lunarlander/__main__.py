@@ -1,4 +1,4 @@
-"""SPEC 11 (exercise 8): REINFORCE on LunarLander, once per configuration and training seed.
+"""REINFORCE on LunarLander, once per configuration and training seed.
 
     python -m stages.pg_lunarlander --config solve --seed 0
 

@@ -1,4 +1,4 @@
-"""SPEC 12 (exercise 10), every policy as TFLite for a Raspberry Pi: the bundle's settings."""
+"""Every policy as TFLite for a Raspberry Pi: the bundle's settings."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 12 (exercise 10): every trained policy as a Raspberry Pi bundle that needs no TensorFlow.
+"""Every trained policy as a Raspberry Pi bundle that needs no TensorFlow.
 
 For each policy in the index: observations are recorded from its own greedy episodes on seeds no
 training or evaluation uses (one set calibrates the int8 quantization, a larger held-out set

@@ -1,4 +1,4 @@
-"""SPEC 10, replay memories timed with a million transitions: their settings."""
+"""Replay memories timed with a million transitions: their settings."""
 
 from __future__ import annotations
 

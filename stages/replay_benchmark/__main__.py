@@ -1,4 +1,4 @@
-"""SPEC 10: three replay memories holding a million transitions, timed side by side.
+"""Three replay memories holding a million transitions, timed side by side.
 
 - ``deque``: ``collections.deque(maxlen=N)`` of transition tuples, the book's DQN memory. Appending
   is cheap, but indexing walks a linked list of blocks, so random sampling slows as it grows.

@@ -161,7 +161,7 @@ def book_view(entry: dict[str, Any] | None) -> dict[str, Any] | None:
     value = headline["value"]
     details = [{"name": name, "value": d["value"] if isinstance(d["value"], str) else format_value(d["value"]),
                 "source": d["source"]} for name, d in (entry.get("details") or {}).items() if name != "runs"]
-    return {"title": entry["title"], "spec": entry["spec"], "what": headline["what"], "source": headline["source"],
+    return {"title": entry["title"], "section": entry["section"], "what": headline["what"], "source": headline["source"],
             "value": "-" if value is None else value if isinstance(value, str) else format_value(value),
             "details": details}
 
