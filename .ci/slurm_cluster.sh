@@ -51,9 +51,13 @@ if [[ "$command" != start ]]; then
 fi
 
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+    # One apt-get at a time: the test suite's other installers take the same lock (tests/debian.py).
+    exec 9>>/run/lock/rl-pipeline-apt.lock
+    flock 9
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends slurm-wlm munge >&2 \
         || { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive \
              apt-get install -y --no-install-recommends slurm-wlm munge >&2; }
+    exec 9>&-
 fi
 
 if [[ ! -s /etc/munge/munge.key ]]; then

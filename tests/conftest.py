@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import itertools
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,11 +80,45 @@ SNAKEMAKE = [str(BIN / "snakemake"), "--cores", "2"]
 DVC = str(BIN / "dvc")
 
 
+@contextlib.contextmanager
+def exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` (created if missing) for the block: one process at
+    a time, across the pytest-xdist workers and any other process taking the same lock."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def shared_temp(tmp_path_factory, worker_id: str) -> Path:
+    """The temporary folder every pytest-xdist worker of this session sees (the session's own
+    folder when the tests run in one process)."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
 @pytest.fixture(scope="session")
-def quick_run(tmp_path_factory) -> Path:
-    """The quick profile run once through Snakemake; tests that change things work on clones."""
-    ws = create_workspace(tmp_path_factory.mktemp("quick") / "repo", profile="quick")
-    run(SNAKEMAKE, ws)
+def quick_run(tmp_path_factory, worker_id) -> Path:
+    """The quick profile run once through Snakemake for the whole session: the first worker that
+    asks runs it, the others wait for it and use the same folder. It is read-only: a test that runs
+    an engine or changes a file works on a clone (``clone_of_quick_run``). A failed run is
+    reported to every test that asks, not run again."""
+    shared = shared_temp(tmp_path_factory, worker_id) / "quick"
+    ws, done, failed = shared / "repo", shared / "done", shared / "failed.txt"
+    with exclusive(shared.with_suffix(".lock")):
+        if failed.exists():
+            pytest.fail(f"the quick run failed (in another worker):\n{failed.read_text()}")
+        if not done.exists():
+            try:
+                create_workspace(ws, profile="quick")
+                run(SNAKEMAKE, ws)
+            except BaseException as error:
+                failed.write_text(f"{type(error).__name__}: {error}")
+                raise
+            done.touch()
     return ws
 
 
@@ -119,12 +157,23 @@ def remove_outputs(workspace: Path, stages: list) -> None:
                 target.unlink()
 
 
+def engine_locks(folder: str, names: list[str]) -> set[str]:
+    """What a clone leaves out: the engines' lock and scratch folders (DVC's .dvc/tmp, Snakemake's
+    .snakemake/locks), which name processes of the source folder, not of the clone."""
+    path = Path(folder)
+    if path.name == ".dvc":
+        return {"tmp"} & set(names)
+    if path.name == ".snakemake":
+        return {"locks"} & set(names)
+    return set()
+
+
 @pytest.fixture
 def clone_of_quick_run(quick_run, tmp_path):
     """A private copy of the finished run (git, DVC cache, Snakemake metadata, outputs)."""
     def make() -> Path:
         target = tmp_path / f"clone-{len(list(tmp_path.iterdir()))}"
-        shutil.copytree(quick_run, target, symlinks=True)
+        shutil.copytree(quick_run, target, symlinks=True, ignore=engine_locks)
         return target
 
     return make
@@ -150,3 +199,27 @@ def dvclive_history(folder: Path, step_name: str, metrics: set[str]):
     history = read_history(folder)
     assert history.columns[0] == step_name
     return history
+
+
+# Started first when the suite runs on several workers (pytest-xdist): the longest tests that use
+# the shared quick run. Only an order: a test missing here just runs later.
+LONGEST_FIRST = ("tests/test_slurm.py::", "tests/test_pipeline.py::test_dvc_repro_reproduces",
+                 "tests/test_extending.py::")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests (``e2e``, ``system``) first, alternating between those that use the shared quick
+    run and those that do not, so that while one worker runs the quick profile the other has a
+    slow test of its own; the fast tests come last and fill the workers' gaps at the end."""
+    def slow(item) -> bool:
+        return any(item.get_closest_marker(name) for name in ("e2e", "system"))
+
+    def first(item) -> int:
+        return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)),
+                    len(LONGEST_FIRST))
+
+    sharing = sorted((i for i in items if slow(i) and "quick_run" in i.fixturenames), key=first)
+    alone = [i for i in items if slow(i) and "quick_run" not in i.fixturenames]
+    fast = [i for i in items if not slow(i)]
+    alternating = [i for pair in itertools.zip_longest(sharing, alone) for i in pair if i is not None]
+    items[:] = alternating + fast

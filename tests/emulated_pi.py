@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from tests.debian import apt_install
+
 CACHE = Path(os.environ.get("RL_PIPELINE_PI_CACHE", "/var/cache/rl-pipeline"))
 SUITE, ARCH = "bookworm", "arm64"
 DEBIAN_PACKAGES = {"debootstrap": "/usr/sbin/debootstrap", "qemu-user-static": "/usr/bin/qemu-aarch64-static",
@@ -55,9 +57,7 @@ def debian_mirror() -> str:
 def install_debian_packages() -> None:
     missing = [name for name, path in DEBIAN_PACKAGES.items() if not Path(path).exists()]
     if missing:
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        apt_install(missing)
 
 
 @contextmanager

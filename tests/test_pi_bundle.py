@@ -27,6 +27,9 @@ from stages.common.settings import ParamError, Params, read_params_file
 from stages.common.workspace import REPO_ROOT, engine_env, merge
 from stages.pi_bundle import settings as bundle_settings
 
+# One worker builds the module's bundle and runs every test that reads it.
+pytestmark = pytest.mark.xdist_group("pi_bundle")
+
 PI = REPO_ROOT / "pi"
 CARTPOLE = "balance_p_left"
 POLICIES = (CARTPOLE, "random_q_values", "random_lander", "tf_agents_q")

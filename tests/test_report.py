@@ -11,9 +11,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import os
 import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from stages.common.book import book_experiments
 from stages.common.dag import read_dag
 from stages.common.policies import load_index
 from tests.conftest import DVC, SNAKEMAKE, run
+from tests.debian import apt_install
 from tests.test_dag import dvc_view
 
 pytestmark = pytest.mark.e2e
@@ -41,11 +40,7 @@ def chromium() -> Path:
     if not CHROMIUM.exists():
         if shutil.which("apt-get") is None:
             pytest.fail("chromium is missing and apt-get is not available to install it")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-q", "chromium"]
-        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, check=True, capture_output=True)
-            subprocess.run(install, env=env, check=True, capture_output=True)
+        apt_install(["chromium"])
     return CHROMIUM
 
 
@@ -222,10 +217,11 @@ def _ran(repro_output: str) -> list[str]:
     return [line.split("'")[1] for line in repro_output.splitlines() if line.startswith("Running stage '")]
 
 
-def test_snakemakes_own_report_holds_the_figures(quick_run, tmp_path):
+def test_snakemakes_own_report_holds_the_figures(clone_of_quick_run, tmp_path):
+    ws = clone_of_quick_run()
     report = tmp_path / "snakemake_report.html"
-    run([*SNAKEMAKE, "--report", str(report)], quick_run)
+    run([*SNAKEMAKE, "--report", str(report)], ws)
     text = report.read_text(errors="replace")
-    figures = {Path(o).name for stage in dvc_view(quick_run).values() for o in stage["outs"]
+    figures = {Path(o).name for stage in dvc_view(ws).values() for o in stage["outs"]
                if o.endswith((".png", ".gif"))}
     assert all(name in text for name in figures)

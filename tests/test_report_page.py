@@ -18,6 +18,9 @@ from stages.common.html import VOLATILE_START, strip_volatile
 from stages.common.workspace import create_workspace
 from stages.report.summary import winners
 
+# One worker renders the module's workspace and runs every test that reads it.
+pytestmark = pytest.mark.xdist_group("report_page")
+
 HOSTILE = '<script>alert("x")</script>'
 
 
