@@ -86,11 +86,8 @@ def exclusive(lock_file: Path) -> Iterator[None]:
     a time, across the pytest-xdist workers and any other process taking the same lock."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with lock_file.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def shared_temp(tmp_path_factory, worker_id: str) -> Path:
@@ -157,15 +154,14 @@ def remove_outputs(workspace: Path, stages: list) -> None:
                 target.unlink()
 
 
+# What a clone leaves out: the engines' lock and scratch folders, which name processes of the
+# source folder, not of the clone.
+ENGINE_LOCKS = {".dvc": {"tmp"}, ".snakemake": {"locks"}}
+
+
 def engine_locks(folder: str, names: list[str]) -> set[str]:
-    """What a clone leaves out: the engines' lock and scratch folders (DVC's .dvc/tmp, Snakemake's
-    .snakemake/locks), which name processes of the source folder, not of the clone."""
-    path = Path(folder)
-    if path.name == ".dvc":
-        return {"tmp"} & set(names)
-    if path.name == ".snakemake":
-        return {"locks"} & set(names)
-    return set()
+    """``shutil.copytree``'s ``ignore``: the entries of :data:`ENGINE_LOCKS` found in ``folder``."""
+    return ENGINE_LOCKS.get(Path(folder).name, set()) & set(names)
 
 
 @pytest.fixture
