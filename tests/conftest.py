@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import itertools
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -97,26 +96,38 @@ def shared_temp(tmp_path_factory, worker_id: str) -> Path:
     return base if worker_id == "master" else base.parent
 
 
-@pytest.fixture(scope="session")
-def quick_run(tmp_path_factory, worker_id) -> Path:
-    """The quick profile run once through Snakemake for the whole session: the first worker that
-    asks runs it, the others wait for it and use the same folder. It is read-only: a test that runs
-    an engine or changes a file works on a clone (``clone_of_quick_run``). A failed run is
-    reported to every test that asks, not run again."""
-    shared = shared_temp(tmp_path_factory, worker_id) / "quick"
-    ws, done, failed = shared / "repo", shared / "done", shared / "failed.txt"
+def built_once(name: str, build: Callable[[Path], object], tmp_path_factory, worker_id: str) -> Path:
+    """The folder ``build`` fills, built once per test session whichever pytest-xdist worker asks
+    first: that worker builds it under a file lock in the session's shared temporary folder, the
+    others wait for the lock and get the same folder, which every user treats as read-only. A
+    build that failed is reported to every later asker, not tried again."""
+    shared = shared_temp(tmp_path_factory, worker_id) / name
+    folder, done, failed = shared / "repo", shared / "done", shared / "failed.txt"
     with exclusive(shared.with_suffix(".lock")):
         if failed.exists():
-            pytest.fail(f"the quick run failed (in another worker):\n{failed.read_text()}")
+            pytest.fail(f"building {name} failed (in another worker):\n{failed.read_text()}")
         if not done.exists():
+            shared.mkdir(exist_ok=True)
             try:
-                create_workspace(ws, profile="quick")
-                run(SNAKEMAKE, ws)
+                build(folder)
             except BaseException as error:
                 failed.write_text(f"{type(error).__name__}: {error}")
                 raise
             done.touch()
-    return ws
+    return folder
+
+
+def _run_the_quick_profile(ws: Path) -> None:
+    create_workspace(ws, profile="quick")
+    run(SNAKEMAKE, ws)
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory, worker_id) -> Path:
+    """The quick profile run once through Snakemake for the whole session (:func:`built_once`).
+    It is read-only: a test that runs an engine or changes a file works on a clone
+    (``clone_of_quick_run``)."""
+    return built_once("quick", _run_the_quick_profile, tmp_path_factory, worker_id)
 
 
 def one_stage_of_every_kind(stages: list) -> list:
@@ -197,16 +208,21 @@ def dvclive_history(folder: Path, step_name: str, metrics: set[str]):
     return history
 
 
-# Started first when the suite runs on several workers (pytest-xdist): the longest tests that use
-# the shared quick run. Only an order: a test missing here just runs later.
-LONGEST_FIRST = ("tests/test_slurm.py::", "tests/test_pipeline.py::test_dvc_repro_reproduces",
-                 "tests/test_extending.py::")
+# The longest tests that use the shared quick run, longest first (measured): the first of them
+# builds the quick run. Only an order: a test missing here just runs after these.
+LONGEST_FIRST = ("tests/test_slurm.py::", "tests/test_extending.py::",
+                 "tests/test_pipeline.py::test_dvc_repro_reproduces",
+                 "tests/test_atari.py::test_both_games_run_end_to_end",
+                 "tests/test_report.py::test_dvc_metrics_and_plots",
+                 "tests/test_pipeline.py::test_a_parameter_change")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Slow tests (``e2e``, ``system``) first, alternating between those that use the shared quick
-    run and those that do not, so that while one worker runs the quick profile the other has a
-    slow test of its own; the fast tests come last and fill the workers' gaps at the end."""
+    """An order that keeps both pytest-xdist workers busy. The first slow test (``e2e``,
+    ``system``) that uses the shared quick run starts first, and its worker builds the run. The
+    other worker meanwhile takes the slow tests that need no quick run, then the fast tests, so
+    that it waits for the run as little as possible. The other users of the quick run come last,
+    longest first, so that short ones fill in the end."""
     def slow(item) -> bool:
         return any(item.get_closest_marker(name) for name in ("e2e", "system"))
 
@@ -217,5 +233,4 @@ def pytest_collection_modifyitems(config, items):
     sharing = sorted((i for i in items if slow(i) and "quick_run" in i.fixturenames), key=first)
     alone = [i for i in items if slow(i) and "quick_run" not in i.fixturenames]
     fast = [i for i in items if not slow(i)]
-    alternating = [i for pair in itertools.zip_longest(sharing, alone) for i in pair if i is not None]
-    items[:] = alternating + fast
+    items[:] = sharing[:1] + alone + fast + sharing[1:]

@@ -1,9 +1,9 @@
 """The Raspberry Pi bundle: checksums, parity, refusals, reproducible archive, and an emulated Pi.
 
-The stage runs once (module fixture) in a small workspace on a policy index made here, one policy
-of each kind: P(left) (a linear rule that balances CartPole), action probabilities (LunarLander),
-Q-values, and a TF-Agents PolicySaver export; the workspace's dvc.yaml declares them as the outputs
-of one stage, beside the repository's pi_bundle stage. The quick profile's real policies go through the
+The stage runs once per session, for both workers (``built_once``), in a small workspace on a
+policy index made here, one policy of each kind: P(left) (a linear rule that balances CartPole),
+action probabilities (LunarLander), Q-values, and a TF-Agents PolicySaver export; the workspace's
+dvc.yaml declares them as the outputs of one stage, beside the repository's pi_bundle stage. The quick profile's real policies go through the
 same stage in tests/test_pipeline.py. The runner is always started in a process that cannot
 import TensorFlow.
 """
@@ -26,9 +26,7 @@ from stages.common.bundle import write_reproducible_tar_gz
 from stages.common.settings import ParamError, Params, read_params_file
 from stages.common.workspace import REPO_ROOT, engine_env, merge
 from stages.pi_bundle import settings as bundle_settings
-
-# One worker builds the module's bundle and runs every test that reads it.
-pytestmark = pytest.mark.xdist_group("pi_bundle")
+from tests.conftest import built_once
 
 PI = REPO_ROOT / "pi"
 CARTPOLE = "balance_p_left"
@@ -88,11 +86,9 @@ def build_index(index: Path) -> None:
                         observation_dtype="float32", n_actions=2, **cartpole)
 
 
-@pytest.fixture(scope="module")
-def bundled(tmp_path_factory) -> Path:
+def build_a_bundle(ws: Path) -> None:
     """A workspace where the pi_bundle stage ran on the index above (quick-profile settings)."""
-    ws = tmp_path_factory.mktemp("pi") / "ws"
-    ws.mkdir()
+    ws.mkdir(parents=True)
     for name in ("stages", "pi"):
         (ws / name).symlink_to(REPO_ROOT / name)
     params = merge(read_params_file(REPO_ROOT / "params.yaml"),
@@ -108,7 +104,13 @@ def bundled(tmp_path_factory) -> Path:
     result = subprocess.run([sys.executable, "-m", "stages.pi_bundle"], cwd=ws, capture_output=True,
                             text=True, env=engine_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return ws
+
+
+@pytest.fixture(scope="session")
+def bundled(tmp_path_factory, worker_id) -> Path:
+    """The workspace of :func:`build_a_bundle`, built once per session and read-only: a test that
+    changes the bundle works on a copy (:func:`copy_of`)."""
+    return built_once("pi_bundle", build_a_bundle, tmp_path_factory, worker_id)
 
 
 def manifest_of(bundle: Path) -> dict:

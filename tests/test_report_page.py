@@ -17,9 +17,7 @@ import yaml
 from stages.common.html import VOLATILE_START, strip_volatile
 from stages.common.workspace import create_workspace
 from stages.report.summary import winners
-
-# One worker renders the module's workspace and runs every test that reads it.
-pytestmark = pytest.mark.xdist_group("report_page")
+from tests.conftest import built_once
 
 HOSTILE = '<script>alert("x")</script>'
 
@@ -64,12 +62,11 @@ def _aggregate(folder: Path) -> None:
     pd.DataFrame(pairs).to_csv(folder / "aggregate/probability_of_improvement.csv", index=False)
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
+def render_twice(ws: Path) -> None:
     """An untrained workspace with a hand-made evaluation and aggregate, an experiment's title
     in the book made hostile, and the report run twice (pages kept as index_1/2, summary_1/2, and
     figures in figures_1/2)."""
-    ws = create_workspace(tmp_path_factory.mktemp("report") / "repo", profile=None)
+    create_workspace(ws, profile=None)
     book = ws / "data/book_results.yaml"
     data = yaml.safe_load(book.read_text())
     data["experiments"]["markov_chain"]["title"] = f"Markov chain {HOSTILE}"
@@ -92,7 +89,12 @@ def workspace(tmp_path_factory) -> Path:
                 (copies / figure.name).write_bytes(figure.read_bytes())
     finally:
         os.chdir(cwd)
-    return ws
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory, worker_id) -> Path:
+    """The workspace of :func:`render_twice`, rendered once per session and read-only."""
+    return built_once("report_page", render_twice, tmp_path_factory, worker_id)
 
 
 class _Page(HTMLParser):
