@@ -2,13 +2,18 @@
 """Run a bundled policy on a Raspberry Pi (or anywhere) with the LiteRT runtime: no TensorFlow.
 
     python3 run_policy.py list
-    python3 run_policy.py play NAME [--precision int8] [--episodes 20] [--seed 0] [--max-steps N]
-    python3 run_policy.py act NAME observations.npy [--precision int8]
+    python3 run_policy.py play NAME [--precision float32|int8] [--episodes 20] [--seed 0] [--max-steps N]
+    python3 run_policy.py act NAME observations.npy [--precision float32|int8]
 
 ``play`` needs Gymnasium (and ale-py for Atari games) and prints one return per episode; ``act``
 needs only NumPy and LiteRT and prints one action per observation. Before anything is loaded,
 every file of the bundle is checked against the sha256 in manifest.json; a bundle that does not
 match ends the program with a message and exit status 3. Nothing is ever unpickled.
+
+Without ``--precision`` the policy's default precision in the manifest is loaded: int8 only where
+the bundle measured that its int8 model keeps the float policy's actions and returns, float32
+otherwise. An int8 model the manifest marks unsafe is refused (exit status 5) unless
+``--allow-unsafe-int8`` is given. The precision loaded, and why, is printed on stderr.
 
 The checks, the models, the action rules and the Atari preprocessing are in policy_runtime.py,
 next to this file: the very module the pipeline used to train and evaluate the policies.
@@ -23,10 +28,21 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # policy_runtime.py lies next to this file
-from policy_runtime import BundleError, TFLitePolicy, make_env, play, policy_spec, verify_bundle  # noqa: E402
+from policy_runtime import (  # noqa: E402
+    PRECISIONS,
+    BundleError,
+    TFLitePolicy,
+    UnsafeModelError,
+    choose_precision,
+    make_env,
+    play,
+    policy_spec,
+    verify_bundle,
+)
 
 EXIT_BAD_BUNDLE = 3
 EXIT_BAD_INPUT = 4
+EXIT_UNSAFE_MODEL = 5
 
 
 # --- the command line -------------------------------------------------------------------------
@@ -44,7 +60,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         command.add_argument("policy")
         if name == "act":
             command.add_argument("observations", type=Path)
-        command.add_argument("--precision", choices=("float32", "int8"), default="float32")
+        command.add_argument("--precision", choices=PRECISIONS, default=None,
+                             help="the model to load (default: the policy's default precision in the manifest)")
+        command.add_argument("--allow-unsafe-int8", action="store_true",
+                             help="load an int8 model even though the manifest marks it unsafe (its measured "
+                                  "actions or returns differ from the float policy's)")
         if name == "play":
             command.add_argument("--episodes", type=int, default=10)
             command.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
@@ -73,13 +93,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             for name, spec in sorted(manifest["policies"].items()):
                 print(f"{name}: {spec['env_id']}, observations {spec['observation_shape']} "
-                      f"{spec['observation_dtype']}, {spec['output']} -> {spec['action_rule']}")
+                      f"{spec['observation_dtype']}, {spec['output']} -> {spec['action_rule']}; "
+                      f"default precision {spec['default_precision']}")
             return 0
         spec = policy_spec(manifest, args.policy)
-        policy = TFLitePolicy(args.bundle, spec, args.precision)
+        precision, why = choose_precision(spec, args.policy, args.precision, args.allow_unsafe_int8)
+        policy = TFLitePolicy(args.bundle, spec, precision)
     except BundleError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_BUNDLE
+    except UnsafeModelError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_UNSAFE_MODEL
+    agreement = spec["models"][precision].get("measured", {}).get("action_agreement")
+    measured = "" if agreement is None else f"; action agreement with the original {agreement:.2%}"
+    print(f"{args.policy}: loaded the {precision} model {spec['models'][precision]['file']} ({why}{measured})",
+          file=sys.stderr, flush=True)
     try:
         if args.command == "act":
             observations = load_observations(args.observations, policy.observation_shape,
@@ -101,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"episode {episode} seed {args.seed + episode} return {returns[-1]:g}", flush=True)
     env.close()
     print(f"mean return {np.mean(returns):g} over {len(returns)} episodes "
-          f"({args.policy}, {args.precision})")
+          f"({args.policy}, {precision})")
     return 0
 
 
