@@ -147,6 +147,9 @@ def q_difference_layer(model: Any) -> Any | None:
 def _head(model: Any, output: str) -> Any:
     if output == "q_values":
         layer = q_difference_layer(model)
+        last = model.layers[-1]
+        if layer is None and last.__class__.__name__ == "Dense" and last.get_config()["activation"] == "linear":
+            layer = last  # a plain Q-network whose layers keep Keras' names
         if layer is None:
             raise NotFineTunable("no linear 'q_values' or 'advantages' dense layer")
         return layer
