@@ -439,7 +439,8 @@ def test_overlapping_seed_ranges_are_refused():
 
 @pytest.mark.system
 def test_the_bundle_runs_on_an_emulated_raspberry_pi(bundled, tmp_path):
-    """Debian bookworm arm64 under qemu: same returns as here, and a corrupted model is refused.
+    """Debian bookworm arm64 under qemu: same returns as here, the int8 models' expected actions,
+    and a corrupted model is refused.
 
     Builds the root once (about 4 minutes, cached in /var/cache/rl-pipeline by requirements).
     """
@@ -464,6 +465,13 @@ def test_the_bundle_runs_on_an_emulated_raspberry_pi(bundled, tmp_path):
             assert on_pi.returncode == 0, on_pi.stderr
             assert on_pi.stdout.splitlines()[:20] == here.stdout.splitlines()[:20]
             assert on_pi.stdout == here.stdout
+            # The int8 models (fine-tuned ones included) act on aarch64 as they did here.
+            for name, spec in manifest_of(target)["policies"].items():
+                acted = run_in_root(root, ["python3", "/opt/pi_bundle/run_policy.py", "act", name,
+                                           f"/opt/pi_bundle/{spec['sample']['file']}", "--precision", "int8",
+                                           "--allow-unsafe-int8"])
+                assert acted.returncode == 0, acted.stderr
+                assert [int(a) for a in acted.stdout.split()] == spec["sample"]["expected_actions"]["int8"], name
 
             model = target / manifest_of(target)["policies"][CARTPOLE]["models"]["float32"]["file"]
             model.write_bytes(model.read_bytes()[:-1] + b"\0")
