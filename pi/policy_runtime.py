@@ -8,9 +8,7 @@ copy to drift: what the pipeline measured is what the Pi runs.
 - **Checksums**: :func:`sha256` and :func:`verify_bundle` (every file of a bundle against its
   manifest, before anything is loaded).
 - **Action rules**: :func:`actions_from_outputs`, greedy or sampled, for every output kind.
-- **Models**: :class:`TFLitePolicy`, a bundled TFLite model with its quantization and action rule;
-  :func:`choose_precision`, the manifest's default precision, and the refusal of an int8 model
-  the manifest marks unsafe (one whose measured actions or returns differ from the float policy's).
+- **Models**: :class:`TFLitePolicy`, a bundled TFLite model with its quantization and action rule.
 - **Atari preprocessing**: :func:`make_atari_env` rebuilds the observations an Atari policy was
   trained on from a plain description (:func:`preprocessing_description`): the steps of
   Gymnasium's ``AtariPreprocessing`` (random no-ops at reset, frame skip with max-pooling of the
@@ -36,17 +34,12 @@ except ImportError:  # pragma: no cover - the Pi without requirements-pi-gymnasi
 _Wrapper: Any = gym.Wrapper if gym is not None else object
 
 MANIFEST = "manifest.json"
-FORMAT = 2  # 2: per policy, each precision's measurements and the default precision
-PRECISIONS = ("float32", "int8")
+FORMAT = 1
 OBSERVATION_LAYOUT = "height x width x stacked frames (oldest first), uint8 grayscale"
 
 
 class BundleError(Exception):
     """The bundle cannot be trusted or does not hold what was asked for."""
-
-
-class UnsafeModelError(Exception):
-    """An int8 model the manifest marks unsafe was requested without insisting."""
 
 
 class AtariSetupError(ValueError):
@@ -105,8 +98,6 @@ ACTION_RULES = {
     "action_probabilities": "the action with the highest probability (argmax)",
     "q_values": "the action with the highest Q-value (argmax, lowest index on ties)",
     "action": "the output is the action index (the greedy Q-policy's argmax is inside the model)",
-    "action_preferences": "the action with the highest preference (argmax, lowest index on ties); "
-                          "preferences are relative to action 0 (see the model's outputs)",
 }
 
 
@@ -118,8 +109,6 @@ def actions_from_outputs(output: str, outputs: np.ndarray,
       uniform draw exceeds p (the book's rule).
     - ``action_probabilities``: a softmax. Greedy: argmax. Sampled: a categorical draw.
     - ``q_values``: one value per action. Greedy: argmax (ties to the lowest action).
-    - ``action_preferences``: one value per action, relative to action 0 (a fine-tuned int8
-      model's output). Greedy: argmax (ties to the lowest action).
     - ``action``: the action itself (a model with the greedy choice inside).
     """
     if output == "action":
@@ -136,7 +125,7 @@ def actions_from_outputs(output: str, outputs: np.ndarray,
         cumulative = np.cumsum(outputs, axis=1)
         draws = rng.uniform(size=(len(outputs), 1)) * cumulative[:, -1:]
         return np.minimum((draws > cumulative).sum(axis=1), outputs.shape[1] - 1).astype(np.int64)
-    if output in ("q_values", "action_preferences"):
+    if output == "q_values":
         return np.argmax(outputs, axis=1).astype(np.int64)
     raise BundleError(f"no action rule for output kind {output!r}; known: {', '.join(ACTION_RULES)}")
 
@@ -213,36 +202,7 @@ class TFLitePolicy:
         return dequantize(self._interpreter.get_tensor(self._output["index"]), self.model["output"])
 
     def actions(self, observations: np.ndarray) -> np.ndarray:
-        """Greedy actions, by the model's own output kind (an int8 model may output preferences
-        where the original outputs probabilities or Q-values: the same argmax)."""
-        return actions_from_outputs(self.model.get("output_kind", self.spec["output"]), self.outputs(observations))
-
-
-def choose_precision(spec: Mapping[str, Any], name: str, requested: str | None = None,
-                     allow_unsafe_int8: bool = False) -> tuple[str, str]:
-    """The precision to load for policy ``name`` and why, in words.
-
-    Without a request: the manifest's ``default_precision`` (int8 only where its measured
-    actions and returns matched the float policy's). A requested int8 model that the manifest
-    marks unsafe raises :class:`UnsafeModelError` naming its measured agreement, unless
-    ``allow_unsafe_int8``.
-    """
-    default = spec["default_precision"]
-    if requested is None:
-        return default, f"the manifest's default ({spec['default_reason']})"
-    if requested not in spec["models"]:
-        raise BundleError(f"policy {name} has no {requested} model; it has {', '.join(spec['models'])}")
-    int8 = spec["models"].get("int8", {})
-    if requested == "int8" and not int8.get("safe", False):
-        agreement = int8.get("measured", {}).get("action_agreement")
-        agreement = "not measured" if agreement is None else f"{agreement:.2%}"
-        problem = (f"policy {name}: the manifest marks its int8 model unsafe (action agreement with the "
-                   f"float policy {agreement} on held-out observations; {int8.get('unsafe_reason', 'no reason given')})")
-        if not allow_unsafe_int8:
-            raise UnsafeModelError(f"{problem}. Use --precision float32 (or no --precision: the default "
-                                   f"is {default}), or --allow-unsafe-int8 to run it anyway")
-        return "int8", f"requested with --allow-unsafe-int8 ({problem})"
-    return requested, "requested"
+        return actions_from_outputs(self.spec["output"], self.outputs(observations))
 
 
 # --- Atari -------------------------------------------------------------------------------------

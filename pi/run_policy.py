@@ -28,21 +28,55 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # policy_runtime.py lies next to this file
-from policy_runtime import (  # noqa: E402
-    PRECISIONS,
-    BundleError,
-    TFLitePolicy,
-    UnsafeModelError,
-    choose_precision,
-    make_env,
-    play,
-    policy_spec,
-    verify_bundle,
-)
+from policy_runtime import BundleError, TFLitePolicy, make_env, play, policy_spec, verify_bundle  # noqa: E402
 
 EXIT_BAD_BUNDLE = 3
 EXIT_BAD_INPUT = 4
 EXIT_UNSAFE_MODEL = 5
+PRECISIONS = ("float32", "int8")
+# A fine-tuned int8 model outputs action preferences: its greedy action is their argmax, the rule
+# policy_runtime.py applies to Q-values (lowest index on ties).
+ACTING_KIND = {"action_preferences": "q_values"}
+
+
+class UnsafeModelError(Exception):
+    """An int8 model the manifest marks unsafe was requested without --allow-unsafe-int8."""
+
+
+# --- which model ------------------------------------------------------------------------------
+
+
+def choose_precision(spec: dict, name: str, requested: str | None = None,
+                     allow_unsafe_int8: bool = False) -> tuple[str, str]:
+    """The precision to load for policy ``name`` and why, in words.
+
+    Without a request: the manifest's ``default_precision`` (int8 only where its measured
+    actions and returns matched the float policy's). A requested int8 model that the manifest
+    marks unsafe raises :class:`UnsafeModelError` naming its measured agreement, unless
+    ``allow_unsafe_int8``.
+    """
+    default = spec.get("default_precision", "float32")
+    if requested is None:
+        return default, f"the manifest's default ({spec.get('default_reason', 'no reason recorded')})"
+    if requested not in spec["models"]:
+        raise BundleError(f"policy {name} has no {requested} model; it has {', '.join(spec['models'])}")
+    int8 = spec["models"].get("int8", {})
+    if requested == "int8" and not int8.get("safe", False):
+        agreement = int8.get("measured", {}).get("action_agreement")
+        agreement = "not measured" if agreement is None else f"{agreement:.2%}"
+        problem = (f"policy {name}: the manifest marks its int8 model unsafe (action agreement with the "
+                   f"float policy {agreement} on held-out observations; {int8.get('unsafe_reason', 'no reason given')})")
+        if not allow_unsafe_int8:
+            raise UnsafeModelError(f"{problem}. Use --precision float32 (or no --precision: the default "
+                                   f"is {default}), or --allow-unsafe-int8 to run it anyway")
+        return "int8", f"requested with --allow-unsafe-int8 ({problem})"
+    return requested, "requested"
+
+
+def load_model(bundle: Path, spec: dict, precision: str) -> TFLitePolicy:
+    """The bundled model, acting by the rule of its own output kind."""
+    kind = spec["models"][precision].get("output_kind", spec["output"])
+    return TFLitePolicy(bundle, {**spec, "output": ACTING_KIND.get(kind, kind)}, precision)
 
 
 # --- the command line -------------------------------------------------------------------------
@@ -94,11 +128,11 @@ def main(argv: list[str] | None = None) -> int:
             for name, spec in sorted(manifest["policies"].items()):
                 print(f"{name}: {spec['env_id']}, observations {spec['observation_shape']} "
                       f"{spec['observation_dtype']}, {spec['output']} -> {spec['action_rule']}; "
-                      f"default precision {spec['default_precision']}")
+                      f"default precision {spec.get('default_precision', 'float32')}")
             return 0
         spec = policy_spec(manifest, args.policy)
         precision, why = choose_precision(spec, args.policy, args.precision, args.allow_unsafe_int8)
-        policy = TFLitePolicy(args.bundle, spec, precision)
+        policy = load_model(args.bundle, spec, precision)
     except BundleError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_BUNDLE

@@ -192,7 +192,7 @@ def decision_network(model: Any, output: str, n_actions: int, normalization: tup
     """The Keras policy ``model`` as a :class:`DecisionNetwork` on normalized observations.
 
     The normalization ``(center, scale)`` is folded into the first layer, the output layer becomes
-    the preferences relative to action 0, and with two actions the decision scale is measured on
+    the preferences (centered over actions), and with two actions the decision scale is measured on
     ``observations`` (raw, as the policy sees them). Raises :class:`NotFineTunable` for a network
     that is not a chain of dense layers with activations the int8 simulation knows.
     """
