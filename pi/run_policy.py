@@ -2,13 +2,18 @@
 """Run a bundled policy on a Raspberry Pi (or anywhere) with the LiteRT runtime: no TensorFlow.
 
     python3 run_policy.py list
-    python3 run_policy.py play NAME [--precision int8] [--episodes 20] [--seed 0] [--max-steps N]
-    python3 run_policy.py act NAME observations.npy [--precision int8]
+    python3 run_policy.py play NAME [--precision float32|int8] [--episodes 20] [--seed 0] [--max-steps N]
+    python3 run_policy.py act NAME observations.npy [--precision float32|int8]
 
 ``play`` needs Gymnasium (and ale-py for Atari games) and prints one return per episode; ``act``
 needs only NumPy and LiteRT and prints one action per observation. Before anything is loaded,
 every file of the bundle is checked against the sha256 in manifest.json; a bundle that does not
 match ends the program with a message and exit status 3. Nothing is ever unpickled.
+
+Without ``--precision`` the policy's default precision in the manifest is loaded: int8 only where
+the bundle measured that its int8 model keeps the float policy's actions and returns, float32
+otherwise. An int8 model the manifest marks unsafe is refused (exit status 5) unless
+``--allow-unsafe-int8`` is given. The precision loaded, and why, is printed on stderr.
 
 The checks, the models, the action rules and the Atari preprocessing are in policy_runtime.py,
 next to this file: the very module the pipeline used to train and evaluate the policies.
@@ -27,6 +32,51 @@ from policy_runtime import BundleError, TFLitePolicy, make_env, play, policy_spe
 
 EXIT_BAD_BUNDLE = 3
 EXIT_BAD_INPUT = 4
+EXIT_UNSAFE_MODEL = 5
+PRECISIONS = ("float32", "int8")
+# A fine-tuned int8 model outputs action preferences: its greedy action is their argmax, the rule
+# policy_runtime.py applies to Q-values (lowest index on ties).
+ACTING_KIND = {"action_preferences": "q_values"}
+
+
+class UnsafeModelError(Exception):
+    """An int8 model the manifest marks unsafe was requested without --allow-unsafe-int8."""
+
+
+# --- which model ------------------------------------------------------------------------------
+
+
+def choose_precision(spec: dict, name: str, requested: str | None = None,
+                     allow_unsafe_int8: bool = False) -> tuple[str, str]:
+    """The precision to load for policy ``name`` and why, in words.
+
+    Without a request: the manifest's ``default_precision`` (int8 only where its measured
+    actions and returns matched the float policy's). A requested int8 model that the manifest
+    marks unsafe raises :class:`UnsafeModelError` naming its measured agreement, unless
+    ``allow_unsafe_int8``.
+    """
+    default = spec.get("default_precision", "float32")
+    if requested is None:
+        return default, f"the manifest's default ({spec.get('default_reason', 'no reason recorded')})"
+    if requested not in spec["models"]:
+        raise BundleError(f"policy {name} has no {requested} model; it has {', '.join(spec['models'])}")
+    int8 = spec["models"].get("int8", {})
+    if requested == "int8" and not int8.get("safe", False):
+        agreement = int8.get("measured", {}).get("action_agreement")
+        agreement = "not measured" if agreement is None else f"{agreement:.2%}"
+        problem = (f"policy {name}: the manifest marks its int8 model unsafe (action agreement with the "
+                   f"float policy {agreement} on held-out observations; {int8.get('unsafe_reason', 'no reason given')})")
+        if not allow_unsafe_int8:
+            raise UnsafeModelError(f"{problem}. Use --precision float32 (or no --precision: the default "
+                                   f"is {default}), or --allow-unsafe-int8 to run it anyway")
+        return "int8", f"requested with --allow-unsafe-int8 ({problem})"
+    return requested, "requested"
+
+
+def load_model(bundle: Path, spec: dict, precision: str) -> TFLitePolicy:
+    """The bundled model, acting by the rule of its own output kind."""
+    kind = spec["models"][precision].get("output_kind", spec["output"])
+    return TFLitePolicy(bundle, {**spec, "output": ACTING_KIND.get(kind, kind)}, precision)
 
 
 # --- the command line -------------------------------------------------------------------------
@@ -44,7 +94,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         command.add_argument("policy")
         if name == "act":
             command.add_argument("observations", type=Path)
-        command.add_argument("--precision", choices=("float32", "int8"), default="float32")
+        command.add_argument("--precision", choices=PRECISIONS, default=None,
+                             help="the model to load (default: the policy's default precision in the manifest)")
+        command.add_argument("--allow-unsafe-int8", action="store_true",
+                             help="load an int8 model even though the manifest marks it unsafe (its measured "
+                                  "actions or returns differ from the float policy's)")
         if name == "play":
             command.add_argument("--episodes", type=int, default=10)
             command.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
@@ -73,13 +127,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             for name, spec in sorted(manifest["policies"].items()):
                 print(f"{name}: {spec['env_id']}, observations {spec['observation_shape']} "
-                      f"{spec['observation_dtype']}, {spec['output']} -> {spec['action_rule']}")
+                      f"{spec['observation_dtype']}, {spec['output']} -> {spec['action_rule']}; "
+                      f"default precision {spec.get('default_precision', 'float32')}")
             return 0
         spec = policy_spec(manifest, args.policy)
-        policy = TFLitePolicy(args.bundle, spec, args.precision)
+        precision, why = choose_precision(spec, args.policy, args.precision, args.allow_unsafe_int8)
+        policy = load_model(args.bundle, spec, precision)
     except BundleError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_BUNDLE
+    except UnsafeModelError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_UNSAFE_MODEL
+    agreement = spec["models"][precision].get("measured", {}).get("action_agreement")
+    measured = "" if agreement is None else f"; action agreement with the original {agreement:.2%}"
+    print(f"{args.policy}: loaded the {precision} model {spec['models'][precision]['file']} ({why}{measured})",
+          file=sys.stderr, flush=True)
     try:
         if args.command == "act":
             observations = load_observations(args.observations, policy.observation_shape,
@@ -101,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"episode {episode} seed {args.seed + episode} return {returns[-1]:g}", flush=True)
     env.close()
     print(f"mean return {np.mean(returns):g} over {len(returns)} episodes "
-          f"({args.policy}, {args.precision})")
+          f"({args.policy}, {precision})")
     return 0
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from stages.common.settings import (
     Block,
+    Bootstrap,
     Count,
     Episodes,
     Params,
@@ -39,6 +41,48 @@ class ObservationSet(Block):
         return range(self.seed_start, self.seed_start + self.max_episodes)
 
 
+class FineTuning(Block):
+    """Quantization-aware fine-tuning of each Keras policy's int8 copy (stages/common/qat.py): the
+    network with the int8 model's rounding in its forward pass, trained to reproduce the float
+    policy's outputs on observations the float policy visits."""
+
+    observations: ObservationSet
+    """The distillation observations (the calibration observations are added to them)."""
+    initializations: list[Literal["teacher", "fresh"]] = Field(min_length=1)
+    """Starting points tried, each fine-tuned on its own: the float policy's weights ("teacher"),
+    or fresh Glorot weights ("fresh"; a network that reaches its Q-value differences by
+    cancelling large terms keeps doing so when fine-tuned, and 8-bit weights cannot cancel)."""
+    steps: Count
+    """Adam steps per initialization (one batch each; the learning rate decays to zero, cosine)."""
+    batch_size: Count
+    """Observations per step."""
+    learning_rate: PositiveFloat
+    """Adam's learning rate."""
+    range_updates: Count
+    """Times the activation ranges are re-measured on the calibration observations while training,
+    as the weights move; each time, the simulated int8 model's agreement on the distillation
+    observations is measured and the best weights so far are kept."""
+    output_quantile: Probability
+    """Two-action policies: the int8 output is the preference of action 1 divided by this quantile
+    of its size over the distillation observations, clipped to [-1, 1]: the output's 256 steps
+    resolve the close choices, the rest need only the right sign."""
+
+    @model_validator(mode="after")
+    def _positive_quantile(self) -> FineTuning:
+        if not 0.0 < self.output_quantile < 1.0:
+            raise ValueError("output_quantile must lie strictly between 0 and 1")
+        return self
+
+
+class ReturnInterval(Bootstrap):
+    """The float32 policy's percentile-bootstrap interval of its mean held-out return
+    (stages.common.statistics.bootstrap_mean_interval): int8 runs by default only if its mean
+    return lies inside."""
+
+    confidence: Probability
+    """Confidence level of the interval."""
+
+
 class EnvironmentEvaluation(Episodes):
     """The evaluation seeds of the stages that trained the environment's policies."""
 
@@ -48,7 +92,9 @@ class EnvironmentEvaluation(Episodes):
 
 class Settings(StageSettings):
     calibration: ObservationSet
-    """int8 representative data."""
+    """int8 representative data: the input scaling and the activation ranges."""
+    fine_tuning: FineTuning
+    """Quantization-aware fine-tuning of the int8 models of Keras policies."""
     parity: ObservationSet
     """Held-out observations on which outputs and actions are compared."""
     evaluation: dict[str, EnvironmentEvaluation] = Field(min_length=1)
@@ -56,21 +102,23 @@ class Settings(StageSettings):
     float32_tolerance: PositiveFloat
     """Largest allowed |TFLite float32 - original| / max(1, |original|)."""
     int8_agreement_target: Probability
-    """Share of held-out actions the int8 model must keep, for int8_target_env_ids."""
-    int8_target_env_ids: list[str]
-    """Environments whose int8 models are held to the agreement target."""
+    """Share of held-out actions an int8 model must keep to be a policy's default precision
+    (with a mean return inside the float32 policy's return_interval)."""
+    return_interval: ReturnInterval
+    """The float32 policy's interval of its mean return that the int8 model's must lie in."""
     sample_observations: Count
     """Shipped per policy with their expected actions (run_policy.py act)."""
     benchmark_calls: Count
     """Single-observation actions timed per model."""
     seed: Seed
-    """TensorFlow (conversion is deterministic; this pins anything left)."""
+    """TensorFlow and the fine-tuning's batches (conversion is deterministic)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        for env_id in [*self.evaluation, *self.int8_target_env_ids]:
+        for env_id in self.evaluation:
             registered_env_id(env_id)
         named = [("calibration", self.calibration.seeds), ("parity", self.parity.seeds),
+                 ("fine-tuning", self.fine_tuning.observations.seeds),
                  *((f"evaluation of {env}", e.seeds) for env, e in self.evaluation.items())]
         for i, (a, seeds_a) in enumerate(named):
             for b, seeds_b in named[i + 1:]:

@@ -1,22 +1,31 @@
 """Every trained policy as a Raspberry Pi bundle that needs no TensorFlow.
 
 For each policy in the index: observations are recorded from its own greedy episodes on seeds no
-training or evaluation uses (one set calibrates the int8 quantization, a larger held-out set
-measures parity); it is converted to TFLite in float32 and in full-integer int8; both models are
-compared with the original on the held-out observations, evaluated with the shared evaluation
-helper on the evaluation seeds beside the original, and timed one action at a time.
+training or evaluation uses (one set calibrates the int8 quantization, one teaches the int8
+model, a larger held-out set measures parity); it is converted to TFLite in float32 and in
+full-integer int8, the int8 copy of a Keras policy after quantization-aware fine-tuning
+(stages/common/qat.py; the post-training int8 model is measured beside it and kept if it agrees
+better on the fine-tuning observations); both shipped models are compared with the original on the
+held-out observations, evaluated with the shared evaluation helper on the evaluation seeds beside
+the original, and timed one action at a time.
+
+Each policy's manifest entry records what was measured per precision and the precision the
+runner loads by default: int8 only where it keeps ``int8_agreement_target`` of the held-out
+actions and its mean return lies inside the float32 policy's interval (``return_interval``);
+float32 otherwise, and the int8 model is marked unsafe (the runner refuses it unless told).
 
 The bundle (a folder and a byte-reproducible .tar.gz of it) holds the models, manifest.json (per
-policy: environment, observation shape and dtype, action rule, quantization, sha256, converter
-version), the runner ``run_policy.py`` (NumPy and LiteRT only), its requirements and a README. The
-TFLite models are evaluated through that same runner class, so what is measured here is what runs
-on the Pi.
+policy: environment, observation shape and dtype, action rule, quantization, measurements,
+default precision, sha256, converter version), the runner ``run_policy.py`` (NumPy and LiteRT
+only), its requirements and a README. The TFLite models are evaluated through that same runner
+class, so what is measured here is what runs on the Pi.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from importlib.metadata import version
@@ -28,6 +37,7 @@ import tensorflow as tf
 
 from pi.policy_runtime import (
     ACTION_RULES,
+    FORMAT,
     MANIFEST,
     TFLitePolicy,
     denormalize,
@@ -44,7 +54,26 @@ from stages.common.io import atomic_folder, write_json
 from stages.common.policies import INDEX_DIR, PolicyEntry, load_index, load_policy, make_policy_env
 from stages.common.seeding import seed_everything
 from stages.common.settings import InputError, ParamError, Params, run_stage
-from stages.common.tflite import convert, describe_model, load_original, original_outputs
+from stages.common.qat import (
+    OUTPUT_KIND,
+    XNNPACK_MULTIPLIER_LIMIT,
+    FineTuningOptions,
+    NotFineTunable,
+    decision_network,
+    fine_tune,
+)
+from stages.common.statistics import bootstrap_mean_interval
+from stages.common.tflite import (
+    Int8Model,
+    convert_decision_network,
+    convert_float32,
+    convert_int8,
+    describe_model,
+    largest_multiplier,
+    load_original,
+    normalization_of,
+    original_outputs,
+)
 from stages.pi_bundle import EnvironmentEvaluation, ObservationSet, Settings, settings
 
 BUNDLE = Path("data/pi_bundle")
@@ -54,6 +83,18 @@ NAME = "pi_bundle"
 PI_FILES = Path("pi")
 RUNNER = "run_policy.py"
 PRECISIONS = ("float32", "int8")
+# A fine-tuned int8 model outputs action preferences: its greedy action is their argmax, the rule
+# pi/policy_runtime.py applies to Q-values (lowest index on ties). The runner maps it the same way
+# (pi/run_policy.py), so the shared runtime module, on which every training stage depends, is unchanged.
+RULES = {**ACTION_RULES, OUTPUT_KIND: "the action with the highest preference (argmax, lowest index on ties)"}
+ACTING_KIND = {OUTPUT_KIND: "q_values"}
+
+
+def acting(folder: Path, spec: dict, precision: str) -> TFLitePolicy:
+    """The model of ``precision`` in ``folder`` through the runner's class, with the action rule
+    of its own output kind (as run_policy.py loads it)."""
+    kind = spec["models"][precision].get("output_kind", spec["output"])
+    return TFLitePolicy(folder, {**spec, "output": ACTING_KIND.get(kind, kind)}, precision)
 
 
 # --- observations -----------------------------------------------------------------------------
@@ -105,8 +146,8 @@ def record_observations(entry: PolicyEntry, policy: Callable[[np.ndarray], np.nd
 
 
 def check_seeds_unseen(cfg: Settings, entry: PolicyEntry) -> None:
-    for key in ("calibration", "parity"):
-        wanted = getattr(cfg, key)
+    for key, wanted in (("calibration", cfg.calibration), ("parity", cfg.parity),
+                        ("fine_tuning.observations", cfg.fine_tuning.observations)):
         seen = [s for s in entry.training_seeds if wanted.seed_start <= s < wanted.seed_start + wanted.max_episodes]
         if seen:
             raise ParamError(f"pi_bundle.{key}.seed_start = {wanted.seed_start} is not allowed: policy "
@@ -178,61 +219,170 @@ def latency(act: Callable[[np.ndarray], Any], observation: np.ndarray, calls: in
             "p99_wall_time_s": float(np.percentile(times, 99))}
 
 
+# --- the int8 model -------------------------------------------------------------------------
+
+
+def model_spec(file: str, content: bytes, normalization: dict | None, outputs: str, output_kind: str) -> dict:
+    """A model's manifest entry (measurements and safety are added once measured)."""
+    return {"file": file, "size_bytes": len(content), "converted_by": f"tensorflow {tf.__version__}",
+            "input_normalization": normalization, "outputs": outputs, "output_kind": output_kind,
+            "action_rule": RULES[output_kind], **describe_model(content)}
+
+
+def int8_model_spec(file: str, model: Int8Model) -> dict:
+    return model_spec(file, model.content, model.input_normalization, model.outputs, model.output_kind)
+
+
+def scratch_policy(folder: Path, spec: dict, model: Int8Model) -> TFLitePolicy:
+    """An int8 model not (yet) in the bundle, loaded through the runner's class."""
+    file = f"{len(list(folder.iterdir()))}.tflite"
+    (folder / file).write_bytes(model.content)
+    return acting(folder, {**spec, "models": {"int8": int8_model_spec(file, model)}}, "int8")
+
+
+def fine_tuned_int8(cfg: Settings, entry: PolicyEntry, model: Any, original: Callable[[np.ndarray], np.ndarray],
+                    calibration: np.ndarray, post_training: Int8Model, spec: dict,
+                    max_steps: int) -> tuple[Int8Model, dict[str, Any]]:
+    """The int8 model to ship: the quantization-aware fine-tuned one where the policy's network
+    allows it, unless the post-training one agrees better with the original on the fine-tuning
+    observations (never on the held-out ones, which measure the choice); and what was done."""
+    normalization = normalization_of(calibration.astype(entry.observation_dtype))
+    if entry.output == "tf_agents_policy":
+        return post_training, {"applied": False, "why": "a TF-Agents saved policy has no Keras network to "
+                               "fine-tune: quantized after training"}
+    if normalization is None:
+        return post_training, {"applied": False, "why": "integer observations: quantized after training"}
+    tuning = cfg.fine_tuning
+    started = time.perf_counter()
+    training = record_observations(entry, original, tuning.observations, max_steps)
+    observations = np.concatenate([training, calibration])
+    try:
+        teacher = decision_network(model, entry.output, entry.n_actions, normalization, observations,
+                                   tuning.output_quantile)
+    except NotFineTunable as error:
+        return post_training, {"applied": False, "why": f"not fine-tuned: {error}"}
+    normalize_ = lambda batch: (batch - normalization[0]) / normalization[1]  # noqa: E731
+    reference = batched(original, observations)
+    taught = np.argmax(teacher.preferences(normalize_(observations)), axis=1)
+    if np.mean(taught == reference) < 0.999:  # a network that is not what it seems
+        return post_training, {"applied": False, "why": "not fine-tuned: the network read as dense layers "
+                               f"chooses the original's action on only {np.mean(taught == reference):.4f} "
+                               "of the fine-tuning observations"}
+    options = FineTuningOptions(steps=tuning.steps, batch_size=tuning.batch_size,
+                                learning_rate=tuning.learning_rate, range_updates=tuning.range_updates,
+                                seed=cfg.seed)
+    candidates: dict[str, Int8Model] = {"post_training": post_training}
+    refused: dict[str, str] = {}
+    for start in tuning.initializations:
+        tuned, _ = fine_tune(teacher, normalize_(observations), normalize_(calibration), options,
+                             fresh=start == "fresh")
+        candidate = convert_decision_network(tuned, normalize_(calibration), normalization, teacher)
+        multiplier = largest_multiplier(candidate.content)
+        if multiplier >= XNNPACK_MULTIPLIER_LIMIT:  # LiteRT's default delegate would abort on it
+            refused[f"fine_tuned_from_{start}"] = f"requantization multiplier {multiplier:.0f}"
+            continue
+        candidates[f"fine_tuned_from_{start}"] = candidate
+    with tempfile.TemporaryDirectory() as scratch:
+        agreement = {name: float(np.mean(batched(scratch_policy(Path(scratch), spec, m).actions, observations)
+                                         == reference))
+                     for name, m in candidates.items()}
+    # The best on the distillation observations; on a tie, fine-tuned before post-training.
+    chosen = max(reversed(list(candidates)), key=lambda name: agreement[name])
+    return candidates[chosen], {
+        "applied": True, "shipped": chosen, "observations": len(observations), "steps": tuning.steps,
+        "decision_scale": teacher.decision_scale if teacher.clipped else None,
+        "action_agreement_on_fine_tuning_observations": agreement, "refused": refused,
+        "wall_time_s": time.perf_counter() - started}
+
+
+def expected_int8_outputs(int8: Int8Model, reference: np.ndarray, held_out: np.ndarray) -> np.ndarray:
+    """The outputs the int8 model approximates, in its own representation."""
+    if int8.teacher is not None:
+        normalization = int8.input_normalization
+        center, scale = (np.asarray(normalization[key], np.float32) for key in ("center", "scale"))
+        return int8.teacher.preferences((held_out - center) / scale)
+    if int8.q_differences:
+        return reference - reference[:, :1]
+    return reference
+
+
+# --- the default precision -------------------------------------------------------------------
+
+
+def default_precision(agreement: float, target: float, int8_return: float,
+                      float32_interval: tuple[float, float]) -> tuple[str, str]:
+    """The precision the runner loads by default, and why: int8 only where it keeps at least
+    ``target`` of the held-out actions AND its mean return lies inside the float32 policy's
+    interval; float32 otherwise."""
+    low, high = float32_interval
+    if agreement < target:
+        return "float32", (f"int8 chooses the original's action on {agreement:.2%} of held-out observations, "
+                           f"below the {target:.0%} target")
+    if not low <= int8_return <= high:
+        return "float32", (f"int8's mean return {int8_return:g} lies outside the float32 policy's interval "
+                           f"[{low:g}, {high:g}]")
+    return "int8", (f"int8 chooses the original's action on {agreement:.2%} of held-out observations "
+                    f"(target {target:.0%}) and its mean return {int8_return:g} lies inside the float32 "
+                    f"policy's interval [{low:g}, {high:g}]")
+
+
 # --- one policy -------------------------------------------------------------------------------
 
 
 def bundle_policy(cfg: Settings, entry: PolicyEntry, folder: Path) -> tuple[dict, dict]:
-    """Convert, check, evaluate and time one policy; its manifest entry and its report."""
+    """Convert, fine-tune, check, evaluate and time one policy; its manifest entry and its report."""
     settings = environment_settings(cfg, entry)
     check_seeds_unseen(cfg, entry)
     model = load_original(entry)
     original = load_policy(entry)
     calibration = record_observations(entry, original, cfg.calibration, settings.max_steps)
     held_out = record_observations(entry, original, cfg.parity, settings.max_steps)
-    models = convert(entry, model, calibration)
+    started = time.perf_counter()
+    float32 = convert_float32(entry, model)
+    post_training = convert_int8(entry, model, calibration)
+    conversion_time = time.perf_counter() - started
 
     spec = {
         "env_id": entry.env_id, "env_kwargs": entry.env_kwargs, "max_steps": settings.max_steps,
         "observation_shape": list(entry.observation_shape),
         "observation_dtype": entry.observation_dtype, "n_actions": entry.n_actions,
-        "output": models.output, "action_rule": ACTION_RULES[models.output],
+        "output": post_training.output_kind, "action_rule": ACTION_RULES[post_training.output_kind],
         "preprocessing": entry.preprocessing,
         "source": {"policy": entry.name, "stage": entry.stage,
                    "algorithm": getattr(entry, "algorithm", None) or entry.details.get("algorithm", entry.name),
                    "seed": getattr(entry, "seed", None)},
         "models": {},
     }
-    for precision in PRECISIONS:
-        content = getattr(models, precision)
-        file = f"models/{entry.name}.{precision}.tflite"
-        (folder / file).write_bytes(content)
-        spec["models"][precision] = {"file": file, "size_bytes": len(content),
-                                     "converted_by": f"tensorflow {models.tensorflow_version}",
-                                     "input_normalization": (models.int8_input_normalization
-                                                             if precision == "int8" else None),
-                                     "outputs": ("Q(s, a) - Q(s, 0): the same argmax as the Q-values"
-                                                 if precision == "int8" and models.int8_outputs_q_differences
-                                                 else "as the original model"),
-                                     **describe_model(content)}
+    int8, fine_tuning = fine_tuned_int8(cfg, entry, model, original, calibration, post_training, spec,
+                                        settings.max_steps)
+    spec["models"]["float32"] = model_spec(f"models/{entry.name}.float32.tflite", float32, None,
+                                           "as the original model", spec["output"])
+    spec["models"]["int8"] = int8_model_spec(f"models/{entry.name}.int8.tflite", int8)
+    spec["models"]["int8"]["fine_tuned"] = int8.teacher is not None
+    spec["models"]["int8"]["made_by"] = fine_tuning.get("shipped", "post_training")
+    (folder / spec["models"]["float32"]["file"]).write_bytes(float32)
+    (folder / spec["models"]["int8"]["file"]).write_bytes(int8.content)
 
     reference = batched(original_outputs(entry, model), held_out)
     reference_actions = batched(original, held_out)
-    margin = margins(models.output, reference)
+    margin = margins(spec["output"], reference)
     ties = margin < cfg.float32_tolerance
-    report: dict[str, Any] = {"env_id": entry.env_id, "output": models.output,
+    report: dict[str, Any] = {"env_id": entry.env_id, "output": spec["output"],
                               "calibration_observations": len(calibration),
+                              "conversion_wall_time_s": conversion_time,
                               "size_bytes": {"original": size_of(entry.model_path)}}
-    tflite = {p: TFLitePolicy(folder, spec, p) for p in PRECISIONS}
-    for precision, policy in tflite.items():
-        expected = reference
-        if precision == "int8" and models.int8_outputs_q_differences:
-            expected = reference - reference[:, :1]
-        report[precision] = parity(expected, reference_actions, batched(policy.outputs, held_out),
-                                   batched(policy.actions, held_out), ties)
+    tflite = {p: acting(folder, spec, p) for p in PRECISIONS}
+    report["float32"] = parity(reference, reference_actions, batched(tflite["float32"].outputs, held_out),
+                               batched(tflite["float32"].actions, held_out), ties)
+    report["int8"] = parity(expected_int8_outputs(int8, reference, held_out), reference_actions,
+                            batched(tflite["int8"].outputs, held_out), batched(tflite["int8"].actions, held_out), ties)
+    for precision in PRECISIONS:
         report["size_bytes"][precision] = spec["models"][precision]["size_bytes"]
     check_float32(cfg, entry, report["float32"])
     # int8 outputs move in steps of the output scale: a choice closer than one step is a coin toss.
     step = spec["models"]["int8"]["output"]["scale"] or 0.0
+    if int8.teacher is not None and int8.teacher.clipped:
+        step *= int8.teacher.decision_scale  # in the original's units
     clear = margin >= step
     report["int8"]["output_step"] = step
     report["int8"]["action_agreement_margin_above_step"] = float(np.mean(
@@ -240,19 +390,48 @@ def bundle_policy(cfg: Settings, entry: PolicyEntry, folder: Path) -> tuple[dict
     report["int8"]["observations_margin_above_step"] = int(clear.sum())
     report["int8"]["input_rounding_agreement"] = input_rounding_agreement(
         spec["models"]["int8"], original, held_out, reference_actions)
-    report["int8"]["meets_target"] = (report["int8"]["action_agreement"] >= cfg.int8_agreement_target
-                                      if entry.env_id in cfg.int8_target_env_ids else None)
-    spec["parity"] = {"held_out_observations": len(held_out),
-                      "float32_max_abs_diff": report["float32"]["max_abs_diff"],
-                      "int8_action_agreement": report["int8"]["action_agreement"]}
+    report["int8"]["meets_target"] = report["int8"]["action_agreement"] >= cfg.int8_agreement_target
+    report["int8"]["fine_tuning"] = fine_tuning
+    if int8 is not post_training:
+        with tempfile.TemporaryDirectory() as scratch:
+            before = scratch_policy(Path(scratch), spec, post_training)
+            report["int8"]["post_training_action_agreement"] = float(np.mean(
+                batched(before.actions, held_out) == reference_actions))
+    else:
+        report["int8"]["post_training_action_agreement"] = report["int8"]["action_agreement"]
 
     seeds = list(range(settings.seed_start, settings.seed_start + settings.episodes))
     players = {"original": original, **{p: tflite[p].actions for p in PRECISIONS}}
     report["evaluation"] = {"seeds": [seeds[0], seeds[-1]], "max_steps": settings.max_steps}
+    returns = {}
     for variant, act in players.items():
         result = evaluate_policy(entry.env_id, act, seeds, max_steps=settings.max_steps,
                                  make_env=episode_maker(entry), progress=False)
         report["evaluation"][variant] = {"mean": result.mean, "std": result.std}
+        returns[variant] = result.returns
+    interval = cfg.return_interval
+    low, high = bootstrap_mean_interval(returns["float32"], resamples=interval.resamples, seed=interval.seed,
+                                        confidence_level=interval.confidence)
+    report["evaluation"]["float32"]["interval"] = [low, high]
+    chosen, why = default_precision(report["int8"]["action_agreement"], cfg.int8_agreement_target,
+                                    report["evaluation"]["int8"]["mean"], (low, high))
+    report["default_precision"] = chosen
+    spec["default_precision"], spec["default_reason"] = chosen, why
+    for precision in PRECISIONS:
+        spec["models"][precision]["measured"] = {
+            "held_out_observations": len(held_out),
+            "action_agreement": report[precision]["action_agreement"],
+            "max_abs_diff": report[precision]["max_abs_diff"],
+            "return": {"mean": report["evaluation"][precision]["mean"], "episodes": len(seeds),
+                       "seeds": [seeds[0], seeds[-1]]}}
+    spec["models"]["float32"]["measured"]["return"]["interval"] = {"confidence": interval.confidence,
+                                                                   "low": low, "high": high}
+    spec["models"]["int8"]["measured"].update({
+        "input_rounding_agreement": report["int8"]["input_rounding_agreement"],
+        "post_training_action_agreement": report["int8"]["post_training_action_agreement"]})
+    spec["models"]["int8"]["safe"] = chosen == "int8"
+    if chosen != "int8":
+        spec["models"]["int8"]["unsafe_reason"] = why
 
     report["latency"] = {variant: latency(act, held_out[0], cfg.benchmark_calls)
                          for variant, act in players.items()}
@@ -284,7 +463,7 @@ def write_manifest(folder: Path, policies: dict[str, dict]) -> dict[str, Any]:
     files = {path.relative_to(folder).as_posix(): sha256(path)
              for path in sorted(folder.rglob("*")) if path.is_file()}
     manifest = {
-        "format": 1,
+        "format": FORMAT,
         "description": "Trained policies of the chapter 18 pipeline as TFLite models; run them with "
                        "run_policy.py (see README.md)",
         "converted_by": f"tensorflow {tf.__version__}",
@@ -297,16 +476,17 @@ def write_manifest(folder: Path, policies: dict[str, dict]) -> dict[str, Any]:
 
 
 def print_table(reports: dict[str, dict]) -> None:
-    print(f"{'policy':40} {'int8 agree':>10} {'input only':>10} {'f32 max diff':>12} {'return orig/f32/int8':>26} "
-          f"{'median ms orig/f32/int8':>26} {'KB orig/f32/int8':>20}")
+    print(f"{'policy':40} {'int8 PTQ':>8} {'int8':>7} {'input only':>10} {'default':>7} {'f32 max diff':>12} "
+          f"{'return orig/f32/int8':>22} {'median ms orig/f32/int8':>24} {'KB orig/f32/int8':>16}")
     for name, r in reports.items():
         returns = "/".join(f"{r['evaluation'][v]['mean']:.1f}" for v in ("original", *PRECISIONS))
         times = "/".join(f"{r['latency'][v]['median_wall_time_s'] * 1e3:.3f}" for v in ("original", *PRECISIONS))
         sizes = "/".join(f"{r['size_bytes'][v] / 1024:.0f}" for v in ("original", *PRECISIONS))
         rounding = r["int8"]["input_rounding_agreement"]
         rounding = "-" if rounding is None else f"{rounding:.4f}"
-        print(f"{name:40} {r['int8']['action_agreement']:10.4f} {rounding:>10} {r['float32']['max_abs_diff']:12.2e} "
-              f"{returns:>26} {times:>26} {sizes:>20}")
+        print(f"{name:40} {r['int8']['post_training_action_agreement']:8.4f} {r['int8']['action_agreement']:7.4f} "
+              f"{rounding:>10} {r['default_precision']:>7} {r['float32']['max_abs_diff']:12.2e} "
+              f"{returns:>22} {times:>24} {sizes:>16}")
 
 
 def main() -> None:
@@ -334,7 +514,9 @@ def main() -> None:
             started = time.perf_counter()
             policies[name], reports[name] = bundle_policy(cfg, entry, folder)
             reports[name]["bundle_wall_time_s"] = time.perf_counter() - started
-            print(f"{name}: int8 agreement {reports[name]['int8']['action_agreement']:.4f} "
+            int8 = reports[name]["int8"]
+            print(f"{name}: int8 agreement {int8['action_agreement']:.4f} (post-training "
+                  f"{int8['post_training_action_agreement']:.4f}), default {reports[name]['default_precision']} "
                   f"({time.perf_counter() - started:.1f} s)", flush=True)
         write_manifest(folder, policies)
         verify_bundle(folder)
@@ -345,6 +527,9 @@ def main() -> None:
         name: {"int8_action_agreement": r["int8"]["action_agreement"],
                "int8_meets_target": r["int8"]["meets_target"],
                "int8_input_rounding_agreement": r["int8"]["input_rounding_agreement"],
+               "int8_post_training_action_agreement": r["int8"]["post_training_action_agreement"],
+               "int8_fine_tuned": r["int8"]["fine_tuning"].get("shipped", "").startswith("fine_tuned"),
+               "int8_is_default": r["default_precision"] == "int8",
                "float32_max_abs_diff": r["float32"]["max_abs_diff"],
                "float32_action_agreement": r["float32"]["action_agreement"],
                "return_original": r["evaluation"]["original"]["mean"],

@@ -227,11 +227,13 @@ def pi_bundle_rows() -> list[dict[str, str]] | None:
             continue
         evaluation, latency, size, int8 = values["evaluation"], values["latency"], values["size_bytes"], values["int8"]
         target = {True: " (meets the target)", False: " (below the target)"}.get(int8.get("meets_target"), "")
-        rounding = int8.get("input_rounding_agreement")
+        rounding, before = int8.get("input_rounding_agreement"), int8.get("post_training_action_agreement")
         rows.append({
             "policy": name, "float32_diff": f"{values['float32']['max_abs_diff']:.1e}",
             "int8_agreement": f"{int8['action_agreement']:.4f}{target}",
+            "post_training_agreement": "-" if before is None else f"{before:.4f}",
             "rounding_agreement": "-" if rounding is None else f"{rounding:.4f}",
+            "default": values.get("default_precision", "-"),
             "returns": " / ".join(f"{evaluation[k]['mean']:.1f}" for k in kinds),
             "latency": " / ".join(f"{latency[k]['median_wall_time_s'] * 1e6:.1f}" for k in kinds),
             "size": " / ".join(f"{size[k] / 1024:.1f}" for k in kinds)})
