@@ -97,6 +97,7 @@ ACTION_RULES = {
     "p_left": "action 0 (left) when the output P(left) >= 0.5, else action 1",
     "action_probabilities": "the action with the highest probability (argmax)",
     "q_values": "the action with the highest Q-value (argmax, lowest index on ties)",
+    "action_preferences": "the action with the highest preference (argmax, lowest index on ties)",
     "action": "the output is the action index (the greedy Q-policy's argmax is inside the model)",
 }
 
@@ -109,6 +110,8 @@ def actions_from_outputs(output: str, outputs: np.ndarray,
       uniform draw exceeds p (the book's rule).
     - ``action_probabilities``: a softmax. Greedy: argmax. Sampled: a categorical draw.
     - ``q_values``: one value per action. Greedy: argmax (ties to the lowest action).
+    - ``action_preferences``: one score per action (a fine-tuned int8 model's output: only their
+      order carries meaning). Greedy: argmax, as for Q-values.
     - ``action``: the action itself (a model with the greedy choice inside).
     """
     if output == "action":
@@ -125,7 +128,7 @@ def actions_from_outputs(output: str, outputs: np.ndarray,
         cumulative = np.cumsum(outputs, axis=1)
         draws = rng.uniform(size=(len(outputs), 1)) * cumulative[:, -1:]
         return np.minimum((draws > cumulative).sum(axis=1), outputs.shape[1] - 1).astype(np.int64)
-    if output == "q_values":
+    if output in ("q_values", "action_preferences"):
         return np.argmax(outputs, axis=1).astype(np.int64)
     raise BundleError(f"no action rule for output kind {output!r}; known: {', '.join(ACTION_RULES)}")
 
@@ -165,7 +168,11 @@ def denormalize(normalized: np.ndarray, normalization: Mapping[str, Sequence[flo
 
 
 class TFLitePolicy:
-    """A bundled model with its action rule: observations in, greedy actions out."""
+    """A bundled model with its action rule: observations in, greedy actions out.
+
+    The rule is the model's own ``output_kind`` where the manifest gives one (a fine-tuned int8
+    model outputs action preferences, its float32 sibling the policy's ``output``).
+    """
 
     def __init__(self, bundle: Path, spec: dict[str, Any], precision: str) -> None:
         from ai_edge_litert.interpreter import Interpreter
@@ -173,6 +180,7 @@ class TFLitePolicy:
         if precision not in spec["models"]:
             raise BundleError(f"no {precision} model; this policy has {', '.join(spec['models'])}")
         self.spec, self.model = spec, spec["models"][precision]
+        self.output = self.model.get("output_kind", spec["output"])
         self.observation_shape = tuple(spec["observation_shape"])
         self._interpreter = Interpreter(model_path=str(bundle / self.model["file"]))
         self._input = self._interpreter.get_input_details()[0]
@@ -202,7 +210,7 @@ class TFLitePolicy:
         return dequantize(self._interpreter.get_tensor(self._output["index"]), self.model["output"])
 
     def actions(self, observations: np.ndarray) -> np.ndarray:
-        return actions_from_outputs(self.spec["output"], self.outputs(observations))
+        return actions_from_outputs(self.output, self.outputs(observations))
 
 
 # --- Atari -------------------------------------------------------------------------------------

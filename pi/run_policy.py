@@ -34,9 +34,6 @@ EXIT_BAD_BUNDLE = 3
 EXIT_BAD_INPUT = 4
 EXIT_UNSAFE_MODEL = 5
 PRECISIONS = ("float32", "int8")
-# A fine-tuned int8 model outputs action preferences: its greedy action is their argmax, the rule
-# policy_runtime.py applies to Q-values (lowest index on ties).
-ACTING_KIND = {"action_preferences": "q_values"}
 
 
 class UnsafeModelError(Exception):
@@ -71,12 +68,6 @@ def choose_precision(spec: dict, name: str, requested: str | None = None,
                                    f"is {default}), or --allow-unsafe-int8 to run it anyway")
         return "int8", f"requested with --allow-unsafe-int8 ({problem})"
     return requested, "requested"
-
-
-def load_model(bundle: Path, spec: dict, precision: str) -> TFLitePolicy:
-    """The bundled model, acting by the rule of its own output kind."""
-    kind = spec["models"][precision].get("output_kind", spec["output"])
-    return TFLitePolicy(bundle, {**spec, "output": ACTING_KIND.get(kind, kind)}, precision)
 
 
 # --- the command line -------------------------------------------------------------------------
@@ -132,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         spec = policy_spec(manifest, args.policy)
         precision, why = choose_precision(spec, args.policy, args.precision, args.allow_unsafe_int8)
-        policy = load_model(args.bundle, spec, precision)
+        policy = TFLitePolicy(args.bundle, spec, precision)
     except BundleError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_BUNDLE

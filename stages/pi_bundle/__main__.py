@@ -55,7 +55,6 @@ from stages.common.policies import INDEX_DIR, PolicyEntry, load_index, load_poli
 from stages.common.seeding import seed_everything
 from stages.common.settings import InputError, ParamError, Params, run_stage
 from stages.common.qat import (
-    OUTPUT_KIND,
     XNNPACK_MULTIPLIER_LIMIT,
     FineTuningOptions,
     NotFineTunable,
@@ -83,18 +82,6 @@ NAME = "pi_bundle"
 PI_FILES = Path("pi")
 RUNNER = "run_policy.py"
 PRECISIONS = ("float32", "int8")
-# A fine-tuned int8 model outputs action preferences: its greedy action is their argmax, the rule
-# pi/policy_runtime.py applies to Q-values (lowest index on ties). The runner maps it the same way
-# (pi/run_policy.py), so the shared runtime module, on which every training stage depends, is unchanged.
-RULES = {**ACTION_RULES, OUTPUT_KIND: "the action with the highest preference (argmax, lowest index on ties)"}
-ACTING_KIND = {OUTPUT_KIND: "q_values"}
-
-
-def acting(folder: Path, spec: dict, precision: str) -> TFLitePolicy:
-    """The model of ``precision`` in ``folder`` through the runner's class, with the action rule
-    of its own output kind (as run_policy.py loads it)."""
-    kind = spec["models"][precision].get("output_kind", spec["output"])
-    return TFLitePolicy(folder, {**spec, "output": ACTING_KIND.get(kind, kind)}, precision)
 
 
 # --- observations -----------------------------------------------------------------------------
@@ -226,7 +213,7 @@ def model_spec(file: str, content: bytes, normalization: dict | None, outputs: s
     """A model's manifest entry (measurements and safety are added once measured)."""
     return {"file": file, "size_bytes": len(content), "converted_by": f"tensorflow {tf.__version__}",
             "input_normalization": normalization, "outputs": outputs, "output_kind": output_kind,
-            "action_rule": RULES[output_kind], **describe_model(content)}
+            "action_rule": ACTION_RULES[output_kind], **describe_model(content)}
 
 
 def int8_model_spec(file: str, model: Int8Model) -> dict:
@@ -237,7 +224,7 @@ def scratch_policy(folder: Path, spec: dict, model: Int8Model) -> TFLitePolicy:
     """An int8 model not (yet) in the bundle, loaded through the runner's class."""
     file = f"{len(list(folder.iterdir()))}.tflite"
     (folder / file).write_bytes(model.content)
-    return acting(folder, {**spec, "models": {"int8": int8_model_spec(file, model)}}, "int8")
+    return TFLitePolicy(folder, {**spec, "models": {"int8": int8_model_spec(file, model)}}, "int8")
 
 
 def fine_tuned_int8(cfg: Settings, entry: PolicyEntry, model: Any, original: Callable[[np.ndarray], np.ndarray],
@@ -371,7 +358,7 @@ def bundle_policy(cfg: Settings, entry: PolicyEntry, folder: Path) -> tuple[dict
                               "calibration_observations": len(calibration),
                               "conversion_wall_time_s": conversion_time,
                               "size_bytes": {"original": size_of(entry.model_path)}}
-    tflite = {p: acting(folder, spec, p) for p in PRECISIONS}
+    tflite = {p: TFLitePolicy(folder, spec, p) for p in PRECISIONS}
     report["float32"] = parity(reference, reference_actions, batched(tflite["float32"].outputs, held_out),
                                batched(tflite["float32"].actions, held_out), ties)
     report["int8"] = parity(expected_int8_outputs(int8, reference, held_out), reference_actions,
