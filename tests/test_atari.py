@@ -268,8 +268,11 @@ def test_both_games_run_end_to_end_in_the_quick_profile(clone_of_quick_run):
 
     # A finished run's checkpoint is kept; forcing the stage again re-exports the same bytes.
     before = file_digests(ws, atari_outputs(ws, "breakout"))
-    run([*SNAKEMAKE, "--forcerun", "atari_dqn_breakout", targets[0]], ws)
+    # The target goes before --forcerun, which takes every word after it (a target placed there
+    # would be read as one more rule to force, and Snakemake would build its default target).
+    forced = run([*SNAKEMAKE, targets[0], "--forcerun", "atari_dqn_breakout"], ws)
     assert file_digests(ws, atari_outputs(ws, "breakout")) == before
+    assert "1 of 1 steps (100%) done" in forced.stdout + forced.stderr, "a consumer ran too"
 
 
 def stage_process_group(command: list[str], cwd: Path, log: Path) -> subprocess.Popen:

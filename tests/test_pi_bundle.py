@@ -180,11 +180,12 @@ def test_fine_tuning_brings_the_int8_models_closer_to_the_float_policies(bundled
         assert largest_multiplier((bundle / int8["file"]).read_bytes()) < 256, name
     assert "TF-Agents" in report["tf_agents_q"]["int8"]["fine_tuning"]["why"]
     # The linear balancing rule sits on its decision boundary: after training only, its int8
-    # model flips about one action in ten; fine-tuned, about one in twenty (the 8-bit input alone
-    # flips 2.6%). Measured: 0.898 -> 0.952.
+    # model flips about one action in fourteen; fine-tuned, about one in twenty (the 8-bit input
+    # alone flips 3.8%). Measured: 0.928 -> 0.952 (0.898 -> 0.952 with calibration episodes
+    # played 16 at a time instead of 4).
     balance = report[CARTPOLE]["int8"]
     assert balance["fine_tuning"]["shipped"].startswith("fine_tuned")
-    assert balance["action_agreement"] >= balance["post_training_action_agreement"] + 0.03
+    assert balance["action_agreement"] >= balance["post_training_action_agreement"] + 0.015
     for name in ("random_q_values", "random_lander"):
         int8 = report[name]["int8"]
         assert int8["action_agreement"] >= int8["post_training_action_agreement"] - 0.01, name
@@ -259,6 +260,41 @@ def test_input_rounding_agreement_counts_the_choices_the_int8_input_grid_flips()
     # Integer observations (Atari frames) reach the int8 model as they are: nothing to measure.
     frames = {"input": {"dtype": "uint8", "scale": None, "zero_point": None}, "input_normalization": None}
     assert input_rounding_agreement(frames, policy, observations, policy(observations)) is None
+
+
+def test_atari_environments_lent_again_play_the_episodes_fresh_ones_play():
+    """The stage builds an Atari policy's environments once and lends them to every later batch
+    of episodes: the episodes must be exactly those of freshly built environments."""
+    from types import SimpleNamespace
+
+    from stages.common.evaluation import evaluate_policy
+    from stages.common.policies import make_policy_env
+    from stages.pi_bundle.__main__ import episode_environments
+
+    preprocessing = {"kind": "atari", "noop_max": 30, "frame_skip": 4, "screen_size": 84, "frame_stack": 4,
+                     "max_episode_steps": 27000, "after_reset": {"action": "FIRE", "steps": 1},
+                     "after_life_loss": {"action": "FIRE", "steps": 1}}
+    entry = SimpleNamespace(env_id="BreakoutNoFrameskip-v4", preprocessing=preprocessing)
+    # Actions that depend on what the policy sees: a different frame soon means different play.
+    policy = lambda frames: (frames.reshape(len(frames), -1).sum(axis=1) // 7 % 4).astype(np.int64)  # noqa: E731
+    seeds = [[5, 6, 7], [8, 9, 10], [5, 11, 12]]
+
+    def play(make_env) -> list[tuple[list[float], list[int]]]:
+        results = [evaluate_policy(entry.env_id, policy, batch, max_steps=120, make_env=make_env, progress=False)
+                   for batch in seeds]
+        return [(r.returns.tolist(), r.lengths.tolist()) for r in results]
+
+    fresh = play(lambda: make_policy_env(entry))
+    built = []
+    with episode_environments(entry) as lend:
+        def counting():
+            env = lend()
+            built.append(env.env)
+            return env
+        assert play(counting) == fresh
+    assert len({id(env) for env in built}) == 3 and len(built) == 9  # three built, each lent three times
+    with episode_environments(SimpleNamespace(preprocessing={})) as make_env:
+        assert make_env is None  # other environments: evaluate_policy makes them itself
 
 
 # --- the runner -------------------------------------------------------------------------------
@@ -406,8 +442,9 @@ def test_fine_tuning_raises_the_int8_agreement_of_the_quick_profiles_policies(qu
     """On the policies the quick profile trains (the shared quick run's bundle): every Keras
     policy's int8 model is fine-tuned, agreement rises on average, more policies reach the 99%
     target, and none loses more than a little (the choice is made on the distillation
-    observations, not on these held-out ones). Measured (150 steps from the float weights): mean
-    gain 0.010, 7 -> 10 policies at the target, worst -0.008."""
+    observations, not on these held-out ones). Measured (150 steps from the float weights, held-out
+    observations from 4 episodes at a time): mean gain 0.011, 5 -> 7 policies at the target,
+    worst -0.002."""
     report = json.loads((quick_run / "reports/pi_bundle/benchmark.json").read_text())
     keras = {name: r["int8"] for name, r in report.items() if "NoFrameskip" not in r["env_id"]}  # not Atari
     assert len(keras) >= 12 and all(int8["fine_tuning"]["applied"] for int8 in keras.values())

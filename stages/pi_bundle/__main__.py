@@ -27,11 +27,13 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import tensorflow as tf
 
@@ -101,13 +103,52 @@ def shipped_files(stages: list[StageSpec]) -> list[Path]:
     return [Path(dep) for dep in stage.deps if Path(dep).parent == PI_FILES]
 
 
-def episode_maker(entry: PolicyEntry) -> Callable[[], Any] | None:
-    """Atari policies see preprocessed frames; other policies the environment's own observations."""
-    return (lambda: make_policy_env(entry)) if entry.preprocessing else None
+MakeEnv = Callable[[], Any] | None
+
+
+class _Lent(gym.Wrapper):
+    """An environment lent to one evaluation: closing it hands it back for the next one."""
+
+    def __init__(self, env: Any, idle: list[Any]) -> None:
+        super().__init__(env)
+        self._idle = idle
+
+    def close(self) -> None:
+        self._idle.append(self.env)
+
+
+@contextmanager
+def episode_environments(entry: PolicyEntry) -> Iterator[MakeEnv]:
+    """What builds the environments of a policy's episodes, for ``evaluate_policy``'s ``make_env``.
+
+    Atari policies see preprocessed frames (``make_policy_env``). Building one of those loads the
+    game's ROM, about a quarter of a second, and the stage plays a few dozen short batches of
+    episodes per policy; so an environment, once built, is lent again to the next batch. That
+    changes no episode: each starts from ``reset(seed=...)``, which reloads the game and reseeds
+    every random choice of the wrappers. Other policies play the environment's own observations
+    (``None``: ``evaluate_policy`` makes them, cheaply). All built environments close at the end.
+    """
+    if not entry.preprocessing:
+        yield None
+        return
+    idle: list[Any] = []
+    built: list[Any] = []
+
+    def lend() -> Any:
+        if not idle:
+            built.append(make_policy_env(entry))
+            idle.append(built[-1])
+        return _Lent(idle.pop(), idle)
+
+    try:
+        yield lend
+    finally:
+        for env in built:
+            env.close()
 
 
 def record_observations(entry: PolicyEntry, policy: Callable[[np.ndarray], np.ndarray],
-                        wanted: ObservationSet, max_steps: int) -> np.ndarray:
+                        wanted: ObservationSet, max_steps: int, make_env: MakeEnv) -> np.ndarray:
     """``wanted.observations`` observations of the policy's greedy episodes, one seed per episode
     from ``wanted.seed_start``, evenly spaced over all steps played (episodes are played in
     chunks until there are enough; fewer if ``max_episodes`` runs out first)."""
@@ -120,8 +161,7 @@ def record_observations(entry: PolicyEntry, policy: Callable[[np.ndarray], np.nd
     seed, last = wanted.seed_start, wanted.seed_start + wanted.max_episodes
     while sum(map(len, recorded)) < wanted.observations and seed < last:
         seeds = list(range(seed, min(seed + wanted.episodes_per_batch, last)))
-        evaluate_policy(entry.env_id, recording, seeds, max_steps=max_steps,
-                        make_env=episode_maker(entry), progress=False)
+        evaluate_policy(entry.env_id, recording, seeds, max_steps=max_steps, make_env=make_env, progress=False)
         seed = seeds[-1] + 1
     observations = np.concatenate(recorded)
     # Evenly spaced over every step played: the episodes' ends as well as their starts.
@@ -229,7 +269,7 @@ def scratch_policy(folder: Path, spec: dict, model: Int8Model) -> TFLitePolicy:
 
 def fine_tuned_int8(cfg: Settings, entry: PolicyEntry, model: Any, original: Callable[[np.ndarray], np.ndarray],
                     calibration: np.ndarray, post_training: Int8Model, spec: dict,
-                    max_steps: int) -> tuple[Int8Model, dict[str, Any]]:
+                    max_steps: int, make_env: MakeEnv) -> tuple[Int8Model, dict[str, Any]]:
     """The int8 model to ship: the quantization-aware fine-tuned one where the policy's network
     allows it, unless the post-training one agrees better with the original on the fine-tuning
     observations (never on the held-out ones, which measure the choice); and what was done."""
@@ -241,7 +281,7 @@ def fine_tuned_int8(cfg: Settings, entry: PolicyEntry, model: Any, original: Cal
         return post_training, {"applied": False, "why": "integer observations: quantized after training"}
     tuning = cfg.fine_tuning
     started = time.perf_counter()
-    training = record_observations(entry, original, tuning.observations, max_steps)
+    training = record_observations(entry, original, tuning.observations, max_steps, make_env)
     observations = np.concatenate([training, calibration])
     try:
         teacher = decision_network(model, entry.output, entry.n_actions, normalization, observations,
@@ -316,14 +356,15 @@ def default_precision(agreement: float, target: float, int8_return: float,
 # --- one policy -------------------------------------------------------------------------------
 
 
-def bundle_policy(cfg: Settings, entry: PolicyEntry, folder: Path) -> tuple[dict, dict]:
-    """Convert, fine-tune, check, evaluate and time one policy; its manifest entry and its report."""
+def bundle_policy(cfg: Settings, entry: PolicyEntry, folder: Path, make_env: MakeEnv) -> tuple[dict, dict]:
+    """Convert, fine-tune, check, evaluate and time one policy (its episodes in environments from
+    ``make_env``); its manifest entry and its report."""
     settings = environment_settings(cfg, entry)
     check_seeds_unseen(cfg, entry)
     model = load_original(entry)
     original = load_policy(entry)
-    calibration = record_observations(entry, original, cfg.calibration, settings.max_steps)
-    held_out = record_observations(entry, original, cfg.parity, settings.max_steps)
+    calibration = record_observations(entry, original, cfg.calibration, settings.max_steps, make_env)
+    held_out = record_observations(entry, original, cfg.parity, settings.max_steps, make_env)
     started = time.perf_counter()
     float32 = convert_float32(entry, model)
     post_training = convert_int8(entry, model, calibration)
@@ -341,7 +382,7 @@ def bundle_policy(cfg: Settings, entry: PolicyEntry, folder: Path) -> tuple[dict
         "models": {},
     }
     int8, fine_tuning = fine_tuned_int8(cfg, entry, model, original, calibration, post_training, spec,
-                                        settings.max_steps)
+                                        settings.max_steps, make_env)
     spec["models"]["float32"] = model_spec(f"models/{entry.name}.float32.tflite", float32, None,
                                            "as the original model", spec["output"])
     spec["models"]["int8"] = int8_model_spec(f"models/{entry.name}.int8.tflite", int8)
@@ -393,7 +434,7 @@ def bundle_policy(cfg: Settings, entry: PolicyEntry, folder: Path) -> tuple[dict
     returns = {}
     for variant, act in players.items():
         result = evaluate_policy(entry.env_id, act, seeds, max_steps=settings.max_steps,
-                                 make_env=episode_maker(entry), progress=False)
+                                 make_env=make_env, progress=False)
         report["evaluation"][variant] = {"mean": result.mean, "std": result.std}
         returns[variant] = result.returns
     interval = cfg.return_interval
@@ -499,7 +540,8 @@ def main() -> None:
         policies = {}
         for name, entry in index.items():
             started = time.perf_counter()
-            policies[name], reports[name] = bundle_policy(cfg, entry, folder)
+            with episode_environments(entry) as make_env:
+                policies[name], reports[name] = bundle_policy(cfg, entry, folder, make_env)
             reports[name]["bundle_wall_time_s"] = time.perf_counter() - started
             int8 = reports[name]["int8"]
             print(f"{name}: int8 agreement {int8['action_agreement']:.4f} (post-training "
