@@ -135,10 +135,10 @@ def episode_environments(entry: PolicyEntry) -> Iterator[MakeEnv]:
     built: list[Any] = []
 
     def lend() -> Any:
-        if not idle:
-            built.append(make_policy_env(entry))
-            idle.append(built[-1])
-        return _Lent(idle.pop(), idle)
+        if idle:
+            return _Lent(idle.pop(), idle)
+        built.append(make_policy_env(entry))
+        return _Lent(built[-1], idle)
 
     try:
         yield lend
