@@ -18,9 +18,10 @@ import argparse
 import numpy as np
 
 import stages  # noqa: F401  (TensorFlow settings before TensorFlow loads)
-from pi.policy_runtime import verify_bundle
+from pi.policy_runtime import TFLitePolicy, verify_bundle
+from pi.run_policy import latency
 from stages.common.policies import INDEX_DIR, load_index, load_policy
-from stages.pi_bundle.__main__ import BUNDLE, PRECISIONS, acting, latency
+from stages.pi_bundle.__main__ import BUNDLE, PRECISIONS
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
             import tf_agents.policies  # noqa: F401  (registers a saved policy's types)
         observation = np.load(BUNDLE / spec["sample"]["file"], allow_pickle=False)[0]
         players = {"original": load_policy(index[name]),
-                   **{p: acting(BUNDLE, spec, p).actions for p in PRECISIONS}}
+                   **{p: TFLitePolicy(BUNDLE, spec, p).actions for p in PRECISIONS}}
         sizes = {"original": None, **{p: spec["models"][p]["size_bytes"] for p in PRECISIONS}}
         times = {variant: latency(act, observation, args.calls) for variant, act in players.items()}
         base = times["original"]["median_wall_time_s"]

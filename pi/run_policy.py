@@ -4,9 +4,12 @@
     python3 run_policy.py list
     python3 run_policy.py play NAME [--precision float32|int8] [--episodes 20] [--seed 0] [--max-steps N]
     python3 run_policy.py act NAME observations.npy [--precision float32|int8]
+    python3 run_policy.py time NAME [--calls 1000]
 
 ``play`` needs Gymnasium (and ale-py for Atari games) and prints one return per episode; ``act``
-needs only NumPy and LiteRT and prints one action per observation. Before anything is loaded,
+needs only NumPy and LiteRT and prints one action per observation; ``time`` times one action of
+each bundled model of the policy on its first sample observation (median and 99th percentile, on
+this machine) beside its size and measured agreement. Before anything is loaded,
 every file of the bundle is checked against the sha256 in manifest.json; a bundle that does not
 match ends the program with a message and exit status 3. Nothing is ever unpickled.
 
@@ -23,12 +26,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # policy_runtime.py lies next to this file
-from policy_runtime import BundleError, TFLitePolicy, make_env, play, policy_spec, verify_bundle  # noqa: E402
+try:  # imported by the pipeline (benchmarks, the bundle stage): the package's own module
+    from pi.policy_runtime import BundleError, TFLitePolicy, make_env, play, policy_spec, verify_bundle
+except ImportError:  # run as a script, in the bundle or in pi/: policy_runtime.py lies next to this file
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from policy_runtime import BundleError, TFLitePolicy, make_env, play, policy_spec, verify_bundle
 
 EXIT_BAD_BUNDLE = 3
 EXIT_BAD_INPUT = 4
@@ -70,6 +79,45 @@ def choose_precision(spec: dict, name: str, requested: str | None = None,
     return requested, "requested"
 
 
+# --- timing ---------------------------------------------------------------------------------------
+
+
+def latency(act: Callable[[np.ndarray], Any], observation: np.ndarray, calls: int) -> dict[str, float]:
+    """Median and 99th percentile of one action for one observation, after a warm-up. The bundle
+    stage and benchmarks/pi_latency.py time with this too, so every figure is the same measure."""
+    batch = observation[None]
+    for _ in range(min(calls, 20)):
+        act(batch)
+    times = np.empty(calls)
+    for i in range(calls):
+        start = time.perf_counter()
+        act(batch)
+        times[i] = time.perf_counter() - start
+    return {"median_wall_time_s": float(np.median(times)),
+            "p99_wall_time_s": float(np.percentile(times, 99))}
+
+
+def time_models(bundle: Path, name: str, spec: dict, calls: int) -> list[str]:
+    """One line per bundled model of policy ``name``: its latency here, size, measured agreement
+    and whether the runner loads it by default. Timing acts on nothing, so an int8 model marked
+    unsafe is timed too (and said to be unsafe)."""
+    observation = np.load(bundle / spec["sample"]["file"], allow_pickle=False)[0]
+    lines = [f"{name}: one action on its first sample observation, {calls} calls after a warm-up"]
+    for precision, model in spec["models"].items():
+        measured = latency(TFLitePolicy(bundle, spec, precision).actions, observation, calls)
+        agreement = model.get("measured", {}).get("action_agreement")
+        notes = [f"action agreement {agreement:.2%}" if agreement is not None else "agreement not measured"]
+        if spec.get("default_precision", "float32") == precision:
+            notes.append("the default")
+        if precision == "int8":
+            notes.append("fine-tuned" if model.get("fine_tuned") else "post-training quantized")
+            notes.append("safe" if model.get("safe") else "marked unsafe")
+        lines.append(f"  {precision:8} median {measured['median_wall_time_s'] * 1e6:9.1f} us  "
+                     f"p99 {measured['p99_wall_time_s'] * 1e6:9.1f} us  {model['size_bytes'] / 1024:8.1f} KiB  "
+                     f"({', '.join(notes)})")
+    return lines
+
+
 # --- the command line -------------------------------------------------------------------------
 
 
@@ -79,6 +127,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="the bundle's folder (default: this script's folder)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="the bundled policies")
+    timing = commands.add_parser("time", help="time one action of each bundled model of a policy")
+    timing.add_argument("policy")
+    timing.add_argument("--calls", type=int, default=1000, help="timed calls per model (default 1000)")
     for name, text in (("play", "play episodes in the policy's Gymnasium environment"),
                        ("act", "print the action for each observation in a .npy file")):
         command = commands.add_parser(name, help=text)
@@ -122,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"default precision {spec.get('default_precision', 'float32')}")
             return 0
         spec = policy_spec(manifest, args.policy)
+        if args.command == "time":
+            if args.calls < 1:
+                print(f"error: --calls {args.calls}: at least one call is needed", file=sys.stderr)
+                return EXIT_BAD_INPUT
+            print("\n".join(time_models(args.bundle, args.policy, spec, args.calls)))
+            return 0
         precision, why = choose_precision(spec, args.policy, args.precision, args.allow_unsafe_int8)
         policy = TFLitePolicy(args.bundle, spec, precision)
     except BundleError as error:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -364,6 +365,49 @@ def test_the_runner_plays_episodes(bundled):
     assert result.stdout.rstrip().endswith(f"({CARTPOLE}, {default})")
 
 
+TIMED = re.compile(r"^  (float32|int8) +median +([\d.]+) us +p99 +([\d.]+) us +([\d.]+) KiB +\((.*)\)$")
+
+
+def timed_models(output: str) -> dict[str, tuple[float, float, str]]:
+    """precision -> (median us, p99 us, notes), from the runner's ``time`` command."""
+    found = {}
+    for line in output.splitlines():
+        match = TIMED.match(line)
+        if match:
+            precision, median, p99, _, notes = match.groups()
+            found[precision] = (float(median), float(p99), notes)
+    return found
+
+
+def test_the_runner_times_every_model_of_a_policy_without_tensorflow(bundled):
+    bundle = bundled / "data/pi_bundle"
+    spec = manifest_of(bundle)["policies"][CARTPOLE]
+    result = runner(bundle, "time", CARTPOLE, "--calls", "50")
+    assert result.returncode == 0, result.stderr
+    timed = timed_models(result.stdout)
+    assert set(timed) == {"float32", "int8"}, result.stdout
+    for precision, (median, p99, notes) in timed.items():
+        assert 0 < median <= p99, result.stdout
+        agreement = spec["models"][precision]["measured"]["action_agreement"]
+        assert f"action agreement {agreement:.2%}" in notes
+        assert ("the default" in notes) == (spec["default_precision"] == precision)
+    assert ("marked unsafe" in timed["int8"][2]) != spec["models"]["int8"]["safe"]
+    refused = runner(bundle, "time", CARTPOLE, "--calls", "0")
+    assert refused.returncode == EXIT_BAD_INPUT and "--calls 0" in refused.stderr
+
+
+def test_the_latency_benchmark_times_the_originals_beside_the_bundle(bundled, monkeypatch, capsys):
+    """benchmarks/pi_latency.py on the bundle of every kind of policy: three rows per policy."""
+    from benchmarks import pi_latency
+
+    monkeypatch.chdir(bundled)
+    monkeypatch.setattr(sys, "argv", ["pi_latency", "--calls", "20"])
+    pi_latency.main()
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert {(row[0], row[1]) for row in rows} == {(name, variant) for name in POLICIES
+                                                 for variant in ("original", "float32", "int8")}
+
+
 def test_a_corrupted_or_missing_model_is_refused(bundled, tmp_path):
     bundle = copy_of(bundled / "data/pi_bundle", tmp_path)
     model = bundle / manifest_of(bundle)["policies"][CARTPOLE]["models"]["float32"]["file"]
@@ -509,6 +553,10 @@ def test_the_bundle_runs_on_an_emulated_raspberry_pi(bundled, tmp_path):
                                            "--allow-unsafe-int8"])
                 assert acted.returncode == 0, acted.stderr
                 assert [int(a) for a in acted.stdout.split()] == spec["sample"]["expected_actions"]["int8"], name
+            # Each precision timed on the emulated CPU: qemu's speed, not a Pi's; the command works.
+            timed = run_in_root(root, ["python3", "/opt/pi_bundle/run_policy.py", "time", CARTPOLE, "--calls", "20"])
+            assert timed.returncode == 0, timed.stderr
+            assert set(timed_models(timed.stdout)) == {"float32", "int8"}, timed.stdout
 
             model = target / manifest_of(target)["policies"][CARTPOLE]["models"]["float32"]["file"]
             model.write_bytes(model.read_bytes()[:-1] + b"\0")
@@ -521,4 +569,4 @@ def test_the_bundle_runs_on_an_emulated_raspberry_pi(bundled, tmp_path):
 def test_runner_help_names_the_commands():
     result = subprocess.run([sys.executable, str(PI / "run_policy.py"), "--help"], capture_output=True,
                             text=True)
-    assert result.returncode == 0 and all(c in result.stdout for c in ("list", "play", "act"))
+    assert result.returncode == 0 and all(c in result.stdout for c in ("list", "play", "act", "time"))

@@ -49,6 +49,7 @@ from pi.policy_runtime import (
     sha256,
     verify_bundle,
 )
+from pi.run_policy import latency
 from stages.common.bundle import size_of, write_reproducible_tar_gz
 from stages.common.dag import StageSpec, policy_producers, read_dag
 from stages.common.evaluation import evaluate_policy
@@ -227,23 +228,6 @@ def input_rounding_agreement(model: dict[str, Any], original: Callable[[np.ndarr
     grid = dequantize(quantize(normalize(observations, normalization), model["input"]), model["input"])
     rounded = denormalize(grid, normalization).astype(observations.dtype)
     return float(np.mean(batched(original, rounded) == reference_actions))
-
-
-# --- timing -----------------------------------------------------------------------------------
-
-
-def latency(act: Callable[[np.ndarray], Any], observation: np.ndarray, calls: int) -> dict[str, float]:
-    """Median and 99th percentile of one action for one observation, after a warm-up."""
-    batch = observation[None]
-    for _ in range(min(calls, 20)):
-        act(batch)
-    times = np.empty(calls)
-    for i in range(calls):
-        start = time.perf_counter()
-        act(batch)
-        times[i] = time.perf_counter() - start
-    return {"median_wall_time_s": float(np.median(times)),
-            "p99_wall_time_s": float(np.percentile(times, 99))}
 
 
 # --- the int8 model -------------------------------------------------------------------------
