@@ -50,15 +50,17 @@ if [[ "$command" != start ]]; then
     exit 2
 fi
 
+# One apt-get at a time: the test suite's other installers take the same lock (tests/debian.py),
+# and the check waits for it too, so that packages another installer is still setting up are not
+# taken for installed.
+exec 9>>/run/lock/rl-pipeline-apt.lock
+flock 9
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
-    # One apt-get at a time: the test suite's other installers take the same lock (tests/debian.py).
-    exec 9>>/run/lock/rl-pipeline-apt.lock
-    flock 9
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends slurm-wlm munge >&2 \
         || { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive \
              apt-get install -y --no-install-recommends slurm-wlm munge >&2; }
-    exec 9>&-
 fi
+exec 9>&-
 
 if [[ ! -s /etc/munge/munge.key ]]; then
     mkdir -p /etc/munge

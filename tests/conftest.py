@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -217,6 +219,7 @@ LONGEST_FIRST = ("tests/test_slurm.py::", "tests/test_extending.py::",
                  "tests/test_pipeline.py::test_a_parameter_change")
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected: only the selected tests count
 def pytest_collection_modifyitems(config, items):
     """An order that keeps both pytest-xdist workers busy. The first slow test (``e2e``,
     ``system``) that uses the shared quick run starts first, and its worker builds the run. The
@@ -234,3 +237,22 @@ def pytest_collection_modifyitems(config, items):
     alone = [i for i in items if slow(i) and "quick_run" not in i.fixturenames]
     fast = [i for i in items if not slow(i)]
     items[:] = sharing[:1] + alone + fast + sharing[1:]
+
+    # One worker (or the only process) starts the Debian packages the selected system tests need
+    # installing now, in the background (tests/debian.py), rather than when each test gets there.
+    if os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0":
+        from tests.debian import install_in_background
+
+        needed = {name for item in items for name in item.fixturenames}
+        config.stash[APT_JOB] = install_in_background(needed, Path(tempfile.gettempdir()) / "rl-pipeline-apt.log")
+
+
+APT_JOB = pytest.StashKey["subprocess.Popen | None"]()
+
+
+def pytest_sessionfinish(session):
+    """Wait for the background installer (:func:`pytest_collection_modifyitems`) if it still runs:
+    cutting apt-get short would leave dpkg half-configured."""
+    job = session.config.stash.get(APT_JOB, None)
+    if job is not None:
+        job.wait()

@@ -19,12 +19,11 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from tests.debian import apt_install
+from tests.debian import PI_EMULATION as DEBIAN_PACKAGES
+from tests.debian import ensure_installed
 
 CACHE = Path(os.environ.get("RL_PIPELINE_PI_CACHE", "/var/cache/rl-pipeline"))
 SUITE, ARCH = "bookworm", "arm64"
-DEBIAN_PACKAGES = {"debootstrap": "/usr/sbin/debootstrap", "qemu-user-static": "/usr/bin/qemu-aarch64-static",
-                   "binfmt-support": "/usr/sbin/update-binfmts"}
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 SITE = "opt/site"          # where the wheels go inside the root (PYTHONPATH)
 COMPLETE = ".rl-pipeline-complete"
@@ -55,9 +54,7 @@ def debian_mirror() -> str:
 
 
 def install_debian_packages() -> None:
-    missing = [name for name, path in DEBIAN_PACKAGES.items() if not Path(path).exists()]
-    if missing:
-        apt_install(missing)
+    ensure_installed(DEBIAN_PACKAGES)
 
 
 @contextmanager

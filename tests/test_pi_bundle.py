@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -518,52 +519,59 @@ def test_overlapping_seed_ranges_are_refused():
 # --- an emulated Raspberry Pi -----------------------------------------------------------------
 
 
-@pytest.mark.system
-def test_the_bundle_runs_on_an_emulated_raspberry_pi(bundled, tmp_path):
-    """Debian bookworm arm64 under qemu: same returns as here, the int8 models' expected actions,
-    and a corrupted model is refused.
-
-    Builds the root once (about 4 minutes, cached in /var/cache/rl-pipeline by requirements).
-    """
-    from tests.emulated_pi import emulated_pi, emulation_problem, run_in_root
+@pytest.fixture
+def emulated_root() -> Iterator[Path]:
+    """An emulated Pi with the runner's requirements, emulation on while the test runs. Builds the
+    root once (about 4 minutes, cached in /var/cache/rl-pipeline by requirements)."""
+    from tests.emulated_pi import emulated_pi, emulation_problem
 
     problem = emulation_problem()
     if problem:
         pytest.skip(problem)
+    with emulated_pi([PI / "requirements-pi.txt", PI / "requirements-pi-gymnasium.txt"]) as root:
+        yield root
+
+
+@pytest.mark.system
+def test_the_bundle_runs_on_an_emulated_raspberry_pi(bundled, emulated_root):
+    """Debian bookworm arm64 under qemu: same returns as here, the int8 models' expected actions,
+    each model timed, and a corrupted model is refused."""
+    from tests.emulated_pi import run_in_root
+
+    root = emulated_root
     bundle = bundled / "data/pi_bundle"
     play = ["play", CARTPOLE, "--episodes", "20", "--seed", "10000"]
     here = runner(bundle, *play)
     assert here.returncode == 0, here.stderr
-    with emulated_pi([PI / "requirements-pi.txt", PI / "requirements-pi-gymnasium.txt"]) as root:
-        target = root / "opt/pi_bundle"
-        shutil.rmtree(target, ignore_errors=True)
-        with tarfile.open(bundled / "data/pi_bundle.tar.gz") as tar:
-            tar.extractall(root / "opt", filter="data")
-        try:
-            machine = run_in_root(root, ["python3", "-c", "import platform; print(platform.machine())"])
-            assert machine.stdout.strip() == "aarch64", machine.stderr
-            on_pi = run_in_root(root, ["python3", "/opt/pi_bundle/run_policy.py", *play])
-            assert on_pi.returncode == 0, on_pi.stderr
-            assert on_pi.stdout.splitlines()[:20] == here.stdout.splitlines()[:20]
-            assert on_pi.stdout == here.stdout
-            # The int8 models (fine-tuned ones included) act on aarch64 as they did here.
-            for name, spec in manifest_of(target)["policies"].items():
-                acted = run_in_root(root, ["python3", "/opt/pi_bundle/run_policy.py", "act", name,
-                                           f"/opt/pi_bundle/{spec['sample']['file']}", "--precision", "int8",
-                                           "--allow-unsafe-int8"])
-                assert acted.returncode == 0, acted.stderr
-                assert [int(a) for a in acted.stdout.split()] == spec["sample"]["expected_actions"]["int8"], name
-            # Each precision timed on the emulated CPU: qemu's speed, not a Pi's; the command works.
-            timed = run_in_root(root, ["python3", "/opt/pi_bundle/run_policy.py", "time", CARTPOLE, "--calls", "20"])
-            assert timed.returncode == 0, timed.stderr
-            assert set(timed_models(timed.stdout)) == {"float32", "int8"}, timed.stdout
+    target = root / "opt/pi_bundle"
+    shutil.rmtree(target, ignore_errors=True)
+    with tarfile.open(bundled / "data/pi_bundle.tar.gz") as tar:
+        tar.extractall(root / "opt", filter="data")
+    try:
+        machine = run_in_root(root, ["python3", "-c", "import platform; print(platform.machine())"])
+        assert machine.stdout.strip() == "aarch64", machine.stderr
+        on_pi = run_in_root(root, ["python3", "/opt/pi_bundle/run_policy.py", *play])
+        assert on_pi.returncode == 0, on_pi.stderr
+        assert on_pi.stdout.splitlines()[:20] == here.stdout.splitlines()[:20]
+        assert on_pi.stdout == here.stdout
+        # The int8 models (fine-tuned ones included) act on aarch64 as they did here.
+        for name, spec in manifest_of(target)["policies"].items():
+            acted = run_in_root(root, ["python3", "/opt/pi_bundle/run_policy.py", "act", name,
+                                       f"/opt/pi_bundle/{spec['sample']['file']}", "--precision", "int8",
+                                       "--allow-unsafe-int8"])
+            assert acted.returncode == 0, acted.stderr
+            assert [int(a) for a in acted.stdout.split()] == spec["sample"]["expected_actions"]["int8"], name
+        # Each precision timed on the emulated CPU: qemu's speed, not a Pi's; the command works.
+        timed = run_in_root(root, ["python3", "/opt/pi_bundle/run_policy.py", "time", CARTPOLE, "--calls", "20"])
+        assert timed.returncode == 0, timed.stderr
+        assert set(timed_models(timed.stdout)) == {"float32", "int8"}, timed.stdout
 
-            model = target / manifest_of(target)["policies"][CARTPOLE]["models"]["float32"]["file"]
-            model.write_bytes(model.read_bytes()[:-1] + b"\0")
-            refused = run_in_root(root, ["python3", "/opt/pi_bundle/run_policy.py", *play])
-            assert refused.returncode == EXIT_BAD_BUNDLE and "checksum mismatch" in refused.stderr
-        finally:
-            shutil.rmtree(target, ignore_errors=True)
+        model = target / manifest_of(target)["policies"][CARTPOLE]["models"]["float32"]["file"]
+        model.write_bytes(model.read_bytes()[:-1] + b"\0")
+        refused = run_in_root(root, ["python3", "/opt/pi_bundle/run_policy.py", *play])
+        assert refused.returncode == EXIT_BAD_BUNDLE and "checksum mismatch" in refused.stderr
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def test_runner_help_names_the_commands():

@@ -25,22 +25,21 @@ from stages.common.book import book_experiments
 from stages.common.dag import read_dag
 from stages.common.policies import load_index
 from tests.conftest import DVC, SNAKEMAKE, run
-from tests.debian import apt_install
+from tests.debian import BROWSER, ensure_installed
 from tests.test_dag import dvc_view
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(BROWSER["chromium"])
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
 @pytest.fixture(scope="session")
 def chromium() -> Path:
     """Debian's chromium (Playwright's own browser download is not reachable here), installed if missing."""
-    if not CHROMIUM.exists():
-        if shutil.which("apt-get") is None:
-            pytest.fail("chromium is missing and apt-get is not available to install it")
-        apt_install(["chromium"])
+    if not CHROMIUM.exists() and shutil.which("apt-get") is None:
+        pytest.fail("chromium is missing and apt-get is not available to install it")
+    ensure_installed(BROWSER)  # also waits for an install still under way (tests/debian.py)
     return CHROMIUM
 
 
