@@ -31,6 +31,11 @@ NEEDED_BY = (("emulated_root", PI_EMULATION, []), ("slurm_cluster", SLURM, ["--n
              ("chromium", BROWSER, []))
 
 
+def missing(packages: dict[str, str]) -> list[str]:
+    """The names in ``packages`` (name -> a file it installs) whose file is not there."""
+    return [name for name, path in packages.items() if not Path(path).exists()]
+
+
 def ensure_installed(packages: dict[str, str]) -> None:
     """Install those of ``packages`` (name -> a file it installs) whose file is missing. The check
     is made under :data:`APT_LOCK` too, so that a package another installer is still unpacking
@@ -38,10 +43,10 @@ def ensure_installed(packages: dict[str, str]) -> None:
     first try fails."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     with exclusive(APT_LOCK):
-        missing = [name for name, path in packages.items() if not Path(path).exists()]
-        if not missing:
+        absent = missing(packages)
+        if not absent:
             return
-        install = ["apt-get", "install", "-y", "-q", *missing]
+        install = ["apt-get", "install", "-y", "-q", *absent]
         if subprocess.run(install, env=env, capture_output=True).returncode == 0:
             return
         for command in (["apt-get", "update", "-q"], install):
@@ -63,9 +68,9 @@ def install_in_background(fixtures: set[str], log: Path) -> subprocess.Popen | N
         return None
     steps = []
     for fixture, packages, options in NEEDED_BY:
-        missing = [name for name, path in packages.items() if not Path(path).exists()]
-        if fixture in fixtures and missing:
-            install = " ".join(["apt-get", "install", "-y", "-q", *options, *missing])
+        absent = missing(packages)
+        if fixture in fixtures and absent:
+            install = " ".join(["apt-get", "install", "-y", "-q", *options, *absent])
             steps.append(f"flock {APT_LOCK} sh -c '{install} || (apt-get update -q && {install})'")
     if not steps:
         return None

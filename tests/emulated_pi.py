@@ -20,7 +20,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from tests.debian import PI_EMULATION as DEBIAN_PACKAGES
-from tests.debian import ensure_installed
+from tests.debian import ensure_installed, missing
 
 CACHE = Path(os.environ.get("RL_PIPELINE_PI_CACHE", "/var/cache/rl-pipeline"))
 SUITE, ARCH = "bookworm", "arm64"
@@ -33,7 +33,7 @@ def emulation_problem() -> str | None:
     """Why an emulated Pi cannot be built here, or None."""
     if os.geteuid() != 0:
         return "building and entering a chroot needs root"
-    if shutil.which("apt-get") is None and not all(Path(p).exists() for p in DEBIAN_PACKAGES.values()):
+    if shutil.which("apt-get") is None and missing(DEBIAN_PACKAGES):
         return "not a Debian machine: no apt-get to install debootstrap and qemu-user-static"
     return None
 
