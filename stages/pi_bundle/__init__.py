@@ -99,6 +99,10 @@ class Settings(StageSettings):
     """Held-out observations on which outputs and actions are compared."""
     evaluation: dict[str, EnvironmentEvaluation] = Field(min_length=1)
     """Per environment id: the episodes each precision is played for."""
+    pairwise_output_quantile: Probability
+    """TF-Agents Q-networks (Atari): the int8 model's preference for action a sums, over the other
+    actions b, Q(a) - Q(b) divided by this quantile of |Q(a) - Q(b)| over the calibration
+    observations and clipped to [-1, 1] (stages/common/tflite.py, convert_pairwise)."""
     float32_tolerance: PositiveFloat
     """Largest allowed |TFLite float32 - original| / max(1, |original|)."""
     int8_agreement_target: Probability
@@ -125,6 +129,8 @@ class Settings(StageSettings):
                 both_evaluation = a.startswith("evaluation") and b.startswith("evaluation")
                 if not both_evaluation and ranges_overlap(seeds_a, seeds_b):
                     raise ValueError(f"the {a} and {b} seed ranges must not overlap")
+        if not 0.0 < self.pairwise_output_quantile < 1.0:
+            raise ValueError("pairwise_output_quantile must lie strictly between 0 and 1")
         if self.sample_observations > self.parity.observations:
             raise ValueError("sample_observations must not exceed parity.observations")
         return self

@@ -57,6 +57,7 @@ from stages.common.io import atomic_folder, write_json
 from stages.common.policies import INDEX_DIR, PolicyEntry, load_index, load_policy, make_policy_env
 from stages.common.seeding import seed_everything
 from stages.common.settings import InputError, ParamError, Params, run_stage
+from stages.common.q_network_graph import UnreadableNetwork, read_q_network
 from stages.common.qat import (
     XNNPACK_MULTIPLIER_LIMIT,
     FineTuningOptions,
@@ -70,6 +71,7 @@ from stages.common.tflite import (
     convert_decision_network,
     convert_float32,
     convert_int8,
+    convert_pairwise,
     describe_model,
     largest_multiplier,
     load_original,
@@ -259,8 +261,7 @@ def fine_tuned_int8(cfg: Settings, entry: PolicyEntry, model: Any, original: Cal
     observations (never on the held-out ones, which measure the choice); and what was done."""
     normalization = normalization_of(calibration.astype(entry.observation_dtype))
     if entry.output == "tf_agents_policy":
-        return post_training, {"applied": False, "why": "a TF-Agents saved policy has no Keras network to "
-                               "fine-tune: quantized after training"}
+        return pairwise_int8(cfg, entry, model, original, calibration, post_training, spec)
     if normalization is None:
         return post_training, {"applied": False, "why": "integer observations: quantized after training"}
     tuning = cfg.fine_tuning
@@ -306,8 +307,46 @@ def fine_tuned_int8(cfg: Settings, entry: PolicyEntry, model: Any, original: Cal
         "wall_time_s": time.perf_counter() - started}
 
 
+def pairwise_int8(cfg: Settings, entry: PolicyEntry, model: Any, original: Callable[[np.ndarray], np.ndarray],
+                  calibration: np.ndarray, post_training: Int8Model, spec: dict) -> tuple[Int8Model, dict[str, Any]]:
+    """The int8 model to ship for a TF-Agents saved Q-policy, which has no Keras network to
+    fine-tune: its Q-network read back from the saved graph and converted with action preferences
+    built from pairwise comparisons as output (stages/common/tflite.py says why), unless the post-training model of
+    the whole saved policy agrees better with the original on the calibration observations."""
+    why = "a TF-Agents saved policy has no Keras network to fine-tune: quantized after training"
+    try:
+        network = read_q_network(model)
+    except UnreadableNetwork as error:
+        return post_training, {"applied": False, "why": f"{why}; its Q-network could not be read back: {error}"}
+    reference = batched(original, calibration)
+    rebuilt = np.argmax(batched(lambda batch: network.q_values(tf.constant(batch)).numpy(), calibration), axis=1)
+    if np.mean(rebuilt == reference) < 0.999:  # a graph that is not what it seems
+        return post_training, {"applied": False, "why": f"{why}; the Q-network read back from it chooses the "
+                               f"original's action on only {np.mean(rebuilt == reference):.4f} of the "
+                               "calibration observations"}
+    candidates = {"post_training": post_training}
+    refused = {}
+    pairwise = convert_pairwise(entry, network, calibration, cfg.pairwise_output_quantile)
+    multiplier = largest_multiplier(pairwise.content)
+    if multiplier >= XNNPACK_MULTIPLIER_LIMIT:  # LiteRT's default delegate would abort on it
+        refused["pairwise_output"] = f"requantization multiplier {multiplier:.0f}"
+    else:
+        candidates["pairwise_output"] = pairwise
+    with tempfile.TemporaryDirectory() as scratch:
+        agreement = {name: float(np.mean(batched(scratch_policy(Path(scratch), spec, m).actions, calibration)
+                                         == reference))
+                     for name, m in candidates.items()}
+    chosen = max(reversed(list(candidates)), key=lambda name: agreement[name])
+    return candidates[chosen], {
+        "applied": False, "why": f"{why}, its Q-network read back from the saved graph with action "
+                                 "preferences from pairwise comparisons as output", "shipped": chosen,
+        "action_agreement_on_calibration_observations": agreement, "refused": refused}
+
+
 def expected_int8_outputs(int8: Int8Model, reference: np.ndarray, held_out: np.ndarray) -> np.ndarray:
     """The outputs the int8 model approximates, in its own representation."""
+    if int8.float_outputs is not None:
+        return int8.float_outputs(held_out)
     if int8.teacher is not None:
         normalization = int8.input_normalization
         center, scale = (np.asarray(normalization[key], np.float32) for key in ("center", "scale"))
