@@ -139,8 +139,10 @@ def test_every_file_is_in_the_manifest_with_its_checksum(bundled):
         assert set(spec["models"]) == {"float32", "int8"}
         assert spec["models"]["int8"]["input"]["dtype"] == "int8"  # float observations: full integer
         assert spec["models"]["float32"]["converted_by"].startswith("tensorflow 2.")
+    # The saved TF-Agents policy's float32 model keeps the argmax inside; its int8 model is made from
+    # the Q-network read back from the graph, and outputs action preferences.
     assert manifest["policies"]["tf_agents_q"]["output"] == "action"
-    assert not manifest["policies"]["tf_agents_q"]["models"]["int8"]["fine_tuned"]  # no Keras network
+    assert manifest["policies"]["tf_agents_q"]["models"]["int8"]["output_kind"] == "action_preferences"
     int8 = manifest["policies"][CARTPOLE]["models"]["int8"]
     assert int8["output"]["scale"] > 0 and len(int8["input_normalization"]["scale"]) == 4
 
@@ -174,13 +176,23 @@ def test_fine_tuning_brings_the_int8_models_closer_to_the_float_policies(bundled
     manifest = manifest_of(bundle)
     for name, policy in report.items():
         tuning, int8 = policy["int8"]["fine_tuning"], manifest["policies"][name]["models"]["int8"]
-        assert tuning["applied"] is (name != "tf_agents_q"), (name, tuning)
-        assert int8["fine_tuned"] is tuning.get("shipped", "").startswith("fine_tuned"), name
+        assert tuning["applied"], (name, tuning)
+        assert int8["fine_tuned"] is tuning["shipped"].startswith("fine_tuned"), name
         if int8["fine_tuned"]:
             assert int8["output_kind"] == "action_preferences" and int8["output"]["dtype"] == "int8"
         # LiteRT's default delegate (XNNPACK) aborts on a requantization multiplier of 256 or more.
         assert largest_multiplier((bundle / int8["file"]).read_bytes()) < 256, name
-    assert "TF-Agents" in report["tf_agents_q"]["int8"]["fine_tuning"]["why"]
+    # The TF-Agents policy: its Q-network read back from the graph, with action preferences from
+    # pairwise comparisons as output, the pairwise layer as it is and fine-tuned, beside the
+    # post-training model of the saved graph; the best of the three on the fine-tuning observations
+    # ships. Measured: 0.998 of the held-out actions, as many as the 8-bit input allows (0.998),
+    # against 0.994 quantized after training.
+    q_policy = report["tf_agents_q"]["int8"]
+    assert "TF-Agents" in q_policy["fine_tuning"]["what"]
+    assert set(q_policy["fine_tuning"]["action_agreement_on_fine_tuning_observations"]) == {
+        "post_training", "pairwise_output", "fine_tuned_pairwise_output"}
+    assert manifest["policies"]["tf_agents_q"]["models"]["int8"]["made_by"] == q_policy["fine_tuning"]["shipped"]
+    assert q_policy["action_agreement"] >= q_policy["post_training_action_agreement"]
     # The linear balancing rule sits on its decision boundary: after training only, its int8
     # model flips about one action in fourteen; fine-tuned, about one in twenty (the 8-bit input
     # alone flips 3.8%). Measured: 0.928 -> 0.952 (0.898 -> 0.952 with calibration episodes
@@ -501,6 +513,16 @@ def test_fine_tuning_raises_the_int8_agreement_of_the_quick_profiles_policies(qu
     after = sum(int8["action_agreement"] >= target for int8 in keras.values())
     assert after > before, (before, after)
     manifest = manifest_of(quick_run / "data/pi_bundle")
+    # The Atari policies (TF-Agents Q-networks read back from their graphs): the pairwise models,
+    # with the pairwise layer as it is and fine-tuned, are made and measured beside the
+    # post-training one, and the one shipped keeps the held-out actions about as well.
+    atari = {name: r["int8"] for name, r in report.items() if "NoFrameskip" in r["env_id"]}
+    assert atari
+    for name, int8 in atari.items():
+        assert set(int8["fine_tuning"]["action_agreement_on_fine_tuning_observations"]) == {
+            "post_training", "pairwise_output", "fine_tuned_pairwise_output"}, (name, int8["fine_tuning"])
+        assert manifest["policies"][name]["models"]["int8"]["made_by"] == int8["fine_tuning"]["shipped"]
+        assert int8["action_agreement"] >= int8["post_training_action_agreement"] - 0.02, (name, int8)
     for name, spec in manifest["policies"].items():
         assert spec["default_precision"] in ("float32", "int8"), name
         assert spec["models"]["int8"]["safe"] is (spec["default_precision"] == "int8"), name

@@ -213,14 +213,56 @@ def action_pairs(n_actions: int) -> list[tuple[int, int]]:
     return [(a, b) for a in range(n_actions) for b in range(a + 1, n_actions)]
 
 
-def convert_pairwise(entry: PolicyEntry, network: QNetwork, calibration: np.ndarray,
-                     quantile: float) -> Int8Model:
+@dataclass(frozen=True)
+class PairwiseLayer:
+    """The last layer of a Q-network's pairwise int8 model: one unit per pair (a, b), a < b, whose
+    output is ``(Q(s, a) - Q(s, b)) / size`` (before the clip to [-1, 1])."""
+
+    weights: np.ndarray  # (hidden units, pairs)
+    bias: np.ndarray  # (pairs,)
+    size: float  # the typical |Q(s, a) - Q(s, b)| the layer's outputs are divided by
+
+
+def pairwise_layer(network: QNetwork, observations: np.ndarray, quantile: float) -> PairwiseLayer:
+    """The Q-network's last layer as pairwise differences, divided by the ``quantile`` quantile of
+    their size over ``observations`` (raw observations, as the network takes them)."""
+    import tensorflow as tf
+
+    pairs = action_pairs(network.n_actions)
+    last = network.layers[-1]
+    weights = np.stack([last.kernel[:, a] - last.kernel[:, b] for a, b in pairs], axis=1).astype(np.float32)
+    bias = np.array([last.bias[a] - last.bias[b] for a, b in pairs], np.float32)
+    hidden = hidden_layers(network)
+    differences = np.concatenate([tf.matmul(hidden.q_values(tf.constant(observations[i:i + 256])), weights).numpy()
+                                  + bias for i in range(0, len(observations), 256)])
+    positive = np.abs(differences)[np.abs(differences) > 0]
+    size = float(np.quantile(positive, quantile)) if len(positive) else 1.0
+    return PairwiseLayer(weights / size, bias / size, size)
+
+
+def hidden_layers(network: QNetwork) -> QNetwork:
+    """The network without its last layer: observations -> the last hidden layer's outputs."""
+    return QNetwork(divisor=network.divisor, layers=network.layers[:-1])
+
+
+def wins_matrix(n_actions: int) -> np.ndarray:
+    """(pairs, actions): +1 where the action is a of the pair (a, b), -1 where it is b."""
+    pairs = action_pairs(n_actions)
+    wins = np.zeros((len(pairs), n_actions), np.float32)
+    for column, (a, b) in enumerate(pairs):
+        wins[column, a], wins[column, b] = 1.0, -1.0
+    return wins
+
+
+def convert_pairwise(entry: PolicyEntry, network: QNetwork, calibration: np.ndarray, layer: PairwiseLayer,
+                     teacher: PairwiseLayer | None = None) -> Int8Model:
     """A Q-network as a full-integer int8 model whose outputs are action preferences built from
     pairwise comparisons: for each action a, ``sum over b != a of clip((Q(s, a) - Q(s, b)) / d, -1, 1)``,
-    ``d`` the ``quantile`` quantile of ``|Q(s, a) - Q(s, b)|`` over the calibration observations.
-    The greedy action of the Q-values has the largest preference (each of its terms is at least the
-    matching term of any other action, and their own pair counts for it), so the runner's rule for
-    action preferences (argmax) applies unchanged.
+    ``d`` a typical size of ``|Q(s, a) - Q(s, b)|`` (:func:`pairwise_layer`; ``layer`` may be a
+    fine-tuned copy of it, :func:`stages.common.qat.fine_tune_pairwise_layer`, and ``teacher`` the
+    layer whose float outputs it approximates). The greedy action of the Q-values has the largest
+    preference (each of its terms is at least the matching term of any other action, and their own
+    pair counts for it), so the runner's rule for action preferences (argmax) applies unchanged.
 
     Why: an int8 output spends its 256 steps on the whole range of what it outputs. Atari Q-values
     span 0 to 4 (Breakout) or 0 to 43 (Space Invaders) while the best two actions differ by less
@@ -230,39 +272,24 @@ def convert_pairwise(entry: PolicyEntry, network: QNetwork, calibration: np.ndar
     function of the last hidden layer (weights ``W[:, a] - W[:, b]``, folded into one dense
     layer); clipped to the size of a typical difference, its steps resolve the close choices and
     only the sign of the far ones counts. A second dense layer with weights +-1 (exact in int8)
-    sums them per action: 95% (94%), the rest being the rounding of the hidden layers. The
-    comparisons' signs alone (the action winning most pairs) did no better (95%, 94%). Measured on
-    the full profile's policies; the quantile mattered little (0.1 to 0.5: within 0.2 points).
+    sums them per action: 95% (94%), the rest being the rounding of the weights and activations.
+    The comparisons' signs alone (the action winning most pairs) did no better (95%, 94%).
+    Measured on the full profile's policies; the quantile mattered little (0.1 to 0.5: within 0.2
+    points).
     """
     import tensorflow as tf
 
-    pairs = action_pairs(network.n_actions)
     observations = calibration.astype(entry.observation_dtype)
     normalization = normalization_of(observations)
     center, scale = normalization if normalization is not None else (0.0, 1.0)
-    last = network.layers[-1]
-    pairwise = np.stack([last.kernel[:, a] - last.kernel[:, b] for a, b in pairs], axis=1)
-    pairwise_bias = np.array([last.bias[a] - last.bias[b] for a, b in pairs], np.float32)
-    hidden = type(network)(divisor=network.divisor, layers=network.layers[:-1])
+    hidden = hidden_layers(network)
+    wins = tf.constant(wins_matrix(network.n_actions))
 
-    def differences(batch: tf.Tensor) -> tf.Tensor:
-        return tf.matmul(hidden.q_values(batch), pairwise) + pairwise_bias
+    def preferences(batch: tf.Tensor, head: PairwiseLayer) -> tf.Tensor:
+        pairwise = tf.matmul(hidden.q_values(batch), tf.constant(head.weights)) + tf.constant(head.bias)
+        return tf.matmul(tf.clip_by_value(pairwise, -1.0, 1.0), wins)
 
     raw = tf.TensorSpec([None, *entry.observation_shape], tf.as_dtype(entry.observation_dtype))
-    measured = np.concatenate([differences(tf.constant(observations[i:i + 256])).numpy()
-                               for i in range(0, len(observations), 256)])
-    positive = np.abs(measured)[np.abs(measured) > 0]
-    size = float(np.quantile(positive, quantile)) if len(positive) else 1.0
-    weights, bias = tf.constant(pairwise / size, tf.float32), tf.constant(pairwise_bias / size)
-
-    wins = np.zeros((len(pairs), network.n_actions), np.float32)  # +1: a won the pair, -1: b won
-    for column, (a, b) in enumerate(pairs):
-        wins[column, a], wins[column, b] = 1.0, -1.0
-
-    def outputs(batch: tf.Tensor) -> tf.Tensor:
-        preferences = tf.clip_by_value(tf.matmul(hidden.q_values(batch), weights) + bias, -1.0, 1.0)
-        return tf.matmul(preferences, wins)
-
     spec = tf.TensorSpec([None, *entry.observation_shape], tf.float32 if normalization is not None else raw.dtype,
                          name="observation")
 
@@ -270,16 +297,16 @@ def convert_pairwise(entry: PolicyEntry, network: QNetwork, calibration: np.ndar
     def serve(observation: tf.Tensor) -> dict[str, tf.Tensor]:
         if normalization is not None:
             observation = observation * scale + center
-        return {"output": outputs(observation)}
+        return {"output": preferences(observation, layer)}
 
     @tf.function(input_signature=[raw])
     def expected(observation: tf.Tensor) -> tf.Tensor:
-        return outputs(observation)
+        return preferences(observation, teacher or layer)
 
     samples = observations if normalization is None else (observations - center) / scale
     content = _int8(serve.get_concrete_function(), samples, normalization is not None, True)
     return Int8Model(content=content, input_normalization=described(normalization), output_kind=OUTPUT_KIND,
-                     outputs=f"sum over b != a of clip((Q(s, a) - Q(s, b)) / {size:.6g}, -1, 1): the same "
+                     outputs=f"sum over b != a of clip((Q(s, a) - Q(s, b)) / {layer.size:.6g}, -1, 1): the same "
                              "argmax as the Q-values",
                      float_outputs=lambda batch: np.concatenate(
                          [expected(tf.constant(batch[i:i + 256].astype(entry.observation_dtype))).numpy()

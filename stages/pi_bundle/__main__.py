@@ -64,6 +64,8 @@ from stages.common.qat import (
     NotFineTunable,
     decision_network,
     fine_tune,
+    fine_tune_pairwise_layer,
+    int8_hidden_features,
 )
 from stages.common.statistics import bootstrap_mean_interval
 from stages.common.tflite import (
@@ -77,6 +79,7 @@ from stages.common.tflite import (
     load_original,
     normalization_of,
     original_outputs,
+    pairwise_layer,
 )
 from stages.pi_bundle import EnvironmentEvaluation, ObservationSet, Settings, settings
 
@@ -261,7 +264,7 @@ def fine_tuned_int8(cfg: Settings, entry: PolicyEntry, model: Any, original: Cal
     observations (never on the held-out ones, which measure the choice); and what was done."""
     normalization = normalization_of(calibration.astype(entry.observation_dtype))
     if entry.output == "tf_agents_policy":
-        return pairwise_int8(cfg, entry, model, original, calibration, post_training, spec)
+        return pairwise_int8(cfg, entry, model, original, calibration, post_training, spec, max_steps, make_env)
     if normalization is None:
         return post_training, {"applied": False, "why": "integer observations: quantized after training"}
     tuning = cfg.fine_tuning
@@ -308,39 +311,59 @@ def fine_tuned_int8(cfg: Settings, entry: PolicyEntry, model: Any, original: Cal
 
 
 def pairwise_int8(cfg: Settings, entry: PolicyEntry, model: Any, original: Callable[[np.ndarray], np.ndarray],
-                  calibration: np.ndarray, post_training: Int8Model, spec: dict) -> tuple[Int8Model, dict[str, Any]]:
-    """The int8 model to ship for a TF-Agents saved Q-policy, which has no Keras network to
-    fine-tune: its Q-network read back from the saved graph and converted with action preferences
-    built from pairwise comparisons as output (stages/common/tflite.py says why), unless the post-training model of
-    the whole saved policy agrees better with the original on the calibration observations."""
-    why = "a TF-Agents saved policy has no Keras network to fine-tune: quantized after training"
+                  calibration: np.ndarray, post_training: Int8Model, spec: dict,
+                  max_steps: int, make_env: MakeEnv) -> tuple[Int8Model, dict[str, Any]]:
+    """The int8 model to ship for a TF-Agents saved Q-policy, which has no Keras network: its
+    Q-network read back from the saved graph and converted with action preferences built from
+    pairwise comparisons as output (stages/common/tflite.py says why), its pairwise layer as it is
+    and fine-tuned with its int8 rounding in the loop (stages/common/qat.py); the one of these and
+    the post-training model of the whole saved policy that agrees best with the original on the
+    fine-tuning observations ships."""
+    why = "a TF-Agents saved policy"
     try:
         network = read_q_network(model)
     except UnreadableNetwork as error:
-        return post_training, {"applied": False, "why": f"{why}; its Q-network could not be read back: {error}"}
+        return post_training, {"applied": False, "why": f"{why} whose Q-network could not be read back "
+                               f"({error}): quantized after training"}
     reference = batched(original, calibration)
     rebuilt = np.argmax(batched(lambda batch: network.q_values(tf.constant(batch)).numpy(), calibration), axis=1)
     if np.mean(rebuilt == reference) < 0.999:  # a graph that is not what it seems
-        return post_training, {"applied": False, "why": f"{why}; the Q-network read back from it chooses the "
-                               f"original's action on only {np.mean(rebuilt == reference):.4f} of the "
-                               "calibration observations"}
+        return post_training, {"applied": False, "why": f"{why} whose Q-network, read back from its graph, "
+                               f"chooses the original's action on only {np.mean(rebuilt == reference):.4f} "
+                               "of the calibration observations: quantized after training"}
+    tuning = cfg.fine_tuning
+    started = time.perf_counter()
+    training = record_observations(entry, original, tuning.observations, max_steps, make_env)
+    observations = np.concatenate([training, calibration]).astype(entry.observation_dtype)
+    teacher = pairwise_layer(network, calibration.astype(entry.observation_dtype), cfg.pairwise_output_quantile)
+    normalization = normalization_of(calibration.astype(entry.observation_dtype))
+    features = int8_hidden_features(network, observations, calibration.astype(entry.observation_dtype), normalization)
+    options = FineTuningOptions(steps=tuning.steps, batch_size=tuning.batch_size,
+                                learning_rate=tuning.learning_rate, range_updates=tuning.range_updates,
+                                seed=cfg.seed)
+    reference = batched(original, observations)
+    tuned, _ = fine_tune_pairwise_layer(features, features[len(training):], teacher, reference, options)
     candidates = {"post_training": post_training}
     refused = {}
-    pairwise = convert_pairwise(entry, network, calibration, cfg.pairwise_output_quantile)
-    multiplier = largest_multiplier(pairwise.content)
-    if multiplier >= XNNPACK_MULTIPLIER_LIMIT:  # LiteRT's default delegate would abort on it
-        refused["pairwise_output"] = f"requantization multiplier {multiplier:.0f}"
-    else:
-        candidates["pairwise_output"] = pairwise
+    for name, layer in (("pairwise_output", teacher), ("fine_tuned_pairwise_output", tuned)):
+        candidate = convert_pairwise(entry, network, calibration, layer, teacher)
+        multiplier = largest_multiplier(candidate.content)
+        if multiplier >= XNNPACK_MULTIPLIER_LIMIT:  # LiteRT's default delegate would abort on it
+            refused[name] = f"requantization multiplier {multiplier:.0f}"
+        else:
+            candidates[name] = candidate
     with tempfile.TemporaryDirectory() as scratch:
-        agreement = {name: float(np.mean(batched(scratch_policy(Path(scratch), spec, m).actions, calibration)
+        agreement = {name: float(np.mean(batched(scratch_policy(Path(scratch), spec, m).actions, observations)
                                          == reference))
                      for name, m in candidates.items()}
+    # The best on the fine-tuning observations; on a tie, the later (more worked) one.
     chosen = max(reversed(list(candidates)), key=lambda name: agreement[name])
     return candidates[chosen], {
-        "applied": False, "why": f"{why}, its Q-network read back from the saved graph with action "
-                                 "preferences from pairwise comparisons as output", "shipped": chosen,
-        "action_agreement_on_calibration_observations": agreement, "refused": refused}
+        "applied": True, "shipped": chosen, "observations": len(observations), "steps": tuning.steps,
+        "what": f"{why}: its Q-network read back from the saved graph, with action preferences from "
+                "pairwise comparisons as output; only the pairwise layer fine-tuned",
+        "action_agreement_on_fine_tuning_observations": agreement, "refused": refused,
+        "wall_time_s": time.perf_counter() - started}
 
 
 def expected_int8_outputs(int8: Int8Model, reference: np.ndarray, held_out: np.ndarray) -> np.ndarray:
@@ -409,7 +432,7 @@ def bundle_policy(cfg: Settings, entry: PolicyEntry, folder: Path, make_env: Mak
     spec["models"]["float32"] = model_spec(f"models/{entry.name}.float32.tflite", float32, None,
                                            "as the original model", spec["output"])
     spec["models"]["int8"] = int8_model_spec(f"models/{entry.name}.int8.tflite", int8)
-    spec["models"]["int8"]["fine_tuned"] = int8.teacher is not None
+    spec["models"]["int8"]["fine_tuned"] = fine_tuning.get("shipped", "").startswith("fine_tuned")
     spec["models"]["int8"]["made_by"] = fine_tuning.get("shipped", "post_training")
     (folder / spec["models"]["float32"]["file"]).write_bytes(float32)
     (folder / spec["models"]["int8"]["file"]).write_bytes(int8.content)
