@@ -421,15 +421,23 @@ def fine_tune(network: DecisionNetwork, training: np.ndarray, calibration: np.nd
             variable.assign(measured_range)
         return float(simulated_agreement()), network_now
 
+    return train_keeping_the_best(train_steps, measured, len(training), options)
+
+
+def train_keeping_the_best(train_steps: Any, measured: Any, rows: int, options: FineTuningOptions) -> tuple[Any, float]:
+    """``options.steps`` steps of ``train_steps`` (called with a tensor of batches of row indices,
+    ``range_updates`` times, one graph call each) and ``measured()`` (its agreement and the weights)
+    after each call: the best weights and their agreement (the starting ones if none is better)."""
+    import tensorflow as tf
+
     rng = np.random.default_rng(options.seed)
-    batch = min(options.batch_size, len(training))
+    batch = min(options.batch_size, rows)
     update_every = max(1, options.steps // options.range_updates)
     best = measured()
     done = 0
-    while done < options.steps:  # up to the next range update, in one call
-        steps = min(update_every - done % update_every, options.steps - done)
-        train_steps(tf.constant(np.stack([rng.choice(len(training), size=batch, replace=False)
-                                          for _ in range(steps)])))
+    while done < options.steps:  # up to the next measurement, in one call
+        steps = min(update_every, options.steps - done)
+        train_steps(tf.constant(np.stack([rng.choice(rows, size=batch, replace=False) for _ in range(steps)])))
         done += steps
         now = measured()
         if now[0] > best[0]:
@@ -553,17 +561,4 @@ def fine_tune_pairwise_layer(features: np.ndarray, calibration_features: np.ndar
     def measured() -> tuple[float, Any]:
         return float(simulated_agreement()), replace(layer, weights=kernel.numpy(), bias=bias.numpy())
 
-    rng = np.random.default_rng(options.seed)
-    batch = min(options.batch_size, len(features))
-    update_every = max(1, options.steps // options.range_updates)
-    best = measured()
-    done = 0
-    while done < options.steps:
-        steps = min(update_every, options.steps - done)
-        train_steps(tf.constant(np.stack([rng.choice(len(features), size=batch, replace=False)
-                                          for _ in range(steps)])))
-        done += steps
-        now = measured()
-        if now[0] > best[0]:
-            best = now
-    return best[1], best[0]
+    return train_keeping_the_best(train_steps, measured, len(features), options)

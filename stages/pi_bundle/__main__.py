@@ -256,6 +256,28 @@ def scratch_policy(folder: Path, spec: dict, model: Int8Model) -> TFLitePolicy:
     return TFLitePolicy(folder, {**spec, "models": {"int8": int8_model_spec(file, model)}}, "int8")
 
 
+def best_candidate(made: dict[str, Int8Model], spec: dict, observations: np.ndarray, reference: np.ndarray
+                   ) -> tuple[str, dict[str, Int8Model], dict[str, float], dict[str, str]]:
+    """Of the int8 models ``made`` (post-training first, then ever more worked ones), the one that
+    chooses the original's actions (``reference``) on most of the fine-tuning ``observations``;
+    on a tie, the later one. A model LiteRT's default delegate would abort on (XNNPACK: a
+    requantization multiplier of 256 or more) is refused. Returns the chosen name, the candidates,
+    their agreements and the refusals."""
+    candidates, refused = {}, {}
+    for name, model in made.items():
+        multiplier = largest_multiplier(model.content) if name != "post_training" else 0.0
+        if multiplier >= XNNPACK_MULTIPLIER_LIMIT:
+            refused[name] = f"requantization multiplier {multiplier:.0f}"
+        else:
+            candidates[name] = model
+    with tempfile.TemporaryDirectory() as scratch:
+        agreement = {name: float(np.mean(batched(scratch_policy(Path(scratch), spec, m).actions, observations)
+                                         == reference))
+                     for name, m in candidates.items()}
+    chosen = max(reversed(list(candidates)), key=lambda name: agreement[name])
+    return chosen, candidates, agreement, refused
+
+
 def fine_tuned_int8(cfg: Settings, entry: PolicyEntry, model: Any, original: Callable[[np.ndarray], np.ndarray],
                     calibration: np.ndarray, post_training: Int8Model, spec: dict,
                     max_steps: int, make_env: MakeEnv) -> tuple[Int8Model, dict[str, Any]]:
@@ -286,23 +308,13 @@ def fine_tuned_int8(cfg: Settings, entry: PolicyEntry, model: Any, original: Cal
     options = FineTuningOptions(steps=tuning.steps, batch_size=tuning.batch_size,
                                 learning_rate=tuning.learning_rate, range_updates=tuning.range_updates,
                                 seed=cfg.seed)
-    candidates: dict[str, Int8Model] = {"post_training": post_training}
-    refused: dict[str, str] = {}
+    made = {"post_training": post_training}
     for start in tuning.initializations:
         tuned, _ = fine_tune(teacher, normalize_(observations), normalize_(calibration), options,
                              fresh=start == "fresh")
-        candidate = convert_decision_network(tuned, normalize_(calibration), normalization, teacher)
-        multiplier = largest_multiplier(candidate.content)
-        if multiplier >= XNNPACK_MULTIPLIER_LIMIT:  # LiteRT's default delegate would abort on it
-            refused[f"fine_tuned_from_{start}"] = f"requantization multiplier {multiplier:.0f}"
-            continue
-        candidates[f"fine_tuned_from_{start}"] = candidate
-    with tempfile.TemporaryDirectory() as scratch:
-        agreement = {name: float(np.mean(batched(scratch_policy(Path(scratch), spec, m).actions, observations)
-                                         == reference))
-                     for name, m in candidates.items()}
-    # The best on the distillation observations; on a tie, fine-tuned before post-training.
-    chosen = max(reversed(list(candidates)), key=lambda name: agreement[name])
+        made[f"fine_tuned_from_{start}"] = convert_decision_network(tuned, normalize_(calibration), normalization,
+                                                                    teacher)
+    chosen, candidates, agreement, refused = best_candidate(made, spec, observations, reference)
     return candidates[chosen], {
         "applied": True, "shipped": chosen, "observations": len(observations), "steps": tuning.steps,
         "decision_scale": teacher.decision_scale if teacher.clipped else None,
@@ -343,21 +355,10 @@ def pairwise_int8(cfg: Settings, entry: PolicyEntry, model: Any, original: Calla
                                 seed=cfg.seed)
     reference = batched(original, observations)
     tuned, _ = fine_tune_pairwise_layer(features, features[len(training):], teacher, reference, options)
-    candidates = {"post_training": post_training}
-    refused = {}
-    for name, layer in (("pairwise_output", teacher), ("fine_tuned_pairwise_output", tuned)):
-        candidate = convert_pairwise(entry, network, calibration, layer, teacher)
-        multiplier = largest_multiplier(candidate.content)
-        if multiplier >= XNNPACK_MULTIPLIER_LIMIT:  # LiteRT's default delegate would abort on it
-            refused[name] = f"requantization multiplier {multiplier:.0f}"
-        else:
-            candidates[name] = candidate
-    with tempfile.TemporaryDirectory() as scratch:
-        agreement = {name: float(np.mean(batched(scratch_policy(Path(scratch), spec, m).actions, observations)
-                                         == reference))
-                     for name, m in candidates.items()}
-    # The best on the fine-tuning observations; on a tie, the later (more worked) one.
-    chosen = max(reversed(list(candidates)), key=lambda name: agreement[name])
+    made = {"post_training": post_training,
+            **{name: convert_pairwise(entry, network, calibration, layer, teacher)
+               for name, layer in (("pairwise_output", teacher), ("fine_tuned_pairwise_output", tuned))}}
+    chosen, candidates, agreement, refused = best_candidate(made, spec, observations, reference)
     return candidates[chosen], {
         "applied": True, "shipped": chosen, "observations": len(observations), "steps": tuning.steps,
         "what": f"{why}: its Q-network read back from the saved graph, with action preferences from "
