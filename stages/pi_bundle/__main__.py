@@ -3,9 +3,11 @@
 For each policy in the index: observations are recorded from its own greedy episodes on seeds no
 training or evaluation uses (one set calibrates the int8 quantization, one teaches the int8
 model, a larger held-out set measures parity); it is converted to TFLite in float32 and in
-full-integer int8, the int8 copy of a Keras policy after quantization-aware fine-tuning
-(stages/common/qat.py; the post-training int8 model is measured beside it and kept if it agrees
-better on the fine-tuning observations); both shipped models are compared with the original on the
+full-integer int8: the int8 copy of a Keras policy after quantization-aware fine-tuning
+(stages/common/qat.py), that of a TF-Agents Q-network (Atari) with action preferences built from
+pairwise Q-value comparisons, its comparison layer fine-tuned the same way (stages/common/tflite.py);
+the post-training int8 model is measured beside them and ships if it agrees better on the
+fine-tuning observations. Both shipped models are compared with the original on the
 held-out observations, evaluated with the shared evaluation helper on the evaluation seeds beside
 the original, and timed one action at a time.
 
