@@ -42,9 +42,11 @@ class ObservationSet(Block):
 
 
 class FineTuning(Block):
-    """Quantization-aware fine-tuning of each Keras policy's int8 copy (stages/common/qat.py): the
-    network with the int8 model's rounding in its forward pass, trained to reproduce the float
-    policy's outputs on observations the float policy visits."""
+    """Quantization-aware fine-tuning of each policy's int8 copy (stages/common/qat.py): the network
+    with the int8 model's rounding in its forward pass, trained to reproduce the float policy's
+    outputs on observations the float policy visits. For a Keras policy the whole network, for a
+    TF-Agents Q-network (Atari) its pairwise comparison layer, from its float weights
+    (``initializations`` and ``output_quantile`` apply to the Keras policies)."""
 
     observations: ObservationSet
     """The distillation observations (the calibration observations are added to them)."""
