@@ -557,7 +557,8 @@ def emulated_root() -> Iterator[Path]:
 @pytest.mark.system
 def test_the_bundle_runs_on_an_emulated_raspberry_pi(bundled, emulated_root):
     """Debian bookworm arm64 under qemu: same returns as here, the int8 models' expected actions,
-    each model timed, and a corrupted model is refused."""
+    each model timed, the manifest's default precision loaded, an unsafe int8 model refused unless
+    insisted on, and a corrupted model refused."""
     from tests.emulated_pi import run_in_root
 
     root = emulated_root
@@ -587,6 +588,25 @@ def test_the_bundle_runs_on_an_emulated_raspberry_pi(bundled, emulated_root):
         timed = run_in_root(root, ["python3", "/opt/pi_bundle/run_policy.py", "time", CARTPOLE, "--calls", "20"])
         assert timed.returncode == 0, timed.stderr
         assert set(timed_models(timed.stdout)) == {"float32", "int8"}, timed.stdout
+
+        # The manifest's default precision, and its refusal of an int8 model it marks unsafe unless
+        # the user insists, hold on aarch64 as here.
+        spec = manifest_of(target)["policies"][CARTPOLE]
+        samples, expected = f"/opt/pi_bundle/{spec['sample']['file']}", spec["sample"]["expected_actions"]
+        act = ["python3", "/opt/pi_bundle/run_policy.py", "act", CARTPOLE, samples]
+        marked(target, CARTPOLE, safe=False, agreement=0.9712)
+        default = run_in_root(root, act)
+        assert default.returncode == 0 and [int(a) for a in default.stdout.split()] == expected["float32"]
+        assert f"{CARTPOLE}: loaded the float32 model" in default.stderr, default.stderr
+        refused = run_in_root(root, [*act, "--precision", "int8"])
+        assert refused.returncode == EXIT_UNSAFE_MODEL and refused.stdout == "", refused.stderr
+        assert f"policy {CARTPOLE}: the manifest marks its int8 model unsafe" in refused.stderr
+        insisted = run_in_root(root, [*act, "--precision", "int8", "--allow-unsafe-int8"])
+        assert insisted.returncode == 0 and [int(a) for a in insisted.stdout.split()] == expected["int8"]
+        marked(target, CARTPOLE, safe=True, agreement=0.9953)
+        default = run_in_root(root, act)
+        assert default.returncode == 0 and [int(a) for a in default.stdout.split()] == expected["int8"]
+        assert f"{CARTPOLE}: loaded the int8 model" in default.stderr, default.stderr
 
         model = target / manifest_of(target)["policies"][CARTPOLE]["models"]["float32"]["file"]
         model.write_bytes(model.read_bytes()[:-1] + b"\0")
