@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from pi.policy_runtime import (
     preprocessing_description,
     shrink,
 )
-from stages.common.checkpoints import TrainingCheckpoint
+from stages.common.checkpoints import CheckpointError, TrainingCheckpoint, restore_trackables
 from stages.common.settings import ParamError
 from stages.common.validation import validate_pipeline
 from stages.common.live_log import read_history
@@ -169,49 +171,176 @@ def test_a_buffer_that_does_not_fit_is_refused():
 # --- resumable checkpoints ----------------------------------------------------------------------
 
 
+class Run:
+    """One training run's view of a checkpoint folder: a train step and one weight to restore."""
+
+    def __init__(self, folder: Path, settings=None, iterations: int = 100):
+        import tensorflow as tf
+
+        self.checkpoint = TrainingCheckpoint(folder, settings or {"lr": 1}, iterations)
+        self.step, self.weight = tf.Variable(0, dtype=tf.int64), tf.Variable(0.0)
+        self.start, self.log = self.checkpoint.restore(self.step, weight=self.weight)
+
+    def save_at(self, iteration: int) -> None:
+        self.step.assign(iteration)
+        self.weight.assign(iteration / 10)  # each checkpoint holds its own value
+        rows = [{"iteration": i, "loss": 1 / i, "wall_time_s": 0.1 * i} for i in range(10, iteration + 1, 10)]
+        self.checkpoint.save(pd.DataFrame(rows))
+
+    @property
+    def messages(self) -> str:
+        return "\n".join(self.checkpoint.notes + [self.checkpoint.reset_reason or ""])
+
+
+def published(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != "damaged")
+
+
 def test_checkpoints_resume_reset_when_stale_and_carry_no_timestamps(tmp_path):
-    import tensorflow as tf
-
     folder = tmp_path / "checkpoints"
+    first = Run(folder)
+    assert (first.start, first.log, first.checkpoint.notes) == (0, None, [])
+    first.save_at(30)
+    first.save_at(60)
+    assert published(folder) == ["iteration-60"]  # only the newest is kept
+    manifest = (folder / "iteration-60/checkpoint.json").read_text()
+    assert "time" not in manifest.replace("wall_time_s", "")
 
-    def open_run(settings, iterations, weight_value=0.0):
-        checkpoint = TrainingCheckpoint(folder, settings, iterations)
-        step, weight = tf.Variable(0, dtype=tf.int64), tf.Variable(weight_value)
-        start, log = checkpoint.restore(step, weight=weight)
-        return checkpoint, step, weight, start, log
+    resumed = Run(folder)
+    assert (resumed.start, float(resumed.weight.numpy())) == (60, 6.0)
+    assert resumed.log["iteration"].tolist() == [10, 20, 30, 40, 50, 60]
+    assert resumed.log["loss"].tolist() == [1 / i for i in range(10, 61, 10)]  # floats exact
+    resumed.save_at(90)  # the next checkpoint replaces the one the run started from
+    assert published(folder) == ["iteration-90"]
 
-    checkpoint, step, weight, start, log = open_run({"lr": 1}, 100)
-    assert start == 0 and log is None
-    step.assign(40)
-    weight.assign(3.5)
-    checkpoint.save(pd.DataFrame({"iteration": [20, 40, 60], "loss": [1.0, 0.5, 0.2]}))
-    assert "timestamp" not in (folder / "tf" / "checkpoint").read_text()
+    # Two identical runs write the same bytes.
+    other = Run(tmp_path / "again")
+    other.save_at(30)
+    other.save_at(60)
+    other.save_at(90)
+    for name in ("checkpoint.json", "ckpt.index", "ckpt.data-00000-of-00001"):
+        assert (folder / "iteration-90" / name).read_bytes() == (tmp_path / "again/iteration-90" / name).read_bytes()
 
-    checkpoint, step, weight, start, log = open_run({"lr": 1}, 100)
-    assert (start, float(weight.numpy())) == (40, 3.5)
-    assert log["iteration"].tolist() == [20, 40]  # rows past the checkpoint are dropped
-
-    # The resumed run's next checkpoint replaces the one it started from (max_to_keep=1).
-    step.assign(60)
-    checkpoint.save(pd.DataFrame({"iteration": [20, 40, 60], "loss": [1.0, 0.5, 0.2]}))
-    assert sorted({p.name.split(".")[0] for p in (folder / "tf").glob("ckpt-*")}) == ["ckpt-60"]
-    assert open_run({"lr": 1}, 100)[3] == 60
-
-    checkpoint, *_, start, _ = open_run({"lr": 2}, 100)
-    assert start == 0 and "other settings (lr)" in checkpoint.reset_reason
+    stale = Run(folder, {"lr": 2})
+    assert stale.start == 0 and "other settings (lr)" in stale.checkpoint.reset_reason
+    assert published(folder) == []
 
 
 def test_a_checkpoint_beyond_the_asked_iterations_starts_over(tmp_path):
+    Run(tmp_path).save_at(80)
+    again = Run(tmp_path, iterations=50)
+    assert "iteration 80, beyond the 50" in again.checkpoint.reset_reason and again.start == 0
+
+
+def two_checkpoints(folder: Path) -> None:
+    """Checkpoints at 30 and 60, as a kill between publishing 60 and deleting 30 leaves them."""
+    run = Run(folder)
+    run.save_at(30)
+    shutil.copytree(folder / "iteration-30", folder.parent / "kept-30")
+    run.save_at(60)
+    shutil.move(folder.parent / "kept-30", folder / "iteration-30")
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def unreadable_index_with_a_matching_digest(checkpoint: Path) -> None:
+    import hashlib
+
+    index = checkpoint / "ckpt.index"
+    truncate(index)
+    manifest_file = checkpoint / "checkpoint.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["files"]["ckpt.index"] = {"bytes": index.stat().st_size,
+                                       "sha256": hashlib.sha256(index.read_bytes()).hexdigest()}
+    manifest_file.write_text(json.dumps(manifest))
+
+
+DAMAGE = {
+    "truncated data": (lambda c: truncate(c / "ckpt.data-00000-of-00001"),
+                       "ckpt.data-00000-of-00001 has .* bytes where the manifest says"),
+    "truncated index": (lambda c: truncate(c / "ckpt.index"), "ckpt.index has .* bytes"),
+    "truncated manifest": (lambda c: truncate(c / "checkpoint.json"),
+                           "its manifest checkpoint.json is unreadable \\(JSONDecodeError"),
+    "missing manifest": (lambda c: (c / "checkpoint.json").unlink(), "its manifest checkpoint.json is missing"),
+    "missing data": (lambda c: (c / "ckpt.data-00000-of-00001").unlink(), "ckpt.data-00000-of-00001 is missing"),
+    "flipped byte": (lambda c: flip_a_byte(c / "ckpt.data-00000-of-00001"), "ckpt.data-00000-of-00001 does not match the sha256"),
+    "unreadable index": (unreadable_index_with_a_matching_digest, "TensorFlow cannot read it"),
+}
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_a_damaged_checkpoint_is_named_set_aside_and_the_one_before_it_resumed(tmp_path, kind):
+    folder = tmp_path / "checkpoints"
+    two_checkpoints(folder)
+    damage, problem = DAMAGE[kind]
+    damage(folder / "iteration-60")
+
+    run = Run(folder)
+    assert re.search(f"set aside {re.escape(str(folder / 'iteration-60'))}: a damaged checkpoint: {problem}",
+                     run.messages), run.messages
+    assert str(folder / "damaged/iteration-60") in run.messages
+    assert (run.start, float(run.weight.numpy())) == (30, 3.0)
+    assert run.log["iteration"].tolist() == [10, 20, 30]
+    assert published(folder) == ["iteration-30"] and os.listdir(folder / "damaged") == ["iteration-60"]
+
+    # With no good checkpoint left, the run starts over and says why; the export refuses.
+    damage(folder / "iteration-30")
+    with pytest.raises(CheckpointError, match=f"the checkpoint {re.escape(str(folder / 'iteration-30'))} "
+                                              f"is damaged: {problem}"):
+        restore_trackables(folder, global_step=tf_step())
+    fresh = Run(folder)
+    assert fresh.start == 0 and float(fresh.weight.numpy()) == 0.0
+    assert f"no complete checkpoint is left in {folder}" in fresh.checkpoint.reset_reason
+    # Only the latest set-aside is kept, and the message says the earlier one was deleted.
+    assert os.listdir(folder / "damaged") == ["iteration-30"]
+    assert f"deleted what an earlier run set aside in {folder / 'damaged'}" in fresh.messages
+
+
+def tf_step():
     import tensorflow as tf
 
-    checkpoint = TrainingCheckpoint(tmp_path, {"a": 1}, 100)
-    step = tf.Variable(0, dtype=tf.int64)
-    checkpoint.restore(step)
-    step.assign(80)
-    checkpoint.save(pd.DataFrame({"iteration": [80]}))
-    again = TrainingCheckpoint(tmp_path, {"a": 1}, 50)
-    assert "iteration 80, beyond the 50" in again.reset_reason
-    assert again.restore(tf.Variable(0, dtype=tf.int64))[0] == 0
+    return tf.Variable(0, dtype=tf.int64)
+
+
+def test_a_kill_while_writing_leaves_a_folder_that_is_set_aside(tmp_path):
+    folder = tmp_path / "checkpoints"
+    run = Run(folder)
+    run.save_at(30)
+    # What a kill in the middle of the next save leaves: TensorFlow's files half written in the
+    # temporary folder (and TensorFlow's own temporary folder inside it), no manifest.
+    writing = folder / "iteration-60.writing"
+    (writing / "ckpt_temp").mkdir(parents=True)
+    (writing / "ckpt_temp/part-00000-of-00001.data-00000-of-00001").write_bytes(b"\0" * 100)
+    shutil.copy(folder / "iteration-30/ckpt.index", writing / "ckpt.index")
+
+    resumed = Run(folder)
+    assert f"set aside {writing}: an unfinished checkpoint" in resumed.messages
+    assert (resumed.start, float(resumed.weight.numpy())) == (30, 3.0)
+    assert published(folder) == ["iteration-30"] and os.listdir(folder / "damaged") == ["iteration-60.writing"]
+    resumed.save_at(60)  # and the run goes on
+    assert published(folder) == ["iteration-60"] and Run(folder).start == 60
+
+
+def test_files_of_the_earlier_layout_are_set_aside_and_training_starts_over(tmp_path):
+    # The layout before manifests: TensorFlow's CheckpointManager files (with the _temp folder a
+    # kill left), the settings and the log beside them.
+    folder = tmp_path / "checkpoints"
+    (folder / "tf/ckpt-60_temp").mkdir(parents=True)
+    (folder / "tf/checkpoint").write_text('model_checkpoint_path: "ckpt-30"\n')
+    (folder / "settings.json").write_text('{"lr": 1}')
+    run = Run(folder)
+    assert run.start == 0 and f"no complete checkpoint is left in {folder}" in run.checkpoint.reset_reason
+    for name in ("tf", "settings.json"):
+        assert f"set aside {folder / name}: not part of a checkpoint of this layout" in run.messages
+    assert sorted(os.listdir(folder / "damaged")) == ["settings.json", "tf"]
 
 
 # --- the stage end to end -----------------------------------------------------------------------

@@ -364,15 +364,17 @@ def main() -> None:
         del shaping["training"][how_long]
     shaping["agent"]["optimizer"] = OPTIMIZER  # checkpoints trained with TF1's RMSprop start over
     checkpoint = TrainingCheckpoint(paths.data / "checkpoints", shaping, cfg.training.iterations)
+    for note in checkpoint.notes:
+        print(note)
     if checkpoint.reset_reason:
-        print(f"starting over: the checkpoint in {checkpoint.folder} was dropped because "
-              f"{checkpoint.reset_reason}")
+        print(f"starting over: {checkpoint.reset_reason}")
     start, saved_log = checkpoint.restore(agent.train_step_counter, agent=agent, policy=agent.policy,
                                           replay_buffer=replay_buffer,
                                           metrics=MetricsGroup(metrics, "training_metrics"))
     log = saved_log.to_dict("records") if saved_log is not None else []
     if start:
-        print(f"resuming from the checkpoint at iteration {start} of {cfg.training.iterations}")
+        print(f"resuming from the checkpoint at iteration {start} of {cfg.training.iterations} "
+              f"({checkpoint.current.path})")
     else:
         seconds = collect_randomly(tf_env, replay_buffer, cfg.training.initial_collect_steps)
         print(f"random collection: {cfg.training.initial_collect_steps / seconds:.0f} steps/s; "

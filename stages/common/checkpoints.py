@@ -1,116 +1,280 @@
-"""Resumable training: a checkpoint folder that lets a killed run continue where it stopped.
+"""Resumable training: a folder of checkpoints that lets a killed run continue where it stopped.
 
-The folder holds a TF-Agents ``Checkpointer`` (whatever trackables the stage hands it: agent,
-policy, replay buffer, train step, metrics), the training log up to the checkpoint, and the
-settings that shaped the run. A run whose settings differ, or that asks for fewer iterations
-than the checkpoint already has, starts over; a run at its last iteration has nothing to train.
+Each checkpoint is a folder ``iteration-<n>/`` holding a TensorFlow checkpoint (whatever
+trackables the stage hands over: agent, policy, replay buffer, train step, metrics) and a
+manifest, ``checkpoint.json``: the iteration, the settings that shaped the run, the training log
+up to the iteration, and the size and sha256 of each TensorFlow file. A checkpoint is complete or
+absent: it is written into ``iteration-<n>.writing/``, flushed to disk, and published by one
+rename; only then are older checkpoints deleted, so the folder always keeps the newest complete
+one (and, for a moment, the one before it).
+
+On opening the folder, the newest checkpoint is verified before anything is restored: the
+manifest must parse, every file must be there with its size and digest, TensorFlow must read the
+index, and its train step must be the manifest's iteration. Whatever fails (an unfinished
+``.writing`` folder left by a kill, a damaged checkpoint, files of another layout) is named in a
+message and moved into ``damaged/``, and the next checkpoint is tried; with none left, training
+starts over and says why. ``damaged/`` keeps only what the latest opening set aside: what an
+earlier one set aside is deleted then (the message says so).
+
+A run whose settings differ, or that asks for fewer iterations than the checkpoint already has,
+starts over; a run at its last iteration has nothing to train.
 
 Both engines keep the folder between runs: it is a ``persist: true`` output in dvc.yaml, and
 the Snakefile leaves it out of the rule's outputs (Snakemake deletes outputs before a job runs),
-see ``StageSpec.state`` in stages/common/dag.py.
+see ``StageSpec.state`` in stages/common/dag.py. Nothing in a checkpoint holds a time stamp, and
+the manifest's only wall-clock values are the log's ``*wall_time_s`` columns, which
+stages/common/reproduction.py leaves out: two identical runs write the same checkpoints.
 
-Saving is ordered so a kill at any moment leaves a consistent folder: the log first (rows up to
-the new iteration), then the TensorFlow checkpoint, then the settings file. On restore the
-checkpoint's own step decides, and log rows beyond it are dropped.
+Test hook: with ``CHECKPOINT_TEST_HOLD_AT=<iteration>`` in the environment, writing that
+iteration's checkpoint stops after the TensorFlow files, before the manifest and the rename,
+prints ``holding the checkpoint ...`` and sleeps until the process is killed, so a test can kill
+a real run in the middle of a checkpoint write. Unset (always, outside tests) it does nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from stages.common.io import write_csv, write_text
+from stages.common.settings import InputError
 
-SETTINGS_FILE = "settings.json"
-LOG_FILE = "training_log.csv"
-TF_FOLDER = "tf"
+MANIFEST = "checkpoint.json"
+TF_PREFIX = "ckpt"  # TensorFlow writes ckpt.index and ckpt.data-00000-of-00001
+DAMAGED = "damaged"
+WRITING = ".writing"
+FORMAT = 1
+HOLD_ENV = "CHECKPOINT_TEST_HOLD_AT"
+_PUBLISHED = re.compile(r"iteration-(\d+)")
+_STEP_KEY = "global_step/.ATTRIBUTES/VARIABLE_VALUE"
 
 
-def _latest_step(tf_dir: Path) -> int | None:
+class CheckpointError(InputError):
+    """No usable checkpoint where one is needed (export), or one that verified but did not load."""
+
+
+# --- files on disk ------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's entry to disk: a published checkpoint survives a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _iteration_of(path: Path) -> int | None:
+    match = _PUBLISHED.fullmatch(path.name)
+    return int(match.group(1)) if match and path.is_dir() else None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A published checkpoint that passed verification."""
+
+    path: Path
+    iteration: int
+    settings: dict[str, Any]
+    log: pd.DataFrame
+
+    @property
+    def prefix(self) -> str:
+        return str(self.path / TF_PREFIX)
+
+
+def verify(path: Path) -> Checkpoint | str:
+    """The checkpoint in ``path``, or what is wrong with it (one phrase)."""
     import tensorflow as tf
 
-    latest = tf.train.latest_checkpoint(str(tf_dir)) if tf_dir.is_dir() else None
-    return int(latest.rsplit("-", 1)[1]) if latest else None
+    manifest_file = path / MANIFEST
+    if not manifest_file.is_file():
+        return f"its manifest {MANIFEST} is missing"
+    try:
+        manifest = json.loads(manifest_file.read_text())
+        iteration, settings, files = manifest["iteration"], manifest["settings"], manifest["files"]
+        log = pd.DataFrame(manifest["log"])
+    except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
+        return f"its manifest {MANIFEST} is unreadable ({type(error).__name__}: {error})"
+    if manifest.get("format") != FORMAT or iteration != _iteration_of(path):
+        return f"its manifest {MANIFEST} does not describe {path.name} (format {manifest.get('format')})"
+    for name, expected in sorted(files.items()):
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        size = file.stat().st_size
+        if size != expected["bytes"]:
+            return f"{name} has {size} bytes where the manifest says {expected['bytes']}"
+        if _sha256(file) != expected["sha256"]:
+            return f"{name} does not match the sha256 in the manifest"
+    try:
+        reader = tf.train.load_checkpoint(str(path / TF_PREFIX))
+        step = int(reader.get_tensor(_STEP_KEY))
+    except (tf.errors.OpError, ValueError) as error:
+        return f"TensorFlow cannot read it ({type(error).__name__}: {str(error).splitlines()[0]})"
+    if step != iteration:
+        return f"its train step is {step}, not the manifest's {iteration}"
+    return Checkpoint(path, iteration, settings, log)
+
+
+def _restore(checkpoint: Checkpoint, folder: Path, **trackables: Any) -> Any:
+    import tensorflow as tf
+
+    try:
+        return tf.train.Checkpoint(**trackables).read(checkpoint.prefix)
+    except (tf.errors.OpError, ValueError, AssertionError) as error:
+        raise CheckpointError(
+            f"the checkpoint {checkpoint.path} verified but did not load ({type(error).__name__}: "
+            f"{error}); delete {folder} to retrain from scratch") from error
 
 
 def restore_trackables(folder: str | os.PathLike, **trackables: Any) -> None:
-    """Restore some objects (say, a policy) from the folder's checkpoint, ignoring the rest."""
-    import tensorflow as tf
+    """Restore some objects (say, a policy) from the folder's newest checkpoint, ignoring the rest."""
+    folder = Path(folder)
+    candidates = sorted((p for p in folder.iterdir() if _iteration_of(p) is not None),
+                        key=_iteration_of, reverse=True) if folder.is_dir() else []
+    if not candidates:
+        raise CheckpointError(f"no checkpoint in {folder}: run the training stage first")
+    checkpoint = verify(candidates[0])
+    if isinstance(checkpoint, str):
+        raise CheckpointError(f"the checkpoint {candidates[0]} is damaged: {checkpoint}; "
+                              f"run the training stage again (it sets it aside and resumes or starts over)")
+    _restore(checkpoint, folder, **trackables).expect_partial().assert_existing_objects_matched()
 
-    latest = tf.train.latest_checkpoint(str(Path(folder) / TF_FOLDER))
-    if latest is None:
-        raise FileNotFoundError(f"no checkpoint in {folder}")
-    tf.train.Checkpoint(**trackables).restore(latest).expect_partial().assert_existing_objects_matched()
+
+# --- the folder a training run keeps --------------------------------------------------------------
 
 
 class TrainingCheckpoint:
-    """Open (and if needed reset) ``folder``; then :meth:`restore` and :meth:`save` by iteration."""
+    """Open ``folder`` (set aside what is unfinished or damaged, drop what is stale); then
+    :meth:`restore` and :meth:`save` by iteration. :attr:`notes` says what opening did."""
 
     def __init__(self, folder: str | os.PathLike, settings: dict[str, Any], iterations: int) -> None:
         self.folder = Path(folder)
-        self._settings = json.loads(json.dumps(settings))  # the form it takes in the file
-        self.reset_reason = self._stale_reason(iterations)
-        if self.reset_reason:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        self.damaged = self.folder / DAMAGED
+        self._settings = json.loads(json.dumps(settings))  # the form it takes in the manifest
+        self.notes: list[str] = []
+        self.reset_reason: str | None = None
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._checkpointer = None
+        self.current = self._newest_good()
+        if self.current is not None:
+            self.reset_reason = self._stale_reason(self.current, iterations)
+            if self.reset_reason:
+                shutil.rmtree(self.current.path)
+                self.current = None
+        elif self.notes:
+            self.reset_reason = f"no complete checkpoint is left in {self.folder}"
+        self._trackables: dict[str, Any] | None = None
 
-    def _stale_reason(self, iterations: int) -> str | None:
-        step = _latest_step(self.folder / TF_FOLDER)
-        if step is None:
-            return None
-        settings_file = self.folder / SETTINGS_FILE
-        saved = json.loads(settings_file.read_text()) if settings_file.is_file() else None
-        if saved != self._settings:
-            changed = sorted(k for k in set(self._settings) | set(saved or {})
-                             if (saved or {}).get(k) != self._settings.get(k))
-            return f"it was made with other settings ({', '.join(changed)})"
-        if step > iterations:
-            return f"it is at iteration {step}, beyond the {iterations} asked for"
+    def _newest_good(self) -> Checkpoint | None:
+        """Verify the published checkpoints newest first; set aside everything that is not a
+        good one; delete the good ones older than the newest (a kill between publishing and
+        pruning leaves two)."""
+        aside: list[tuple[Path, str]] = []
+        published = []
+        for path in sorted(self.folder.iterdir()):
+            if path.name == DAMAGED:
+                continue
+            if _iteration_of(path) is not None:
+                published.append(path)
+            elif path.name.endswith(WRITING):
+                aside.append((path, "an unfinished checkpoint (the run was stopped while writing it)"))
+            else:
+                aside.append((path, "not part of a checkpoint of this layout"))
+        newest = None
+        for path in sorted(published, key=_iteration_of, reverse=True):
+            if newest is not None:
+                shutil.rmtree(path)
+                continue
+            checkpoint = verify(path)
+            if isinstance(checkpoint, str):
+                aside.append((path, f"a damaged checkpoint: {checkpoint}"))
+            else:
+                newest = checkpoint
+        if aside:
+            self._set_aside(aside)
+        return newest
+
+    def _set_aside(self, aside: list[tuple[Path, str]]) -> None:
+        if self.damaged.exists():
+            shutil.rmtree(self.damaged)
+            self.notes.append(f"deleted what an earlier run set aside in {self.damaged} "
+                              "(only the latest set-aside checkpoints are kept)")
+        self.damaged.mkdir()
+        for path, why in aside:
+            os.replace(path, self.damaged / path.name)
+            self.notes.append(f"set aside {path}: {why}; moved to {self.damaged / path.name}")
+
+    def _stale_reason(self, checkpoint: Checkpoint, iterations: int) -> str | None:
+        if checkpoint.settings != self._settings:
+            changed = sorted(k for k in set(self._settings) | set(checkpoint.settings)
+                             if checkpoint.settings.get(k) != self._settings.get(k))
+            return f"the checkpoint in {self.folder} was made with other settings ({', '.join(changed)})"
+        if checkpoint.iteration > iterations:
+            return (f"the checkpoint in {self.folder} is at iteration {checkpoint.iteration}, "
+                    f"beyond the {iterations} asked for")
         return None
 
     def restore(self, global_step: Any, **trackables: Any) -> tuple[int, pd.DataFrame | None]:
-        """Restore the trackables if a checkpoint exists; return (iteration, log rows up to it)."""
-        from tf_agents.utils import common
-
-        self._global_step = global_step
-        self._checkpointer = common.Checkpointer(ckpt_dir=str(self.folder / TF_FOLDER), max_to_keep=1,
-                                                 global_step=global_step, **trackables)
-        if not self._checkpointer.checkpoint_exists:
+        """Restore the trackables if a checkpoint is there; return (iteration, log rows up to it)."""
+        self._trackables = {"global_step": global_step, **trackables}
+        if self.current is None:
             return 0, None
-        self._checkpointer.initialize_or_restore()
-        iteration = int(global_step.numpy())
-        log_file = self.folder / LOG_FILE
-        # pandas reads floats back exactly as written: the resumed run's DVCLive history logs these
-        # rows again (stages/common/live_log.py).
-        log = pd.read_csv(log_file) if log_file.is_file() else None
-        if log is not None:
-            log = log[log["iteration"] <= iteration].reset_index(drop=True)
-        return iteration, log
+        _restore(self.current, self.folder, **self._trackables).assert_existing_objects_matched()
+        # The resumed run's DVCLive history logs these rows again (stages/common/live_log.py);
+        # JSON gives the floats back exactly as they were logged.
+        return self.current.iteration, self.current.log
 
     def save(self, log: pd.DataFrame) -> None:
         """Checkpoint the current state (at ``global_step``) with the log rows so far."""
-        write_csv(self.folder / LOG_FILE, log)
-        self._checkpointer.save(self._global_step)
-        self._drop_timestamps()
-        write_text(self.folder / SETTINGS_FILE, json.dumps(self._settings, indent=2, sort_keys=True) + "\n")
-
-    def _drop_timestamps(self) -> None:
-        """Rewrite TensorFlow's index of checkpoints without save times: same run, same bytes."""
         import tensorflow as tf
 
-        tf_dir = self.folder / TF_FOLDER
-        latest = Path(tf.train.latest_checkpoint(str(tf_dir))).name
-        # The CheckpointState proto in text form, with the path relative to the folder.
-        write_text(tf_dir / "checkpoint", f'model_checkpoint_path: "{latest}"\n'
-                                          f'all_model_checkpoint_paths: "{latest}"\n')
-        # Without save times TensorFlow treats a checkpoint it recovers at start-up as one to
-        # preserve, so the one a resumed run started from (2.9 GB for Atari) would stay forever.
-        for path in tf_dir.glob("ckpt-*"):
-            if path.name.split(".")[0] != latest:
-                path.unlink()
+        iteration = int(self._trackables["global_step"].numpy())
+        final = self.folder / f"iteration-{iteration}"
+        writing = self.folder / f"{final.name}{WRITING}"
+        shutil.rmtree(writing, ignore_errors=True)
+        writing.mkdir()
+        tf.train.Checkpoint(**self._trackables).write(str(writing / TF_PREFIX))
+        files = sorted(p for p in writing.iterdir() if p.is_file())
+        _hold_if_asked(iteration, writing)
+        manifest = {"format": FORMAT, "iteration": iteration, "settings": self._settings,
+                    "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files},
+                    "log": log.to_dict("records")}
+        (writing / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        for path in [*files, writing / MANIFEST, writing]:
+            _fsync(path)
+        if final.exists():  # the same iteration saved again: the new one replaces it
+            shutil.rmtree(final)
+        os.replace(writing, final)
+        _fsync(self.folder)
+        for path in self.folder.iterdir():
+            if path != final and _iteration_of(path) is not None:
+                shutil.rmtree(path)
+        self.current = None  # restore() is for the start of a run only
+
+
+def _hold_if_asked(iteration: int, writing: Path) -> None:
+    """The test hook (see the module's docstring): inert unless CHECKPOINT_TEST_HOLD_AT is set."""
+    if os.environ.get(HOLD_ENV) == str(iteration):
+        print(f"holding the checkpoint {writing} ({HOLD_ENV}={iteration}) until killed", flush=True)
+        sys.stdout.flush()
+        while True:
+            time.sleep(60)
