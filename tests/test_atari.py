@@ -25,9 +25,10 @@ from pi.policy_runtime import (
     preprocessing_description,
     shrink,
 )
-from stages.common.checkpoints import CheckpointError, TrainingCheckpoint, restore_trackables
+from stages.common.checkpoints import HOLD_ENV, CheckpointError, TrainingCheckpoint, restore_trackables
 from stages.common.settings import ParamError
 from stages.common.validation import validate_pipeline
+from stages.common.workspace import engine_env
 from stages.common.live_log import read_history
 from stages.common.tf_summaries import STEPS_PER_SECOND, read_scalars
 from tests.conftest import dvclive_history, edited_params, file_digests, repo_stages, run
@@ -421,7 +422,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(quick_workspace):
     target = "reports/atari_dqn/breakout/metrics.json"
     job = stage_process_group([*SNAKEMAKE, target], ws, ws / "first.log")
     deadline = time.monotonic() + 300
-    while not (checkpoints / "settings.json").exists():
+    while not any(checkpoints.glob("iteration-*/checkpoint.json")):
         assert job.poll() is None and time.monotonic() < deadline, (ws / "first.log").read_text()[-3000:]
         time.sleep(0.5)
     os.killpg(job.pid, signal.SIGKILL)
@@ -450,6 +451,44 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(quick_workspace):
     repro = run([DVC, "repro", "atari_dqn@breakout"], ws).stdout
     assert "resuming from the checkpoint at iteration 150 of 170" in repro
     assert dvclive_history(live, "iteration", {"loss"})["iteration"].iloc[-1] == 170
+
+
+@pytest.mark.e2e
+def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_one_before(quick_workspace):
+    """The issue's reproduction: DVC runs the stage on an empty checkpoint folder and the stage is
+    killed while it writes its second checkpoint; DVC, started again, finishes the run."""
+    ws = quick_workspace("killed-writing")
+    edit_params(ws, lambda p: p["training"].update(iterations=90, checkpoint_interval=30, log_interval=10))
+    checkpoints = Path("data/atari_dqn/breakout/checkpoints")  # as the stage names it
+    writing = checkpoints / "iteration-60.writing"
+
+    # The test hook holds the write of iteration 60 after TensorFlow's files (stages/common/checkpoints.py).
+    first = ws / "first.log"
+    job = subprocess.Popen([DVC, "repro", "-f", "-s", "atari_dqn@breakout"], cwd=ws,
+                           env={**engine_env(), HOLD_ENV: "60"}, stdout=first.open("w"),
+                           stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while f"holding the checkpoint {writing}" not in first.read_text():
+        assert job.poll() is None and time.monotonic() < deadline, first.read_text()[-3000:]
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert {p.name for p in (ws / writing).iterdir()} >= {"ckpt.index"}  # a write cut short
+    assert not (ws / writing / "checkpoint.json").exists()
+    assert sorted(os.listdir(ws / checkpoints)) == ["iteration-30", "iteration-60.writing"]
+
+    rerun = run([DVC, "repro", "-s", "atari_dqn@breakout"], ws).stdout
+    assert f"set aside {writing}: an unfinished checkpoint" in rerun, rerun
+    assert f"resuming from the checkpoint at iteration 30 of 90 ({checkpoints / 'iteration-30'})" in rerun
+    # Only the newest checkpoint is kept, beside what was set aside.
+    assert sorted(os.listdir(ws / checkpoints)) == ["damaged", "iteration-90"]
+    assert os.listdir(ws / checkpoints / "damaged") == ["iteration-60.writing"]
+    history = dvclive_history(ws / "data/atari_dqn/breakout/dvclive", "iteration", {"environment_steps", "loss"})
+    assert history["iteration"].tolist() == list(range(10, 91, 10))
+    assert history["environment_steps"].tolist() == [4 * i for i in range(10, 91, 10)]
+    metrics = json.loads((ws / "reports/atari_dqn/breakout/metrics.json").read_text())
+    assert metrics["training"]["iterations"] == 90
+    assert json.loads(run([DVC, "status", "--json", "atari_dqn@breakout"], ws).stdout or "{}") == {}
 
 
 @pytest.mark.e2e

@@ -135,14 +135,20 @@ def verify(path: Path) -> Checkpoint | str:
     return Checkpoint(path, iteration, settings, log)
 
 
-def _restore(checkpoint: Checkpoint, folder: Path, **trackables: Any) -> Any:
+def _restore(checkpoint: Checkpoint, folder: Path, partial: bool, **trackables: Any) -> None:
+    """Load the checkpoint into ``trackables`` (every one of them must be in it); ``partial``:
+    the checkpoint may hold more (the export restores the policy alone)."""
     import tensorflow as tf
 
     try:
-        return tf.train.Checkpoint(**trackables).read(checkpoint.prefix)
+        # restore() rather than read(): it creates the checkpoint's save counter, as the export's
+        # restore always has, so the exported SavedModel's function names stay as they were.
+        status = tf.train.Checkpoint(**trackables).restore(checkpoint.prefix)
+        (status.expect_partial() if partial else status).assert_existing_objects_matched()
     except (tf.errors.OpError, ValueError, AssertionError) as error:
         raise CheckpointError(
-            f"the checkpoint {checkpoint.path} verified but did not load ({type(error).__name__}: "
+            f"the checkpoint {checkpoint.path} is intact but does not fit what the stage restores "
+            f"({type(error).__name__}: "
             f"{error}); delete {folder} to retrain from scratch") from error
 
 
@@ -157,7 +163,7 @@ def restore_trackables(folder: str | os.PathLike, **trackables: Any) -> None:
     if isinstance(checkpoint, str):
         raise CheckpointError(f"the checkpoint {candidates[0]} is damaged: {checkpoint}; "
                               f"run the training stage again (it sets it aside and resumes or starts over)")
-    _restore(checkpoint, folder, **trackables).expect_partial().assert_existing_objects_matched()
+    _restore(checkpoint, folder, True, **trackables)
 
 
 # --- the folder a training run keeps --------------------------------------------------------------
@@ -238,7 +244,7 @@ class TrainingCheckpoint:
         self._trackables = {"global_step": global_step, **trackables}
         if self.current is None:
             return 0, None
-        _restore(self.current, self.folder, **self._trackables).assert_existing_objects_matched()
+        _restore(self.current, self.folder, False, **self._trackables)
         # The resumed run's DVCLive history logs these rows again (stages/common/live_log.py);
         # JSON gives the floats back exactly as they were logged.
         return self.current.iteration, self.current.log
@@ -252,7 +258,9 @@ class TrainingCheckpoint:
         writing = self.folder / f"{final.name}{WRITING}"
         shutil.rmtree(writing, ignore_errors=True)
         writing.mkdir()
-        tf.train.Checkpoint(**self._trackables).write(str(writing / TF_PREFIX))
+        state = tf.train.Checkpoint(**self._trackables)
+        state.save_counter  # noqa: B018 (created, at 0, so that restore() finds it in the file)
+        state.write(str(writing / TF_PREFIX))
         files = sorted(p for p in writing.iterdir() if p.is_file())
         _hold_if_asked(iteration, writing)
         manifest = {"format": FORMAT, "iteration": iteration, "settings": self._settings,
