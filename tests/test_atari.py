@@ -330,6 +330,16 @@ def test_a_kill_while_writing_leaves_a_folder_that_is_set_aside(tmp_path):
     assert published(folder) == ["iteration-60"] and Run(folder).start == 60
 
 
+def test_an_intact_checkpoint_of_other_objects_is_a_named_error(tmp_path):
+    import tensorflow as tf
+
+    Run(tmp_path).save_at(30)
+    checkpoint = TrainingCheckpoint(tmp_path, {"lr": 1}, 100)
+    with pytest.raises(CheckpointError, match=f"the checkpoint {re.escape(str(tmp_path / 'iteration-30'))} is "
+                                              f"intact but does not fit .* delete {re.escape(str(tmp_path))} to"):
+        checkpoint.restore(tf_step(), weight=tf.Variable(0.0), bias=tf.Variable(0.0))
+
+
 def test_files_of_the_earlier_layout_are_set_aside_and_training_starts_over(tmp_path):
     # The layout before manifests: TensorFlow's CheckpointManager files (with the _temp folder a
     # kill left), the settings and the log beside them.
@@ -422,7 +432,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(quick_workspace):
     target = "reports/atari_dqn/breakout/metrics.json"
     job = stage_process_group([*SNAKEMAKE, target], ws, ws / "first.log")
     deadline = time.monotonic() + 300
-    while not any(checkpoints.glob("iteration-*/checkpoint.json")):
+    while not any(p.name.split("-")[1].isdigit() for p in checkpoints.glob("iteration-*")):  # published
         assert job.poll() is None and time.monotonic() < deadline, (ws / "first.log").read_text()[-3000:]
         time.sleep(0.5)
     os.killpg(job.pid, signal.SIGKILL)
