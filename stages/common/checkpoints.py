@@ -38,7 +38,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,20 +109,21 @@ def verify(path: Path) -> Checkpoint | str:
         return f"its manifest {MANIFEST} is missing"
     try:
         manifest = json.loads(manifest_file.read_text())
-        iteration, settings, files = manifest["iteration"], manifest["settings"], manifest["files"]
-        log = pd.DataFrame(manifest["log"])
-    except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
+        iteration, settings, log = manifest["iteration"], dict(manifest["settings"]), manifest["log"]
+        files = {name: (int(entry["bytes"]), str(entry["sha256"])) for name, entry in manifest["files"].items()}
+        log = pd.DataFrame(log)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:  # JSONDecodeError is a ValueError
         return f"its manifest {MANIFEST} is unreadable ({type(error).__name__}: {error})"
     if manifest.get("format") != FORMAT or iteration != _iteration_of(path):
         return f"its manifest {MANIFEST} does not describe {path.name} (format {manifest.get('format')})"
-    for name, expected in sorted(files.items()):
+    for name, (size_expected, sha256) in sorted(files.items()):
         file = path / name
         if not file.is_file():
             return f"{name} is missing"
         size = file.stat().st_size
-        if size != expected["bytes"]:
-            return f"{name} has {size} bytes where the manifest says {expected['bytes']}"
-        if _sha256(file) != expected["sha256"]:
+        if size != size_expected:
+            return f"{name} has {size} bytes where the manifest says {size_expected}"
+        if _sha256(file) != sha256:
             return f"{name} does not match the sha256 in the manifest"
     try:
         reader = tf.train.load_checkpoint(str(path / TF_PREFIX))
@@ -220,8 +220,8 @@ class TrainingCheckpoint:
         return newest
 
     def _set_aside(self, aside: list[tuple[Path, str]]) -> None:
-        if self.damaged.exists():
-            shutil.rmtree(self.damaged)
+        if self.damaged.is_dir() or self.damaged.is_file():
+            shutil.rmtree(self.damaged) if self.damaged.is_dir() else self.damaged.unlink()
             self.notes.append(f"deleted what an earlier run set aside in {self.damaged} "
                               "(only the latest set-aside checkpoints are kept)")
         self.damaged.mkdir()
@@ -283,6 +283,5 @@ def _hold_if_asked(iteration: int, writing: Path) -> None:
     """The test hook (see the module's docstring): inert unless CHECKPOINT_TEST_HOLD_AT is set."""
     if os.environ.get(HOLD_ENV) == str(iteration):
         print(f"holding the checkpoint {writing} ({HOLD_ENV}={iteration}) until killed", flush=True)
-        sys.stdout.flush()
         while True:
             time.sleep(60)
