@@ -4,8 +4,10 @@ JSON Schema, and settings that read exactly what dvc.yaml declares."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pydantic
 import pytest
@@ -66,6 +68,7 @@ def test_the_quick_profile_is_valid_for_its_own_stages(tmp_path):
     (lambda d: d["evaluate"].update(seed_start=40, episodes=10),
      "evaluate.seed_start = 40 is not allowed: the evaluation seeds 40..49 overlap the training seeds of nn_policy@42"),
     (lambda d: d.update(mdpp={}), "'mdpp' is not a known section"),
+    (lambda d: d.update(seeds=[42, 42]), "seeds = [42, 42] is not allowed: seeds must be distinct, but 42 repeats"),
     (lambda d: d["pi_bundle"]["evaluation"].pop("LunarLander-v3"),
      "pi_bundle.evaluation has no entry for LunarLander-v3, the environment of the policies of stage "
      "pg_lunarlander@book-42"),
@@ -116,7 +119,31 @@ def test_a_stage_refuses_repeated_seeds_whichever_engine_starts_it(tmp_path):
     result = subprocess.run([sys.executable, "-m", "stages.markov_chain"], cwd=tmp_path, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 2
-    assert "seeds must be distinct, got [42, 0, 0]" in result.stderr
+    assert "params.yaml: seeds = [42, 0, 0] is not allowed: seeds must be distinct, but 0 repeats" in result.stderr
+    assert not (tmp_path / "reports").exists()
+
+
+BROKEN_YAML_LINE = "  runs: [5\n"  # an unclosed flow sequence: the next line's key is the error
+
+
+def test_a_yaml_syntax_error_is_named_by_its_line_whichever_engine_reads_it(tmp_path):
+    """Snakemake (which reads the DAG through DVC's parser), a stage as DVC starts it, and the
+    whole-file check all name the line and column of a syntax error in params.yaml."""
+    path = edited_params(tmp_path, lambda p: None)
+    lines = (REPO_ROOT / "params.yaml").read_text().splitlines(keepends=True)
+    runs = next(i for i, line in enumerate(lines) if line.startswith("  runs: "))  # markov_chain.runs
+    lines[runs] = BROKEN_YAML_LINE
+    path.write_text("".join(lines))
+    where = f"params.yaml is not valid YAML: line {runs + 2}, column "
+    problem = f"expected ',' or ']', but got ':' (while parsing a flow sequence at line {runs + 1}, column 9)"
+    shutil.copy(REPO_ROOT / "Snakefile", tmp_path)  # beside dvc.yaml, as in a workspace: the DAG is read there
+    env = {**engine_env(), "PYTHONPATH": str(REPO_ROOT)}
+    for command in ([str(Path(sys.executable).parent / "snakemake"), "--cores", "1", "--dry-run"],
+                    [sys.executable, "-m", "stages.markov_chain"],
+                    [sys.executable, "-m", "stages.common.validation"]):
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert result.returncode != 0, command
+        assert where in result.stdout + result.stderr and problem in result.stdout + result.stderr, command
     assert not (tmp_path / "reports").exists()
 
 
