@@ -206,3 +206,64 @@ def test_every_setting_says_what_it_is():
                 undocumented += [f"{name}.{model.__name__}.{field}" for field, info in model.model_fields.items()
                                  if field in model.__annotations__ and not info.description]
     assert undocumented == []
+
+
+def _project(folder: Path) -> Path:
+    """A tiny project (git repository) with a params.yaml and two profiles: one good, one with a typo."""
+    (folder / "profiles").mkdir(parents=True)
+    (folder / "params.yaml").write_text("profile: full\nmdp:\n  runs: 10  # kept\n")
+    (folder / "profiles/quick.yaml").write_text("profile: quick\nmdp:\n  runs: 2\n")
+    (folder / "profiles/typo.yaml").write_text("profile: quick\nmdp:\n  runz: 2\n")
+    subprocess.run(["git", "init", "-q"], cwd=folder, check=True)
+    return folder
+
+
+def _left_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("profile, problem", [
+    ("quik", "no profile 'quik'"),
+    ("typo", "profile sets mdp.runz, which params.yaml does not have"),
+])
+def test_a_bad_profile_creates_nothing_and_the_corrected_command_then_works(tmp_path, profile, problem):
+    from stages.common import workspace
+
+    source, parent = _project(tmp_path / "project"), tmp_path / "workspaces"
+    parent.mkdir()
+    with pytest.raises((FileNotFoundError, KeyError), match=problem):
+        workspace.create_workspace(parent / "preview", profile, source=source)
+    assert _left_in(parent) == []
+    # The command line says the same in one line (exit status 2), and leaves nothing either.
+    result = subprocess.run([sys.executable, "-m", "stages.common.workspace", "--profile", "quik",
+                             "--dir", str(parent / "preview"), "--engine", "none"],
+                            cwd=REPO_ROOT, env=engine_env(), capture_output=True, text=True)
+    assert result.returncode == 2 and "error: no profile 'quik'" in result.stderr
+    assert "Traceback" not in result.stderr and _left_in(parent) == []
+    made = workspace.create_workspace(parent / "preview", "quick", source=source)
+    assert yaml.safe_load((made / "params.yaml").read_text()) == {"profile": "quick", "mdp": {"runs": 2}}
+    assert _left_in(parent) == ["preview"]
+
+
+def test_a_workspace_build_that_fails_midway_leaves_no_folder(tmp_path, monkeypatch):
+    """The fault: a pre-commit hook that refuses the workspace's first commit (the last step);
+    and a build killed earlier, whose temporary folder the next build removes."""
+    from stages.common import workspace
+
+    source, parent = _project(tmp_path / "project"), tmp_path / "workspaces"
+    template = tmp_path / "template"
+    (template / "hooks").mkdir(parents=True)
+    (template / "hooks/pre-commit").write_text("#!/bin/sh\nexit 1\n")
+    (template / "hooks/pre-commit").chmod(0o755)
+    monkeypatch.setenv("GIT_TEMPLATE_DIR", str(template))
+    with pytest.raises(subprocess.CalledProcessError):
+        workspace.create_workspace(parent / "preview", "quick", source=source)
+    assert _left_in(parent) == []
+    monkeypatch.delenv("GIT_TEMPLATE_DIR")
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    killed = parent / f".preview.tmp-{gone.stdout.strip()}"
+    (killed / "profiles").mkdir(parents=True)
+    workspace.create_workspace(parent / "preview", "quick", source=source)
+    assert _left_in(parent) == ["preview"]
