@@ -5,8 +5,8 @@ evaluate Atari policies, to turn model outputs into actions and to check bundles
 stage copies it next to ``run_policy.py``, which imports it on the Raspberry Pi. There is no second
 copy to drift: what the pipeline measured is what the Pi runs.
 
-- **Checksums**: :func:`sha256` and :func:`verify_bundle` (every file of a bundle against its
-  manifest, before anything is loaded).
+- **Checksums**: :func:`sha256` and :func:`verify_bundle` (the manifest's fields, then every file
+  of a bundle against its manifest, before anything is loaded).
 - **Action rules**: :func:`actions_from_outputs`, greedy or sampled, for every output kind.
 - **Models**: :class:`TFLitePolicy`, a bundled TFLite model with its quantization and action rule.
 - **Atari preprocessing**: :func:`make_atari_env` rebuilds the observations an Atari policy was

@@ -314,7 +314,7 @@ def check_model_file(entry: PolicyEntry) -> None:
     _check_model_opens(entry)
     path = entry.model_path
     if entry.model_sha256 is None:
-        raise PolicyIndexError(entry.name, entry.stage, f"{path.parent / ENTRY_FILE} records no "
+        raise PolicyIndexError(entry.name, entry.stage, f"{entry.folder / ENTRY_FILE} records no "
                                "model_sha256 (it was exported before the index recorded model digests), "
                                "so its model cannot be checked")
     if model_digest(path) != entry.model_sha256:
