@@ -18,9 +18,15 @@ envvars:
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 from stages.common.dag import PENDING_DIR, StageSpec, read_dag, record_in_dvc_lock
-from stages.common.settings import ParamError
+from stages.common.settings import ParamError, read_params_file
 from stages.common.validation import validate_pipeline
 
+# params.yaml read first: a YAML error is reported with its line and column, where DVC's parser
+# (read_dag's) would only say that the file is corrupted.
+try:
+    read_params_file()
+except ParamError as error:
+    raise WorkflowError(f"invalid parameters: {error}") from None
 STAGES = read_dag(workflow.basedir)
 
 # A bad parameter stops the workflow here, before any job runs or any output is removed: every

@@ -5,8 +5,8 @@ evaluate Atari policies, to turn model outputs into actions and to check bundles
 stage copies it next to ``run_policy.py``, which imports it on the Raspberry Pi. There is no second
 copy to drift: what the pipeline measured is what the Pi runs.
 
-- **Checksums**: :func:`sha256` and :func:`verify_bundle` (every file of a bundle against its
-  manifest, before anything is loaded).
+- **Checksums**: :func:`sha256` and :func:`verify_bundle` (the manifest's fields, then every file
+  of a bundle against its manifest, before anything is loaded).
 - **Action rules**: :func:`actions_from_outputs`, greedy or sampled, for every output kind.
 - **Models**: :class:`TFLitePolicy`, a bundled TFLite model with its quantization and action rule.
 - **Atari preprocessing**: :func:`make_atari_env` rebuilds the observations an Atari policy was
@@ -68,6 +68,7 @@ def verify_bundle(bundle: Path) -> dict[str, Any]:
         raise BundleError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: unknown manifest format (this runner reads format {FORMAT})")
+    check_manifest_structure(manifest, path)
     for name, expected in sorted(manifest.get("files", {}).items()):
         file = bundle / name
         if ".." in Path(name).parts or Path(name).is_absolute():
@@ -82,6 +83,32 @@ def verify_bundle(bundle: Path) -> dict[str, Any]:
                 raise BundleError(f"policy {name} ({precision}): {model['file']} has no checksum "
                                   f"in {MANIFEST}")
     return manifest
+
+
+# What the runner reads of each policy and each of its models without a default.
+POLICY_FIELDS = ("env_id", "observation_shape", "observation_dtype", "output", "action_rule", "models")
+MODEL_FIELDS = ("file", "input", "output")
+
+
+def check_manifest_structure(manifest: dict[str, Any], path: Path) -> None:
+    """Every field the runner reads is there, so a damaged or edited manifest is a sentence
+    naming the policy and the field, not a KeyError."""
+    def refuse(problem: str) -> BundleError:
+        return BundleError(f"{path}: {problem}: the manifest is damaged or was edited; copy the bundle "
+                           "again (or rebuild it with the pi_bundle stage)")
+
+    if not isinstance(manifest.get("files", {}), dict) or not isinstance(manifest.get("policies", {}), dict):
+        raise refuse("'files' and 'policies' must be mappings")
+    for name, policy in manifest.get("policies", {}).items():
+        missing = [f for f in POLICY_FIELDS if f not in policy] if isinstance(policy, dict) else list(POLICY_FIELDS)
+        if missing:
+            raise refuse(f"policy {name} lacks {', '.join(missing)}")
+        if not isinstance(policy["models"], dict) or not policy["models"]:
+            raise refuse(f"policy {name}: 'models' must map each precision to its model")
+        for precision, model in policy["models"].items():
+            missing = [f for f in MODEL_FIELDS if f not in model] if isinstance(model, dict) else list(MODEL_FIELDS)
+            if missing:
+                raise refuse(f"policy {name}: its {precision} model lacks {', '.join(missing)}")
 
 
 def policy_spec(manifest: dict[str, Any], name: str) -> dict[str, Any]:

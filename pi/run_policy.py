@@ -149,11 +149,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def load_observations(path: Path, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """The observations in a .npy file (numpy.save), one per row; the file's header is read first,
+    so that a file of another kind, one of Python objects (never unpickled) and a truncated one
+    are each named as what they are."""
+    try:
+        with open(path, "rb") as handle:
+            is_npy = handle.read(len(NPY_MAGIC)) == NPY_MAGIC
+            if is_npy:
+                handle.seek(0)
+                version = np.lib.format.read_magic(handle)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                stored = read_header(handle)[2]
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
+    except (ValueError, EOFError) as error:
+        raise ValueError(f"{path} has a damaged .npy header ({error})") from None
+    if not is_npy:
+        raise ValueError(f"{path} is not a .npy file (it lacks NumPy's header): save the observations "
+                         "with numpy.save")
+    if stored.hasobject:
+        raise ValueError(f"{path} holds Python objects ({stored}), not numbers: pickles are refused")
     try:
         observations = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read {path} as a NumPy array (pickles are refused): {error}") from None
+    except (OSError, ValueError, EOFError) as error:
+        raise ValueError(f"{path} is a damaged or truncated .npy file ({error})") from None
     if observations.shape == shape:
         observations = observations[None]
     if observations.shape[1:] != shape:
@@ -164,6 +188,10 @@ def load_observations(path: Path, shape: tuple[int, ...], dtype: str) -> np.ndar
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "play" and (args.episodes < 1 or (args.max_steps is not None and args.max_steps < 1)):
+        option = f"--episodes {args.episodes}" if args.episodes < 1 else f"--max-steps {args.max_steps}"
+        print(f"error: {option}: at least 1 is needed", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         manifest = verify_bundle(args.bundle)
         if args.command == "list":

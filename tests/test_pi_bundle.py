@@ -376,6 +376,11 @@ def test_the_runner_plays_episodes(bundled):
     assert "episode 1 seed 10001 return" in result.stdout and "mean return" in result.stdout
     default = manifest_of(bundle)["policies"][CARTPOLE]["default_precision"]
     assert result.stdout.rstrip().endswith(f"({CARTPOLE}, {default})")
+    # No episode is no mean return: refused, as a step cap of none is.
+    for option, value in (("--episodes", "0"), ("--episodes", "-2"), ("--max-steps", "0")):
+        refused = runner(bundle, "play", CARTPOLE, option, value)
+        assert refused.returncode == EXIT_BAD_INPUT and refused.stdout == ""
+        assert f"error: {option} {value}: at least 1 is needed" in refused.stderr
 
 
 TIMED = re.compile(r"^  (float32|int8) +median +([\d.]+) us +p99 +([\d.]+) us +([\d.]+) KiB +\((.*)\)$")
@@ -454,10 +459,40 @@ def test_unknown_policies_and_pickled_observations_are_refused(bundled, tmp_path
     np.save(pickled, np.array([{"observation": 1}], dtype=object), allow_pickle=True)
     result = runner(bundle, "act", CARTPOLE, pickled)
     assert result.returncode == EXIT_BAD_INPUT and "pickles are refused" in result.stderr
+    assert "holds Python objects (object), not numbers" in result.stderr
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, np.zeros((3, 5), np.float32))
     result = runner(bundle, "act", CARTPOLE, wrong)
     assert result.returncode == EXIT_BAD_INPUT and "shape (5,)" in result.stderr
+    # A file of another kind, and a truncated one, are named as what they are (not as pickles).
+    as_json = tmp_path / "observations.json"
+    as_json.write_text(json.dumps(np.zeros((3, 4)).tolist()))
+    truncated = tmp_path / "truncated.npy"
+    truncated.write_bytes((bundle / f"observations/{CARTPOLE}.npy").read_bytes()[:200])
+    for path, problem in ((as_json, "is not a .npy file (it lacks NumPy's header): save the observations "
+                                    "with numpy.save"),
+                          (truncated, "is a damaged or truncated .npy file")):
+        result = runner(bundle, "act", CARTPOLE, path)
+        assert result.returncode == EXIT_BAD_INPUT and f"error: {path} {problem}" in result.stderr
+        assert "pickle" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda spec: spec.pop("models"), f"policy {CARTPOLE} lacks models"),
+    (lambda spec: spec.pop("observation_shape"), f"policy {CARTPOLE} lacks observation_shape"),
+    (lambda spec: spec["models"]["float32"].pop("file"), f"policy {CARTPOLE}: its float32 model lacks file"),
+    (lambda spec: spec.update(models=[]), f"policy {CARTPOLE}: 'models' must map each precision to its model"),
+])
+def test_a_manifest_missing_what_the_runner_reads_is_refused_by_name(bundled, tmp_path, edit, problem):
+    bundle = copy_of(bundled / "data/pi_bundle", tmp_path)
+    manifest = manifest_of(bundle)
+    edit(manifest["policies"][CARTPOLE])
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    for command in (("list",), ("act", CARTPOLE, str(bundle / f"observations/{CARTPOLE}.npy"))):
+        result = runner(bundle, *command)
+        assert result.returncode == EXIT_BAD_BUNDLE, result.stderr
+        assert problem in result.stderr and "the manifest is damaged or was edited" in result.stderr
+        assert "Traceback" not in result.stderr and result.stdout == ""
 
 
 def test_the_bundle_ships_the_pipelines_own_runtime_and_the_runner_keeps_its_checks(bundled):

@@ -176,7 +176,8 @@ def test_dvc_repro_refuses_repeated_seeds_as_snakemake_does(clone_of_quick_run):
     for command in (SNAKEMAKE, [DVC, "repro"]):
         result = run(command, ws, check=False)
         assert result.returncode != 0, command
-        assert f"seeds must be distinct, got {[*seeds, seeds[-1]]}" in result.stdout + result.stderr
+        assert (f"params.yaml: seeds = {[*seeds, seeds[-1]]} is not allowed: seeds must be distinct, "
+                f"but {seeds[-1]} repeats") in result.stdout + result.stderr
 
 
 def test_a_shared_value_reruns_every_stage_that_uses_it_and_only_those(clone_of_quick_run):

@@ -70,6 +70,8 @@ def test_same_weights_give_the_same_bytes(tmp_path):
         entry = export_keras_policy(_small_model(7, 1, "sigmoid"), tmp_path / name, stage="test",
                                     env_id="CartPole-v1", output="p_left")
         digests.append(hashlib.sha256(entry.model_path.read_bytes()).hexdigest())
+        # The entry records the digest of the model as written.
+        assert json.loads((entry.folder / "policy.json").read_text())["model_sha256"] == digests[-1]
     assert digests[0] == digests[1]
 
 
@@ -113,6 +115,8 @@ def _exported(tmp_path):
     (lambda e: e.update(observation_shape="4"), "is not a list of positive integers"),
     (lambda e: e.update(n_actions=0), "n_actions 0 is not a positive integer"),
     (lambda e: e.update(observation_dtype="float128x"), "is not a NumPy dtype"),
+    (lambda e: e.update(model_sha256="abc"), "model_sha256 'abc' is not a sha256 digest"),
+    (lambda e: e.pop("model_sha256"), "records no model_sha256 (it was exported before"),
 ])
 def test_an_entry_that_cannot_be_trusted_is_refused_with_its_stage(tmp_path, change, problem):
     entry = _exported(tmp_path)
@@ -139,6 +143,51 @@ def test_a_model_file_that_does_not_open_is_refused_before_tensorflow_sees_it(tm
         read_entry(entry.folder)
 
 
+def test_a_model_swapped_for_another_policys_is_refused_by_its_digest(tmp_path):
+    """The same shapes (another seed's model): only the recorded digest tells them apart."""
+    entry = _exported(tmp_path / "policies")
+    other = export_keras_policy(_small_model(5, 2, "linear"), tmp_path / "policies" / "other",
+                                stage="toy@1", env_id="CartPole-v1", output="q_values")
+    entry.model_path.write_bytes(other.model_path.read_bytes())
+    for read in (lambda: load_index(tmp_path / "policies", {"toy": "toy@0", "other": "toy@1"}),
+                 lambda: load_policy(entry)):
+        with pytest.raises(PolicyIndexError) as error:
+            read()
+        assert "policy 'toy' (made by stage toy@0)" in str(error.value)
+        assert "is not the model the stage exported (its sha256 differs" in str(error.value)
+        assert "rebuild it with `dvc repro toy@0`" in str(error.value)
+
+
+def _described_as(entry, **changes):
+    """Rewrite ``entry``'s policy.json with ``changes`` and the digest of the model now in place
+    (an entry that describes another model than the one it sits with, digest and all)."""
+    from stages.common.policies import model_digest
+
+    data = json.loads((entry.folder / "policy.json").read_text())
+    data.update(changes, model_sha256=model_digest(entry.model_path))
+    (entry.folder / "policy.json").write_text(json.dumps(data))
+    return read_entry(entry.folder)
+
+
+@pytest.mark.parametrize("model, changes, problem", [
+    # A p_left model (one sigmoid unit) where the entry says two Q-values: the issue's swap.
+    ((1, "sigmoid"), {}, "gives outputs of shape (1,), the entry's q_values policy of 2 actions needs (2,)"),
+    ((2, "linear"), {"observation_shape": [5]}, "takes observations of shape (4,), the entry says (5,)"),
+    ((2, "linear"), {"n_actions": 3}, "gives outputs of shape (2,), the entry's q_values policy of 3 actions"),
+    ((2, "linear"), {"output": "p_left"}, "the entry's p_left policy of 2 actions needs (1,)"),
+])
+def test_a_model_whose_shapes_do_not_fit_its_entry_is_refused_when_loaded(tmp_path, model, changes, problem):
+    entry = _exported(tmp_path)
+    wrong = export_keras_policy(_small_model(6, *model), tmp_path / "wrong", stage="w", env_id="CartPole-v1",
+                                output="p_left" if model[1] == "sigmoid" else "q_values")
+    entry.model_path.write_bytes(wrong.model_path.read_bytes())
+    with pytest.raises(PolicyIndexError) as error:
+        load_policy(_described_as(entry, **changes))
+    assert problem in str(error.value)
+    assert "policy 'toy' (made by stage toy@0)" in str(error.value)
+    assert "the model is not the one its entry describes" in str(error.value)
+
+
 def test_the_index_is_what_the_dag_declares(tmp_path, capsys):
     entry = _exported(tmp_path / "policies")
     assert list(load_index(tmp_path / "policies", {"toy": "toy@0"})) == ["toy"]
@@ -153,20 +202,34 @@ def test_the_index_is_what_the_dag_declares(tmp_path, capsys):
     assert entry.stage == "toy@0"
 
 
-@pytest.mark.e2e
-@pytest.mark.parametrize("stage", ["evaluate", "report", "pi_bundle"])
-def test_every_consumer_refuses_a_broken_policy_by_name(clone_of_quick_run, stage):
-    """A truncated model stops evaluate, the report and the bundle alike, with one sentence that
-    names the policy and the command that rebuilds it; their outputs stay as they were."""
-    ws = clone_of_quick_run()
+def _truncate(ws):
     model = ws / "data/policies/pg_cartpole_s42/model.keras"
     model.write_bytes(model.read_bytes()[:1000])
+    return "pg_cartpole_s42", "pg_cartpole@42"
+
+
+def _swap(ws):
+    """The issue's swap: nn_policy_s42's model copied over dqn_s42's (evaluate used to play it)."""
+    policies = ws / "data/policies"
+    (policies / "dqn_s42/model.keras").write_bytes((policies / "nn_policy_s42/model.keras").read_bytes())
+    return "dqn_s42", "dqn@dqn-42"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("fault", [_truncate, _swap], ids=["truncated", "swapped"])
+@pytest.mark.parametrize("stage", ["evaluate", "report", "pi_bundle"])
+def test_every_consumer_refuses_a_broken_policy_by_name(clone_of_quick_run, stage, fault):
+    """A truncated model, or one copied over another policy's, stops evaluate, the report and the
+    bundle alike, with one sentence that names the policy and the command that rebuilds it; their
+    outputs stay as they were."""
+    ws = clone_of_quick_run()
+    policy, maker = fault(ws)
     outputs = [o for o in dvc_view(ws)[stage]["outs"]]
     before = file_digests(ws, outputs)
     result = run([sys.executable, "-m", f"stages.{stage}"], ws, check=False)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "error: policy 'pg_cartpole_s42' (made by stage pg_cartpole@42)" in result.stderr
-    assert "rebuild it with `dvc repro pg_cartpole@42`" in result.stderr
+    assert f"error: policy '{policy}' (made by stage {maker})" in result.stderr
+    assert f"rebuild it with `dvc repro {maker}`" in result.stderr
     assert "Traceback" not in result.stderr
     assert file_digests(ws, outputs) == before
 
@@ -189,6 +252,7 @@ def test_a_policysaver_export_plays_through_load_policy(tmp_path):
                                 env_id="CartPole-v1", observation_shape=(4,), observation_dtype="float32",
                                 n_actions=2)
     assert entry.output == "tf_agents_policy" and read_entry(tmp_path / "toy") == entry
+    assert len(entry.model_sha256) == 64
     observations = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
     expected = np.argmax(q_net(observations)[0].numpy(), axis=1)
     play = load_policy(entry)
@@ -198,3 +262,20 @@ def test_a_policysaver_export_plays_through_load_policy(tmp_path):
     assert len(result.returns) == 2 and result.max <= 50
     with pytest.raises(ValueError, match=r"expects observations of shape \(4,\), got \(5,\)"):
         play(np.zeros((2, 5), np.float32))
+
+    # The SavedModel folder's digest covers each of its files: a changed variables file is refused.
+    variables = entry.model_path / "variables" / "variables.data-00000-of-00001"
+    original = variables.read_bytes()
+    variables.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    with pytest.raises(PolicyIndexError, match="policy 'toy' .*saved_policy is not the model the stage exported"):
+        read_entry(entry.folder)
+    variables.write_bytes(original)
+    # An entry that does not describe the saved policy (another game's action count, another
+    # observation) is refused once the policy is loaded.
+    for changes, problem in (({"n_actions": 4}, "has 2 actions, the entry says 4"),
+                             ({"observation_shape": [84, 84, 4], "observation_dtype": "uint8"},
+                              "takes observations of shape (4,), the entry says (84, 84, 4) and takes float32 "
+                              "observations, the entry says uint8")):
+        with pytest.raises(PolicyIndexError) as error:
+            load_policy(_described_as(entry, **changes))
+        assert problem in str(error.value) and "policy 'toy' (made by stage test)" in str(error.value)

@@ -4,8 +4,10 @@ JSON Schema, and settings that read exactly what dvc.yaml declares."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pydantic
 import pytest
@@ -66,6 +68,7 @@ def test_the_quick_profile_is_valid_for_its_own_stages(tmp_path):
     (lambda d: d["evaluate"].update(seed_start=40, episodes=10),
      "evaluate.seed_start = 40 is not allowed: the evaluation seeds 40..49 overlap the training seeds of nn_policy@42"),
     (lambda d: d.update(mdpp={}), "'mdpp' is not a known section"),
+    (lambda d: d.update(seeds=[42, 42]), "seeds = [42, 42] is not allowed: seeds must be distinct, but 42 repeats"),
     (lambda d: d["pi_bundle"]["evaluation"].pop("LunarLander-v3"),
      "pi_bundle.evaluation has no entry for LunarLander-v3, the environment of the policies of stage "
      "pg_lunarlander@book-42"),
@@ -116,7 +119,31 @@ def test_a_stage_refuses_repeated_seeds_whichever_engine_starts_it(tmp_path):
     result = subprocess.run([sys.executable, "-m", "stages.markov_chain"], cwd=tmp_path, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 2
-    assert "seeds must be distinct, got [42, 0, 0]" in result.stderr
+    assert "params.yaml: seeds = [42, 0, 0] is not allowed: seeds must be distinct, but 0 repeats" in result.stderr
+    assert not (tmp_path / "reports").exists()
+
+
+BROKEN_YAML_LINE = "  runs: [5\n"  # an unclosed flow sequence: the next line's key is the error
+
+
+def test_a_yaml_syntax_error_is_named_by_its_line_whichever_engine_reads_it(tmp_path):
+    """Snakemake (which reads the DAG through DVC's parser), a stage as DVC starts it, and the
+    whole-file check all name the line and column of a syntax error in params.yaml."""
+    path = edited_params(tmp_path, lambda p: None)
+    lines = (REPO_ROOT / "params.yaml").read_text().splitlines(keepends=True)
+    runs = next(i for i, line in enumerate(lines) if line.startswith("  runs: "))  # markov_chain.runs
+    lines[runs] = BROKEN_YAML_LINE
+    path.write_text("".join(lines))
+    where = f"params.yaml is not valid YAML: line {runs + 2}, column "
+    problem = f"expected ',' or ']', but got ':' (while parsing a flow sequence at line {runs + 1}, column 9)"
+    shutil.copy(REPO_ROOT / "Snakefile", tmp_path)  # beside dvc.yaml, as in a workspace: the DAG is read there
+    env = {**engine_env(), "PYTHONPATH": str(REPO_ROOT)}
+    for command in ([str(Path(sys.executable).parent / "snakemake"), "--cores", "1", "--dry-run"],
+                    [sys.executable, "-m", "stages.markov_chain"],
+                    [sys.executable, "-m", "stages.common.validation"]):
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert result.returncode != 0, command
+        assert where in result.stdout + result.stderr and problem in result.stdout + result.stderr, command
     assert not (tmp_path / "reports").exists()
 
 
@@ -179,3 +206,64 @@ def test_every_setting_says_what_it_is():
                 undocumented += [f"{name}.{model.__name__}.{field}" for field, info in model.model_fields.items()
                                  if field in model.__annotations__ and not info.description]
     assert undocumented == []
+
+
+def _project(folder: Path) -> Path:
+    """A tiny project (git repository) with a params.yaml and two profiles: one good, one with a typo."""
+    (folder / "profiles").mkdir(parents=True)
+    (folder / "params.yaml").write_text("profile: full\nmdp:\n  runs: 10  # kept\n")
+    (folder / "profiles/quick.yaml").write_text("profile: quick\nmdp:\n  runs: 2\n")
+    (folder / "profiles/typo.yaml").write_text("profile: quick\nmdp:\n  runz: 2\n")
+    subprocess.run(["git", "init", "-q"], cwd=folder, check=True)
+    return folder
+
+
+def _left_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("profile, problem", [
+    ("quik", "no profile 'quik'"),
+    ("typo", "profile sets mdp.runz, which params.yaml does not have"),
+])
+def test_a_bad_profile_creates_nothing_and_the_corrected_command_then_works(tmp_path, profile, problem):
+    from stages.common import workspace
+
+    source, parent = _project(tmp_path / "project"), tmp_path / "workspaces"
+    parent.mkdir()
+    with pytest.raises((FileNotFoundError, KeyError), match=problem):
+        workspace.create_workspace(parent / "preview", profile, source=source)
+    assert _left_in(parent) == []
+    # The command line says the same in one line (exit status 2), and leaves nothing either.
+    result = subprocess.run([sys.executable, "-m", "stages.common.workspace", "--profile", "quik",
+                             "--dir", str(parent / "preview"), "--engine", "none"],
+                            cwd=REPO_ROOT, env=engine_env(), capture_output=True, text=True)
+    assert result.returncode == 2 and "error: no profile 'quik'" in result.stderr
+    assert "Traceback" not in result.stderr and _left_in(parent) == []
+    made = workspace.create_workspace(parent / "preview", "quick", source=source)
+    assert yaml.safe_load((made / "params.yaml").read_text()) == {"profile": "quick", "mdp": {"runs": 2}}
+    assert _left_in(parent) == ["preview"]
+
+
+def test_a_workspace_build_that_fails_midway_leaves_no_folder(tmp_path, monkeypatch):
+    """The fault: a pre-commit hook that refuses the workspace's first commit (the last step);
+    and a build killed earlier, whose temporary folder the next build removes."""
+    from stages.common import workspace
+
+    source, parent = _project(tmp_path / "project"), tmp_path / "workspaces"
+    template = tmp_path / "template"
+    (template / "hooks").mkdir(parents=True)
+    (template / "hooks/pre-commit").write_text("#!/bin/sh\nexit 1\n")
+    (template / "hooks/pre-commit").chmod(0o755)
+    monkeypatch.setenv("GIT_TEMPLATE_DIR", str(template))
+    with pytest.raises(subprocess.CalledProcessError):
+        workspace.create_workspace(parent / "preview", "quick", source=source)
+    assert _left_in(parent) == []
+    monkeypatch.delenv("GIT_TEMPLATE_DIR")
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    killed = parent / f".preview.tmp-{gone.stdout.strip()}"
+    (killed / "profiles").mkdir(parents=True)
+    workspace.create_workspace(parent / "preview", "quick", source=source)
+    assert _left_in(parent) == ["preview"]

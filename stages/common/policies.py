@@ -4,14 +4,19 @@ Every training stage exports each policy it trains into ``data/policies/<name>/`
 
 - the model (a Keras ``model.keras`` file, or a TF-Agents ``PolicySaver`` directory), and
 - ``policy.json``, the policy's entry in the index: environment id, model path, observation shape
-  and dtype, and how the model's output becomes an action.
+  and dtype, how the model's output becomes an action, and the model's sha256 (``model_sha256``,
+  see :func:`model_digest`) as the stage wrote it.
 
 The index is the folder ``data/policies``: one sub-folder per policy, owned by the stage that
 trained it (so DVC and Snakemake see one producer per output). Evaluation, the report and the
 Raspberry Pi bundle read entries with :func:`load_index` and play them with :func:`load_policy`;
 none of them imports the stage that trained the policy. Reading an entry checks it first (known
-fields and output kind, a model path inside its folder, a model file that opens); a problem is a
-:class:`PolicyIndexError` naming the policy, the stage that makes it and how to rebuild it.
+fields and output kind, a model path inside its folder, a model file that opens and has the
+recorded sha256), and loading the model checks its input and output shapes against the entry, so
+a model copied over another policy's, or one the entry does not describe, is never played; a
+problem is a :class:`PolicyIndexError` naming the policy, the stage that makes it and how to
+rebuild it. An entry without ``model_sha256`` (exported before digests were recorded) is refused
+the same way: its model cannot be checked, and rerunning its stage writes the digest.
 
 Output kinds (``output`` in the entry) and their action rules (``actions_from_outputs`` in
 pi/policy_runtime.py, the one implementation the pipeline and the Pi runner share):
@@ -26,6 +31,8 @@ pi/policy_runtime.py, the one implementation the pipeline and the Pi runner shar
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -49,7 +56,8 @@ KERAS_MODEL_FILE = "model.keras"
 OUTPUT_KINDS = ("p_left", "action_probabilities", "q_values", "tf_agents_policy")
 REQUIRED_FIELDS = ("name", "stage", "env_id", "model", "observation_shape", "observation_dtype",
                    "output", "n_actions")
-ENTRY_VERSION = 1
+# Version 2: entries record ``model_sha256``.
+ENTRY_VERSION = 2
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
@@ -92,6 +100,8 @@ class PolicyEntry:
     # for single-run policies, so their entries stay as they were.
     algorithm: str | None = None
     seed: int | None = None
+    # sha256 of the model as exported (model_digest); None only before the export writes it.
+    model_sha256: str | None = None
     version: int = ENTRY_VERSION
     folder: Path | None = field(default=None, compare=False, repr=False)
 
@@ -107,7 +117,7 @@ class PolicyEntry:
         data["observation_shape"] = list(self.observation_shape)
         data["training_seeds"] = list(self.training_seeds)
         return {key: value for key, value in data.items()
-                if not (key in ("algorithm", "seed") and value is None)}
+                if not (key in ("algorithm", "seed", "model_sha256") and value is None)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], folder: Path | None = None) -> PolicyEntry:
@@ -141,6 +151,10 @@ class PolicyEntry:
         model = data["model"]
         if not isinstance(model, str) or not _inside(folder, model):
             raise refuse(f"model {model!r} is not a path inside the policy's folder")
+        digest = data.get("model_sha256")
+        if digest is not None and not (isinstance(digest, str) and len(digest) == 64
+                                       and all(c in "0123456789abcdef" for c in digest)):
+            raise refuse(f"model_sha256 {digest!r} is not a sha256 digest (64 lowercase hex digits)")
         values = dict(data)
         values["observation_shape"] = tuple(int(n) for n in shape)
         values["training_seeds"] = tuple(int(s) for s in data.get("training_seeds", ()))
@@ -206,7 +220,31 @@ def _without_optimizer(model: Any) -> Any:
     return copy
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_digest(path: str | os.PathLike) -> str:
+    """The sha256 of a model: of a file's bytes; of a folder (a SavedModel), of one line
+    ``<relative path>\\0<sha256 of the file>\\n`` per file, in sorted path order, so a file
+    renamed, added, removed or changed changes it."""
+    path = Path(path)
+    if not path.is_dir():
+        return _file_sha256(path)
+    digest = hashlib.sha256()
+    files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file())
+    for name, file in files:
+        digest.update(f"{name}\0{_file_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
 def _write_entry(folder: Path, entry: PolicyEntry) -> None:
+    """Write the entry with the digest of the model already in ``folder``."""
+    entry = dataclasses.replace(entry, model_sha256=model_digest(folder / entry.model))
     text = json.dumps(entry.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
     (folder / ENTRY_FILE).write_text(text)
 
@@ -230,7 +268,7 @@ def export_keras_policy(model: Any, folder: str | os.PathLike, **entry_fields: A
         _without_optimizer(model).save(temporary / KERAS_MODEL_FILE)
         _normalise_keras_archive(temporary / KERAS_MODEL_FILE)
         _write_entry(temporary, entry)
-    return PolicyEntry.from_json(entry.to_json(), folder=folder)
+    return read_entry(folder)
 
 
 def export_saved_policy(save: Callable[[Path], None], folder: str | os.PathLike,
@@ -245,7 +283,7 @@ def export_saved_policy(save: Callable[[Path], None], folder: str | os.PathLike,
         save(temporary / entry.model)
         _normalise_saved_model(temporary / entry.model)
         _write_entry(temporary, entry)
-    return PolicyEntry.from_json(entry.to_json(), folder=folder)
+    return read_entry(folder)
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -271,7 +309,21 @@ def read_entry(folder: str | os.PathLike, stage: str | None = None) -> PolicyEnt
 
 
 def check_model_file(entry: PolicyEntry) -> None:
-    """The model file opens: a Keras archive whose members are intact, or a SavedModel folder."""
+    """The model file opens (a Keras archive whose members are intact, or a SavedModel folder)
+    and is the one the stage exported: its :func:`model_digest` is the entry's ``model_sha256``."""
+    _check_model_opens(entry)
+    path = entry.model_path
+    if entry.model_sha256 is None:
+        raise PolicyIndexError(entry.name, entry.stage, f"{entry.folder / ENTRY_FILE} records no "
+                               "model_sha256 (it was exported before the index recorded model digests), "
+                               "so its model cannot be checked")
+    if model_digest(path) != entry.model_sha256:
+        raise PolicyIndexError(entry.name, entry.stage, f"{path} is not the model the stage exported "
+                               "(its sha256 differs from model_sha256 in its policy.json): the model "
+                               "was replaced or changed after export")
+
+
+def _check_model_opens(entry: PolicyEntry) -> None:
     path = entry.model_path
     if entry.output == "tf_agents_policy":
         for member in ("saved_model.pb", "variables/variables.index"):
@@ -322,8 +374,9 @@ def load_index(index_dir: str | os.PathLike = INDEX_DIR, declared: Mapping[str, 
 
 
 def load_model(entry: PolicyEntry) -> Any:
-    """The Keras model (or TF-Agents saved policy) an entry names; a file that does not load is a
-    :class:`PolicyIndexError` naming the policy and its stage."""
+    """The Keras model (or TF-Agents saved policy) an entry names, checked against the entry
+    (:func:`check_model_file`, then :func:`check_model_shapes`); a file that does not load or does
+    not fit is a :class:`PolicyIndexError` naming the policy and its stage."""
     check_model_file(entry)
     import tensorflow as tf
 
@@ -334,13 +387,62 @@ def load_model(entry: PolicyEntry) -> Any:
             # load it.
             import tf_agents.policies  # noqa: F401
 
-            return tf.saved_model.load(str(entry.model_path))
-        import tf_keras
+            model = tf.saved_model.load(str(entry.model_path))
+        else:
+            import tf_keras
 
-        return tf_keras.models.load_model(entry.model_path, compile=False)
+            model = tf_keras.models.load_model(entry.model_path, compile=False)
     except (OSError, ValueError, TypeError, KeyError, tf.errors.OpError) as error:
         raise PolicyIndexError(entry.name, entry.stage, f"{entry.model_path} does not load "
                                f"({type(error).__name__}: {error})") from None
+    check_model_shapes(entry, model)
+    return model
+
+
+def model_signature(entry: PolicyEntry, model: Any) -> tuple[tuple, str, tuple]:
+    """What a loaded model takes and gives: its observation shape and dtype, and its output shape
+    (per observation) for a Keras model, or ``(number of actions,)`` for a TF-Agents policy."""
+    if entry.output == "tf_agents_policy":
+        from tf_agents.specs import tensor_spec
+
+        specs = entry.model_path / "policy_specs.pbtxt"
+        if not specs.is_file():
+            raise PolicyIndexError(entry.name, entry.stage, f"{entry.model_path} lacks policy_specs.pbtxt: "
+                                   "not a TF-Agents PolicySaver export")
+        data = tensor_spec.from_pbtxt_file(str(specs))["collect_data_spec"]
+        observation, action = data.observation, data.action
+        return (tuple(observation.shape), observation.dtype.name,
+                (int(action.maximum) - int(action.minimum) + 1,))
+    import tensorflow as tf
+
+    inputs, outputs = model.inputs, model.outputs
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise PolicyIndexError(entry.name, entry.stage, f"{entry.model_path} has {len(inputs)} inputs and "
+                               f"{len(outputs)} outputs; a policy model has one of each")
+    return tuple(inputs[0].shape[1:]), tf.as_dtype(inputs[0].dtype).name, tuple(outputs[0].shape[1:])
+
+
+def check_model_shapes(entry: PolicyEntry, model: Any) -> None:
+    """The model takes the entry's observations and gives what its output kind needs: one unit
+    for ``p_left``, one per action for the others, the entry's number of actions for a TF-Agents
+    policy. A mismatch means the model is another policy's (or the entry another model's)."""
+    shape, dtype, outputs = model_signature(entry, model)
+    problems = []
+    if shape != entry.observation_shape:
+        problems.append(f"takes observations of shape {shape}, the entry says {entry.observation_shape}")
+    if entry.output == "tf_agents_policy":
+        if dtype != entry.observation_dtype:
+            problems.append(f"takes {dtype} observations, the entry says {entry.observation_dtype}")
+        if outputs != (entry.n_actions,):
+            problems.append(f"has {outputs[0]} actions, the entry says {entry.n_actions}")
+    else:
+        expected = (1,) if entry.output == "p_left" else (entry.n_actions,)
+        if outputs != expected:
+            problems.append(f"gives outputs of shape {outputs}, the entry's {entry.output} policy of "
+                            f"{entry.n_actions} actions needs {expected}")
+    if problems:
+        raise PolicyIndexError(entry.name, entry.stage, f"{entry.model_path} " + " and ".join(problems)
+                               + ": the model is not the one its entry describes")
 
 
 def make_policy_env(entry: PolicyEntry, render_mode: str | None = None) -> Any:

@@ -21,7 +21,7 @@ from types import UnionType
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -204,12 +204,15 @@ class Pipeline(Block):
     seeds: list[Seed] = Field(min_length=1)
     """Training seeds of every per-seed stage (dvc.yaml: one stage per seed)."""
 
-    @model_validator(mode="after")
-    def _distinct(self) -> Pipeline:
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, got {self.seeds}: DVC would silently merge "
-                             "the repeated ones into one stage")
-        return self
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        # A field validator, so that the problem is reported at the key ``seeds``.
+        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+        if repeated:
+            raise ValueError(f"seeds must be distinct, but {', '.join(map(str, repeated))} "
+                             "repeats: DVC would silently merge the repeated ones into one stage")
+        return seeds
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -224,10 +227,22 @@ def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ParamError(f"{path} is not valid YAML: {error}") from None
+        raise ParamError(f"{path} is not valid YAML: {yaml_problem(error)}") from None
     if not isinstance(data, dict):
         raise ParamError(f"{path} must be a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: where (line and column, from 1), what, and the construct it is in."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return str(error)
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
+    context, start = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and start is not None:
+        text += f" ({context} at line {start.line + 1}, column {start.column + 1})"
+    return text
 
 
 def dotted(parts: Iterable[Any]) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import create_model
 
 from stages.common.dag import StageSpec, read_dag
-from stages.common.settings import PARAMS_FILE, ParamError, Params, Pipeline, StageSettings
+from stages.common.settings import PARAMS_FILE, ParamError, Params, Pipeline, StageSettings, read_params_file
 
 SCHEMA_FILE = Path("params.schema.json")
 
@@ -117,12 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write-schema", action="store_true", help=f"regenerate {SCHEMA_FILE}")
     args = parser.parse_args(argv)
-    stages = read_dag()
-    if args.write_schema:
-        SCHEMA_FILE.write_text(schema_text(stages))
-        print(f"wrote {SCHEMA_FILE}")
-        return 0
     try:
+        read_params_file()  # a YAML error named by its line, before DVC's parser reads the file
+        stages = read_dag()
+        if args.write_schema:
+            SCHEMA_FILE.write_text(schema_text(stages))
+            print(f"wrote {SCHEMA_FILE}")
+            return 0
         runs = validate_pipeline(stages)
     except ParamError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -86,33 +86,77 @@ def project_files(source: Path) -> list[str]:
     return [name for name in listing.split("\0") if name and (source / name).is_file()]
 
 
+def profiled_params(profile: str, source: Path = REPO_ROOT) -> str:
+    """params.yaml's text with ``profiles/<profile>.yaml`` applied; an unknown profile, or one
+    that sets a key params.yaml does not have, raises before anything is written."""
+    profile_file = source / "profiles" / f"{profile}.yaml"
+    if not profile_file.is_file():
+        known = sorted(p.stem for p in (source / "profiles").glob("*.yaml"))
+        raise FileNotFoundError(f"no profile '{profile}' ({profile_file}); known: {', '.join(known)}")
+    text = (source / "params.yaml").read_text()
+    try:
+        overlay = yaml.safe_load(profile_file.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{profile_file} is not valid YAML: {error}") from None
+    if not isinstance(overlay, dict):
+        raise ValueError(f"{profile_file} must be a mapping of params.yaml's keys to new values")
+    return profiled_params_text(text, merge(yaml.safe_load(text), overlay))
+
+
+def remove_killed_builds(target: Path) -> None:
+    """Remove the temporary folders of builds of ``target`` whose process is gone (killed)."""
+    for folder in target.parent.glob(f".{target.name}.tmp-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process: a build of its own that it abandoned
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def create_workspace(target: Path, profile: str | None = "quick", source: Path = REPO_ROOT) -> Path:
     """Copy the project into ``target`` (which must not exist) and apply ``profile``.
 
     Under a profile, dvc.lock is left behind: it records the project's own run (the full profile),
     whose stages and hashes a run with other settings does not share; the workspace's engines
-    record its runs in a dvc.lock of its own."""
+    record its runs in a dvc.lock of its own.
+
+    The profile is applied before anything is written, and the workspace is built in a temporary
+    sibling folder renamed to ``target`` once complete: a bad profile or a failure midway leaves
+    no folder behind, so the corrected command can use the same ``target``."""
     target = Path(target)
     if target.exists():
         raise FileExistsError(f"{target} already exists; choose a new directory or remove it")
-    for name in project_files(source):
-        if profile is not None and name == LOCK_FILE:
-            continue
-        destination = target / name
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source / name, destination)
-    if profile is not None:
-        profile_file = source / "profiles" / f"{profile}.yaml"
-        if not profile_file.exists():
-            known = sorted(p.stem for p in (source / "profiles").glob("*.yaml"))
-            raise FileNotFoundError(f"no profile '{profile}' ({profile_file}); known: {', '.join(known)}")
-        text = (source / "params.yaml").read_text()
-        params = merge(yaml.safe_load(text), yaml.safe_load(profile_file.read_text()))
-        (target / "params.yaml").write_text(profiled_params_text(text, params))
-    subprocess.run(["git", "init", "-q"], cwd=target, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=target, check=True)
-    subprocess.run(["git", *GIT_IDENTITY, "commit", "-q", "-m", f"workspace ({profile or 'as is'})"],
-                   cwd=target, check=True)
+    params_text = profiled_params(profile, source) if profile is not None else None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_killed_builds(target)
+    building = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        for name in project_files(source):
+            if profile is not None and name == LOCK_FILE:
+                continue
+            destination = building / name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, destination)
+        if params_text is not None:
+            (building / "params.yaml").write_text(params_text)
+        subprocess.run(["git", "init", "-q"], cwd=building, check=True)
+        subprocess.run(["git", "add", "-A"], cwd=building, check=True)
+        subprocess.run(["git", *GIT_IDENTITY, "commit", "-q", "-m", f"workspace ({profile or 'as is'})"],
+                       cwd=building, check=True)
+        building.rename(target)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
     return target
 
 
@@ -141,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         workspace = create_workspace(args.dir, args.profile)
-    except (FileExistsError, FileNotFoundError, KeyError) as error:
+    except (FileExistsError, FileNotFoundError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"workspace with profile '{args.profile}': {workspace}")
