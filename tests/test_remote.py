@@ -53,7 +53,8 @@ def test_the_default_remote_is_a_folder_outside_the_checkout():
 
 def test_push_and_pull_through_the_default_remote(tmp_path):
     """A tiny DVC project made with the repository's .dvc/config: push from one clone, pull into
-    a second clone beside it, with no remote configured by hand."""
+    a second clone beside it, with no remote configured by hand; ``stages.common.pull`` too, and
+    from an empty remote."""
     source = tmp_path / "source"
     source.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=source, check=True)
@@ -70,6 +71,21 @@ def test_push_and_pull_through_the_default_remote(tmp_path):
     assert not (clone / "model.bin").exists()
     run([DVC, "pull"], clone)
     assert (clone / "model.bin").read_bytes() == (source / "model.bin").read_bytes()
+
+    # The project's pull does the same, and names the output when the remote lacks it.
+    for name, remote in (("second", None), ("third", tmp_path / "empty")):
+        other = tmp_path / name
+        subprocess.run(["git", "clone", "-q", str(source), str(other)], check=True)
+        if remote is not None:
+            remote.mkdir()
+            use_remote(other, str(remote))
+        pulled = run(["python", "-m", "stages.common.pull", "--dir", str(other)], REPO_ROOT, check=False)
+        if remote is None:
+            assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+            assert (other / "model.bin").read_bytes() == (source / "model.bin").read_bytes()
+        else:
+            assert pulled.returncode == 1 and "missing: model.bin: not on the remote" in pulled.stderr, pulled
+            assert not (other / "model.bin").exists()
 
 
 # --- an SSH server of our own -------------------------------------------------------------------
