@@ -58,7 +58,8 @@ def test_push_and_pull_through_the_default_remote(tmp_path):
     source = tmp_path / "source"
     source.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=source, check=True)
-    shutil.copytree(REPO_ROOT / ".dvc", source / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
+    shutil.copytree(REPO_ROOT / ".dvc", source / ".dvc",
+                    ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
     (source / "model.bin").write_bytes(os.urandom(4096))
     run([DVC, "add", "model.bin"], source)
     subprocess.run(["git", "add", "-A"], cwd=source, check=True)
@@ -149,7 +150,8 @@ def ssh_server(tmp_path_factory) -> Iterator[SSHServer]:
         "Subsystem sftp internal-sftp", "LogLevel VERBOSE", ""]))
     log = (folder / "sshd.log").open("w")
     # -D: stay in the foreground (this process is sshd itself); -e: log to the log file.
-    server = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)],
+                              stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _answers(port):
@@ -216,24 +218,17 @@ def files_under(workspace: Path) -> dict[str, bytes]:
             for f in sorted((workspace / folder).rglob("*")) if f.is_file()}
 
 
-@pytest.fixture(scope="module")
-def pushed(quick_run, ssh_server, tmp_path_factory) -> tuple[Path, Path]:
-    """The quick run, committed in a copy of its own and pushed to a folder on the SSH server:
-    (that copy, the remote folder)."""
-    source = tmp_path_factory.mktemp("remote-source") / "repo"
+@pytest.mark.system
+def test_pull_over_ssh_into_a_fresh_clone_reproduces_the_run(quick_run, ssh_server, tmp_path):
+    # The quick run, committed in a copy of its own, pushed to a folder on the SSH server.
+    source = tmp_path / "source"
     shutil.copytree(quick_run, source, symlinks=True, ignore=engine_locks)
     committed_run(source)
-    storage = tmp_path_factory.mktemp("remote-storage") / "rl-pipeline"
+    storage = tmp_path / "storage"
     use_remote(source, ssh_server.url(storage), ssh_server.key)
     pushed = run([DVC, "push"], source)
-    assert "pushed" in pushed.stdout, pushed.stdout
-    assert any(storage.rglob("*")), f"nothing arrived in {storage}"
-    return source, storage
+    assert "pushed" in pushed.stdout and any(storage.rglob("*")), pushed.stdout
 
-
-@pytest.mark.system
-def test_pull_over_ssh_into_a_fresh_clone_reproduces_the_run(pushed, ssh_server, tmp_path):
-    source, storage = pushed
     clone = fresh_clone(source, tmp_path / "clone")
     use_remote(clone, ssh_server.url(storage), ssh_server.key)
     run([DVC, "pull"], clone)
@@ -260,9 +255,11 @@ def test_pull_over_ssh_into_a_fresh_clone_reproduces_the_run(pushed, ssh_server,
 
 
 def _partly_pulled(source: Path, target: Path) -> tuple[Path, dict[str, bytes], list[str]]:
-    """A fresh clone holding one stage's outputs, copied in by hand (as after an earlier pull
-    of that stage alone), the first of them edited since: (clone, its files, those outputs)."""
+    """A fresh clone of ``source`` with its dvc.lock, holding one stage's outputs, copied in by
+    hand (as after an earlier pull of that stage alone), the first of them edited since:
+    (clone, its files, those outputs)."""
     clone = fresh_clone(source, target)
+    shutil.copy(source / "dvc.lock", clone / "dvc.lock")
     lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
     present = [out["path"] for out in lock["markov_chain"]["outs"]]
     for path in present:
@@ -275,9 +272,8 @@ def _partly_pulled(source: Path, target: Path) -> tuple[Path, dict[str, bytes], 
 
 @pytest.mark.system
 @pytest.mark.parametrize("remote", ["empty folder", "closed port"])
-def test_a_failed_pull_names_what_it_lacks_and_changes_nothing(pushed, ssh_server, tmp_path, remote):
-    source, _ = pushed
-    clone, before, present = _partly_pulled(source, tmp_path / "clone")
+def test_a_failed_pull_names_what_it_lacks_and_changes_nothing(quick_run, ssh_server, tmp_path, remote):
+    clone, before, present = _partly_pulled(quick_run, tmp_path / "clone")
     if remote == "empty folder":
         empty = tmp_path / "empty-storage"
         empty.mkdir()

@@ -4,7 +4,7 @@
     python -m stages.common.pull -r NAME      # another remote
 
 ``dvc pull`` from an empty or unreachable remote fails with the hashes it misses or a count
-("101 files failed to download"), not with the outputs a user asked for. This command fetches
+("N files failed to download"), not with the outputs a user asked for. This command fetches
 what the remote has into DVC's cache (``dvc fetch``), then checks out only the outputs that are
 absent from the workspace and now complete in the cache. An output already in the workspace is
 never replaced, even when it differs from what dvc.lock records. It ends with one line per
