@@ -2,10 +2,11 @@
 remote through the dvc-ssh plugin, served by Debian's OpenSSH server on this machine's loopback.
 
 The quick run's outputs are pushed from one workspace and pulled into a fresh clone that has
-never run anything, which then has every output dvc.lock records (DVC's status is clean) and
-reproduces the run bit for bit (stages.common.reproduction). A pull from an empty remote or from
-a port where no server listens fails, names the outputs it could not get, and leaves the files
-already there as they were. (docs/remote.md)
+never run anything, which then has every output dvc.lock records but the training runs'
+resumable state, which DVC does not cache (DVC's status names that alone), and reproduces the
+run bit for bit (stages.common.reproduction). A pull from an empty remote or from a port where
+no server listens fails and leaves the files already there as they were; stages.common.pull
+names the outputs it could not get. (docs/remote.md)
 """
 
 from __future__ import annotations
