@@ -86,7 +86,7 @@ def test_push_and_pull_through_the_default_remote(tmp_path):
             assert pulled.returncode == 0, pulled.stdout + pulled.stderr
             assert (other / "model.bin").read_bytes() == (source / "model.bin").read_bytes()
         else:
-            assert pulled.returncode == 1 and "missing: model.bin: not on the remote" in pulled.stderr, pulled
+            assert pulled.returncode == 1 and "\n  model.bin: not on the remote" in pulled.stderr, pulled
             assert not (other / "model.bin").exists()
 
 
@@ -295,9 +295,9 @@ def test_a_failed_pull_names_what_it_lacks_and_changes_nothing(quick_run, ssh_se
     assert pulled.returncode == 1, said
     state = resumable_state(clone)
     lacking = [path for path in recorded_outputs(clone) if path not in {*present, *state}]
-    unnamed = [path for path in lacking if f"missing: {path}: " not in said]
+    unnamed = [path for path in lacking if f"\n  {path}: not " not in said]
     assert not unnamed, f"the failed pull does not name {unnamed}:\n{said}"
-    assert f"missing: {present[0]}: kept as it is here" in said, said
-    assert all(f"not here: {path}: a training run's resumable state" in said for path in state), said
+    assert f"\n  {present[0]}: kept as it is here" in said, said
+    assert all(f"\n  {path}: not here: a training run's resumable state" in said for path in state), said
     assert f"{len(lacking) + 1} outputs are not what dvc.lock records" in said, said
     assert files_under(clone) == before, "the project's pull changed the files already there"

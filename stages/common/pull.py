@@ -63,7 +63,7 @@ def pull(root: Path, remote: str | None = None) -> Outcome:
             if not out.workspace_status():
                 continue
             if out.exists:
-                why = "kept as it is here, which is not what dvc.lock records"
+                why = "kept as it is here, though it differs from dvc.lock"
             elif out.annot.type == STATE_TYPE:
                 outcome.absent_state.append(where(out))
                 continue
@@ -91,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fetch: {outcome.fetch_error}", file=sys.stderr)
     print(f"{len(outcome.checked_out)} outputs checked out from the remote")
     for path in outcome.absent_state:
-        print(f"  not here: {path}: a training run's resumable state, which DVC does not cache "
-              "(no remote has it; not needed unless the run is resumed)")
-    for path, why in sorted(outcome.lacking.items()):
-        print(f"  missing: {path}: {why}", file=sys.stderr)
+        print(f"  {path}: not here: a training run's resumable state, which DVC does not cache "
+              "(no remote has it; needed only to resume that run)")
     if outcome.lacking:
-        print(f"{len(outcome.lacking)} outputs are not what dvc.lock records; outputs already here "
-              "were left as they were", file=sys.stderr)
+        print(f"{len(outcome.lacking)} outputs are not what dvc.lock records (outputs already here "
+              "were left as they were):", file=sys.stderr)
+        for path, why in sorted(outcome.lacking.items()):
+            print(f"  {path}: {why}", file=sys.stderr)
         return 1
     return 0
 
