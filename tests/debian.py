@@ -1,9 +1,10 @@
 """Debian packages for the system tests, installed with apt-get one installer at a time.
 
 apt-get stops with an error, rather than waiting, while another apt-get holds dpkg's lock or the
-package lists' lock. The system tests (SLURM, Chromium, the emulated Pi) install what they miss
-and may start at the same moment on different pytest-xdist workers, so every installer takes
-:data:`APT_LOCK` first: :func:`ensure_installed` here, and .ci/slurm_cluster.sh with flock(1).
+package lists' lock. The system tests (SLURM, Chromium, the emulated Pi, the SSH server) install
+what they miss and may start at the same moment on different pytest-xdist workers, so every
+installer takes :data:`APT_LOCK` first: :func:`ensure_installed` here, and
+.ci/slurm_cluster.sh with flock(1).
 
 On a fresh machine (CI's) these installs are downloads and dpkg runs that each test would
 wait through when it first needs them; :func:`install_in_background` starts them all at the
@@ -27,8 +28,9 @@ PI_EMULATION = {"debootstrap": "/usr/sbin/debootstrap", "qemu-user-static": "/us
                 "binfmt-support": "/usr/sbin/update-binfmts"}
 SLURM = {"slurm-wlm": "/usr/sbin/slurmctld", "munge": "/usr/sbin/munged"}
 BROWSER = {"chromium": "/usr/bin/chromium"}
+SSH_SERVER = {"openssh-server": "/usr/sbin/sshd"}  # without recommends (they bring systemd)
 NEEDED_BY = (("emulated_root", PI_EMULATION, []), ("slurm_cluster", SLURM, ["--no-install-recommends"]),
-             ("chromium", BROWSER, []))
+             ("chromium", BROWSER, []), ("ssh_server", SSH_SERVER, ["--no-install-recommends"]))
 
 
 def missing(packages: dict[str, str]) -> list[str]:
@@ -36,8 +38,9 @@ def missing(packages: dict[str, str]) -> list[str]:
     return [name for name, path in packages.items() if not Path(path).exists()]
 
 
-def ensure_installed(packages: dict[str, str]) -> None:
-    """Install those of ``packages`` (name -> a file it installs) whose file is missing. The check
+def ensure_installed(packages: dict[str, str], options: list[str] | None = None) -> None:
+    """Install those of ``packages`` (name -> a file it installs) whose file is missing, with
+    apt-get's ``options`` (as :data:`NEEDED_BY` gives them). The check
     is made under :data:`APT_LOCK` too, so that a package another installer is still unpacking
     (its file there, dpkg not done) is waited for; the package lists are refreshed only when the
     first try fails."""
@@ -46,7 +49,7 @@ def ensure_installed(packages: dict[str, str]) -> None:
         absent = missing(packages)
         if not absent:
             return
-        install = ["apt-get", "install", "-y", "-q", *absent]
+        install = ["apt-get", "install", "-y", "-q", *(options or []), *absent]
         if subprocess.run(install, env=env, capture_output=True).returncode == 0:
             return
         for command in (["apt-get", "update", "-q"], install):

@@ -100,6 +100,21 @@ def test_a_changed_added_or_missing_file_is_named(tmp_path):
     assert files == ["data/train/extra.bin", "data/train/model.bin", "reports/metrics.json"]
 
 
+def test_absent_resumable_state_is_named_and_present_state_is_compared(tmp_path):
+    """A workspace that pulled its outputs has no resumable state (DVC does not cache it): the
+    rest of the stage is compared and the state named; state that is there is compared."""
+    import shutil
+
+    recorded = _workspace(tmp_path)
+    (tmp_path / "data/train/model.bin").write_bytes(b"\x01weights")
+    verdicts = {v.stage: (v.result, v.files) for v in check(tmp_path, recorded, resumable={"data/train"})}
+    assert verdicts["train"] == ("differs", ["data/train/model.bin"])
+    shutil.rmtree(tmp_path / "data/train")
+    verdicts = {v.stage: (v.result, v.files) for v in check(tmp_path, recorded, resumable={"data/train"})}
+    assert verdicts["train"] == ("reproduced", ["1 files", "resumable state not here: data/train"])
+    assert _verdicts(tmp_path, recorded)["train"][0] == "differs"  # not declared resumable: missing
+
+
 def test_changed_code_or_params_are_told_apart_from_changed_results(tmp_path):
     recorded = _workspace(tmp_path)
     lock = yaml.safe_load((tmp_path / LOCK).read_text())

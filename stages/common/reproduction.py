@@ -18,6 +18,10 @@ When the fingerprint in the workspace's dvc.lock differs, the stage ran from oth
 and the check says so instead of reporting a difference in results. Outputs of upstream stages
 are left out of the fingerprint: they are checked as those stages' own outputs.
 
+A training run's resumable state (outputs of ``type: checkpoint``) is not cached by DVC, so no
+remote carries it: in a workspace that pulled its outputs rather than running, it is absent. An
+absent resumable state is left out of the comparison and named; a present one is compared.
+
 Verdicts: ``reproduced`` (every file as recorded), ``differs`` (with the files), ``other inputs``
 (code or params changed since the record), ``not run`` (no output present), ``not recorded``.
 ``check`` exits 1 when a stage differs, so it can gate a script.
@@ -172,8 +176,18 @@ class Verdict:
         return f"{self.stage:<{width}}  {self.result:<12}  {detail}".rstrip()
 
 
-def check(root: Path, recorded: dict[str, Any]) -> list[Verdict]:
-    """Compare the workspace at ``root`` with ``recorded`` (what :func:`record` wrote)."""
+def resumable_state(root: Path) -> set[str]:
+    """The outputs of ``type: checkpoint`` that ``root``'s dvc.yaml declares (none without one)."""
+    if not (root / "dvc.yaml").is_file() or not (root / ".dvc").is_dir():
+        return set()
+    from stages.common.dag import read_dag
+
+    return {path for stage in read_dag(root) for path in stage.state}
+
+
+def check(root: Path, recorded: dict[str, Any], resumable: Iterable[str] = ()) -> list[Verdict]:
+    """Compare the workspace at ``root`` with ``recorded`` (what :func:`record` wrote). Outputs
+    in ``resumable`` (:func:`resumable_state`) that are absent are left out and named."""
     lock = read_lock(root)
     produced = _produced(lock)
     digests = recorded.get("stages", {})
@@ -184,13 +198,19 @@ def check(root: Path, recorded: dict[str, Any]) -> list[Verdict]:
             continue
         want = digests[name]["files"]
         outputs = _outputs(lock[name]) if name in lock else sorted(want)
+        absent_state = {path for path in outputs if path in resumable and not files_of(root, path)}
+        if absent_state:
+            outputs = [path for path in outputs if path not in absent_state]
+            want = {path: digest for path, digest in want.items()
+                    if not produced_by_a_stage(path, absent_state)}
         have = file_digests(root, outputs)
         if not have:
             verdicts.append(Verdict(name, "not run"))
         elif name in lock and fingerprint(lock[name], produced) != digests[name]["inputs"]:
             verdicts.append(Verdict(name, "other inputs"))
         elif have == want:
-            verdicts.append(Verdict(name, "reproduced", [f"{len(have)} files"]))
+            verdicts.append(Verdict(name, "reproduced", [f"{len(have)} files", *(
+                f"resumable state not here: {path}" for path in sorted(absent_state))]))
         else:
             different = sorted(p for p in set(have) | set(want) if have.get(p) != want.get(p))
             verdicts.append(Verdict(name, "differs", different))
@@ -220,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{target} is missing: record a run first "
               "(python -m stages.common.reproduction record)", file=sys.stderr)
         return 2
-    verdicts = check(root, yaml.safe_load(target.read_text()) or {})
+    verdicts = check(root, yaml.safe_load(target.read_text()) or {}, resumable_state(root))
     width = max((len(v.stage) for v in verdicts), default=5)
     for verdict in verdicts:
         print(verdict.line(width))
