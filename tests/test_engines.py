@@ -69,6 +69,7 @@ def snakemake_plans(ws: Path, *targets: str) -> set[str]:
 
 # --- Both engines see every change, whichever ran last ----------------------------------------
 
+@pytest.mark.e2e
 def test_snakemake_reruns_what_a_parameter_change_touches_in_a_workspace_dvc_built(cheap_workspace):
     ws = cheap_workspace
     run([DVC, "repro"], ws)
@@ -84,6 +85,7 @@ def test_snakemake_reruns_what_a_parameter_change_touches_in_a_workspace_dvc_bui
     assert dvc_changed(ws) == set() and snakemake_plans(ws) == set()
 
 
+@pytest.mark.e2e
 def test_dvc_sees_a_parameter_change_in_a_workspace_snakemake_built_and_back(cheap_workspace):
     """Snakemake builds (and records in dvc.lock); a change is seen by DVC; DVC reruns, and
     Snakemake agrees with that run; the value set back to the one Snakemake ran with is a change
@@ -105,6 +107,7 @@ def test_dvc_sees_a_parameter_change_in_a_workspace_snakemake_built_and_back(che
     assert snakemake_plans(ws) == {"mdp", "all"}
 
 
+@pytest.mark.e2e
 def test_code_counts_by_its_content_for_both_engines(cheap_workspace):
     ws = cheap_workspace
     run([DVC, "repro"], ws)
@@ -114,3 +117,119 @@ def test_code_counts_by_its_content_for_both_engines(cheap_workspace):
     code.write_text(code.read_text() + "\n# changed\n")
     assert dvc_changed(ws) == {"markov_chain"}
     assert snakemake_plans(ws) == {"markov_chain", "all"}
+
+
+# --- A failed rerun keeps the previous results -------------------------------------------------
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("engine", ["snakemake", "dvc"])
+def test_a_failed_rerun_keeps_the_previous_outputs(cheap_workspace, engine):
+    """The stage fails after its work, before writing (the test breaks its code): its previous
+    outputs stay, byte for byte, under either engine."""
+    ws = cheap_workspace
+    run([DVC, "repro"], ws)
+    before = file_digests(ws, MARKOV_OUTPUTS)
+    code = ws / "stages/markov_chain/__main__.py"
+    code.write_text(code.read_text().replace(
+        '    write_text(f"{OUT}/runs.txt"', '    raise RuntimeError("injected failure")\n    write_text(f"{OUT}/runs.txt"'))
+    command = ([*SNAKEMAKE, "-f", MARKOV_OUTPUTS[0]] if engine == "snakemake"
+               else [DVC, "repro", "-f", "-s", "markov_chain"])
+    failed = run(command, ws, check=False)
+    assert failed.returncode != 0 and "injected failure" in failed.stdout + failed.stderr
+    assert file_digests(ws, MARKOV_OUTPUTS) == before
+
+
+# --- One run of a stage at a time --------------------------------------------------------------
+
+HOLD = """
+import sys
+from stages.common.stage_lock import holding
+with holding(sys.argv[1]):
+    print("holding", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_stage_refuses_to_start_while_another_process_runs_it(cheap_workspace):
+    """A process holds markov_chain's lock through the lock helper; the real stage, started
+    meanwhile, stops at once naming that process and writes nothing; once the holder ends (the
+    operating system drops its lock), the stage runs."""
+    ws = cheap_workspace
+    command = stage_command("stages.markov_chain", [])
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, command], cwd=ws, env=engine_env(),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        refused = run([sys.executable, "-m", "stages.markov_chain"], ws, check=False)
+        assert refused.returncode == StageBusy.exit_status, refused.stderr
+        assert f"stage '{command}' is already running in this workspace: pid {holder.pid}" in refused.stderr
+        assert not (ws / "reports/markov_chain").exists()
+        with pytest.raises(StageBusy, match=f"pid {holder.pid}"), holding(command, ws):
+            pass
+    finally:
+        holder.communicate("")
+    run([sys.executable, "-m", "stages.markov_chain"], ws)
+    assert all((ws / path).is_file() for path in MARKOV_OUTPUTS)
+    assert json.loads(lock_file(command, ws).read_text())["command"] == command
+
+
+def wait_for_holder(ws: Path, command: str, engine: str, timeout: float = 120) -> dict:
+    """The lock file's record once a run started by ``engine`` (its "name (pid N: " prefix) holds
+    the stage's lock."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            holder = json.loads(lock_file(command, ws).read_text())
+            if (holder.get("engine") or "").startswith(engine):
+                return holder
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"no run of {command} took its lock within {timeout} s")
+
+
+def start(command: list[str], ws: Path) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=ws, env=engine_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.e2e
+def test_two_engines_never_run_one_stage_at_once(cheap_workspace):
+    """Snakemake runs a long markov_chain: `dvc repro` of it is refused, naming Snakemake; and the
+    other way round. The refused engine fails and the outputs stay those of the last complete run
+    (each long run is killed: a kill keeps them too)."""
+    ws = cheap_workspace
+    run([DVC, "repro"], ws)
+    before = file_digests(ws, MARKOV_OUTPUTS)
+    edit_params(ws, "markov_chain", transition_matrix=[[0.5, 0.5], [0.5, 0.5]], start_state=0, runs=1,
+                max_steps=10**9)  # a chain with no end: runs until killed
+    command = stage_command("stages.markov_chain", [])
+
+    snakemake = start([*SNAKEMAKE, "-f", MARKOV_OUTPUTS[0]], ws)
+    try:
+        wait_for_holder(ws, command, f"snakemake (pid {snakemake.pid}: ")
+        refused = run([DVC, "repro", "-f", "-s", "markov_chain"], ws, check=False)
+        assert refused.returncode != 0
+        assert "is already running in this workspace: pid " in refused.stdout + refused.stderr
+        assert f"by snakemake (pid {snakemake.pid}: " in refused.stdout + refused.stderr
+    finally:
+        stop(snakemake)
+    assert file_digests(ws, MARKOV_OUTPUTS) == before
+    run([*SNAKEMAKE, "--unlock"], ws)
+
+    dvc = start([DVC, "repro", "-f", "-s", "markov_chain"], ws)
+    try:
+        wait_for_holder(ws, command, f"dvc (pid {dvc.pid}: ")
+        # (--rerun-incomplete: the killed Snakemake run left the outputs marked as being written)
+        refused = run([*SNAKEMAKE, "--rerun-incomplete", "-f", MARKOV_OUTPUTS[0]], ws, check=False)
+        assert refused.returncode != 0
+        assert f"by dvc (pid {dvc.pid}: " in refused.stdout + refused.stderr
+        assert file_digests(ws, MARKOV_OUTPUTS) == before  # Snakemake's refused job removed nothing
+    finally:
+        stop(dvc)
+    assert file_digests(ws, MARKOV_OUTPUTS) == before
