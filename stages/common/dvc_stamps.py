@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import dpath
-import yaml
+from dvc.utils.serialize import load_yaml
 
 from stages.common.dag import StageSpec
 from stages.common.reproduction import produced_by_a_stage
@@ -81,7 +81,8 @@ def write_stamps(stages: list[StageSpec], root: str | Path = ".") -> list[str]:
     names of the stages that differ from what dvc.lock records."""
     root = Path(root)
     lock = root / "dvc.lock"
-    entries = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
+    # Read as DVC reads it (YAML 1.2: `1e-05` is a number, not a string as for PyYAML).
+    entries = (load_yaml(lock) or {}).get("stages", {}) if lock.is_file() else {}
     now, cache, changed = time.time(), {}, []
     for stage in stages:
         sources = source_files(stage, stages)
