@@ -24,11 +24,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import dpath
+import yaml
 from dvc.utils.serialize import load_yaml
 
 from stages.common.dag import StageSpec
@@ -76,18 +78,38 @@ def recorded_state(entry: dict[str, Any] | None, sources: list[str]) -> dict[str
             "sources": {path: deps.get(path) for path in sources}}
 
 
+class _Yaml12Loader(yaml.CSafeLoader):
+    """PyYAML's fast loader, reading exponents without a dot (`1e-05`) as numbers, as YAML 1.2
+    (DVC) does; YAML 1.1 reads them as strings."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _read_lock(lock: Path, exact: bool) -> dict[str, Any]:
+    """dvc.lock's stages; ``exact``: parsed by DVC's own YAML reader (several times slower)."""
+    if not lock.is_file():
+        return {}
+    data = load_yaml(lock) if exact else yaml.load(lock.read_text(), Loader=_Yaml12Loader)
+    return (data or {}).get("stages") or {}
+
+
 def write_stamps(stages: list[StageSpec], root: str | Path = ".") -> list[str]:
     """Write each stage's stamp and date it by dvc.lock (see the module docstring); returns the
     names of the stages that differ from what dvc.lock records."""
     root = Path(root)
     lock = root / "dvc.lock"
-    # Read as DVC reads it (YAML 1.2: `1e-05` is a number, not a string as for PyYAML).
-    entries = (load_yaml(lock) or {}).get("stages", {}) if lock.is_file() else {}
+    entries, exact = _read_lock(lock, exact=False), False
     now, cache, changed = time.time(), {}, []
     for stage in stages:
         sources = source_files(stage, stages)
         state = {"now": current_state(stage, sources, root, cache),
                  "dvc.lock": recorded_state(entries.get(stage.name), sources)}
+        if state["now"] != state["dvc.lock"] and not exact:
+            # A difference is confirmed as DVC reads the file.
+            entries, exact = _read_lock(lock, exact=True), True
+            state["dvc.lock"] = recorded_state(entries.get(stage.name), sources)
         path = root / stamp_path(stage.name)
         text = json.dumps(state, sort_keys=True, indent=1) + "\n"
         if not path.is_file() or path.read_text() != text:
