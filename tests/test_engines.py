@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stages.common.dag import BACKUP_DIR, SNAKEMAKE_LOCKS, clear_stale_backups
 from stages.common.dvc_stamps import UP_TO_DATE_MTIME, stamp_path
 from stages.common.stage_lock import StageBusy, holding, lock_file, stage_command
-from tests.conftest import REPO_ROOT, file_digests, run
 from stages.common.workspace import engine_env
+from tests.conftest import REPO_ROOT, file_digests, run
 
 BIN = Path(sys.executable).parent
 SNAKEMAKE = [str(BIN / "snakemake"), "--cores", "1"]
@@ -233,3 +234,18 @@ def test_two_engines_never_run_one_stage_at_once(cheap_workspace):
     finally:
         stop(dvc)
     assert file_digests(ws, MARKOV_OUTPUTS) == before
+
+
+def test_a_backup_left_by_a_killed_snakemake_is_cleared_once_no_snakemake_runs(tmp_path):
+    """Snakemake does not copy a folder output over an earlier copy, so one left by a killed run
+    would fail the job's next run; it goes when the Snakefile is read with no Snakemake holding
+    the folder, and stays while one does (it may be that run's own)."""
+    left = tmp_path / BACKUP_DIR / "data/policies/dqn_s42"
+    left.mkdir(parents=True)
+    (left / "policy.json").write_text("{}")
+    held = tmp_path / SNAKEMAKE_LOCKS / "0.output.lock"
+    held.parent.mkdir(parents=True)
+    held.write_text("data/policies/dqn_s42\n")
+    assert not clear_stale_backups(tmp_path) and left.is_dir()
+    held.unlink()  # `snakemake --unlock`, or the run ended
+    assert clear_stale_backups(tmp_path) and not (tmp_path / BACKUP_DIR).exists()
