@@ -72,7 +72,8 @@ def engine_of(pid: int) -> str | None:
         words = [Path(word).name for word in argv[:3]]
         engine = next((name for name in ENGINES if name in words), None)
         if engine is not None:
-            return f"{engine} (pid {parent}: {shlex.join(argv)})"
+            command = shlex.join(argv)  # a cluster job's Snakemake command runs to kilobytes
+            return f"{engine} (pid {parent}: {command[:200]}{'...' if len(command) > 200 else ''})"
         parent = _parent(parent)
     return None
 
