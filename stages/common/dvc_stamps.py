@@ -47,9 +47,11 @@ def stamp_path(stage_name: str) -> str:
 
 
 def source_files(stage: StageSpec, stages: list[StageSpec]) -> list[str]:
-    """The stage's dependencies that no stage produces (its code, and any other source file)."""
+    """The stage's dependencies that no stage produces (its code, and any other source file).
+    A source folder is left out: dvc.lock hashes it as a whole, and Snakemake dates it."""
     produced = {out for other in stages for out in other.outs}
-    return [dep for dep in stage.deps if not produced_by_a_stage(dep, produced)]
+    return [dep for dep in stage.deps
+            if not produced_by_a_stage(dep, produced) and not StageSpec.is_directory(dep)]
 
 
 def _md5(path: Path, cache: dict[Path, str | None]) -> str | None:
