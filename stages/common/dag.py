@@ -13,9 +13,10 @@ every seed); the report has a section per experiment, and the consumers of the p
 from :func:`policy_producers` which stage made which policy.
 
 A DVC output of ``type: checkpoint`` is a training run's resumable state. DVC keeps it between
-runs (``persist: true``); Snakemake deletes a job's outputs before the job runs, and again when it
-fails, so for Snakemake it is not an output: :attr:`StageSpec.state` lists it apart and the
-Snakefile only passes it along as a parameter. A killed run then resumes under either engine.
+runs (``persist: true``); Snakemake deletes a job's outputs before the job runs, or copies them
+aside if they are flagged ``update()`` as the Snakefile flags every output (gigabytes, for a
+replay buffer), so for Snakemake it is not an output: :attr:`StageSpec.state` lists it apart and
+the Snakefile only passes it along as a parameter. A killed run then resumes under either engine.
 
 A dependency on a folder that holds other stages' outputs (``data/policies``: every exported
 policy) is how a stage consumes "all of them" without listing each. DVC links such a folder to
