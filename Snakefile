@@ -2,8 +2,9 @@
 # dvc.yaml (read by DVC's own parser in stages/common/dag.py), so the two engines cannot drift.
 # Added here only what Snakemake alone needs: a log and a timing (benchmark) file per rule,
 # threads and resources from each stage's `meta`, figures and GIFs as items of Snakemake's own
-# report (`snakemake --report report.html`), and recording finished stages in dvc.lock so that
-# `dvc status` is clean after a Snakemake run.
+# report (`snakemake --report report.html`), recording finished stages in dvc.lock so that
+# `dvc status` is clean after a Snakemake run, and per stage a stamp dated by dvc.lock, so that
+# Snakemake reruns what DVC would, whichever engine ran last (stages/common/dvc_stamps.py).
 
 import os
 import sys
@@ -17,7 +18,8 @@ envvars:
 # Stage commands say `python`: make it the interpreter running Snakemake, activated or not.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
-from stages.common.dag import PENDING_DIR, StageSpec, read_dag, record_in_dvc_lock
+from stages.common.dag import PENDING_DIR, StageSpec, clear_stale_backups, read_dag, record_in_dvc_lock
+from stages.common.dvc_stamps import source_files, stamp_path, write_stamps
 from stages.common.settings import ParamError, read_params_file
 from stages.common.validation import validate_pipeline
 
@@ -36,10 +38,17 @@ try:
 except ParamError as error:
     raise WorkflowError(f"invalid parameters: {error}") from None
 
+# dvc.lock decides which stages changed (command, parameters, code). A job on a cluster node reads
+# this file again: the stamps are the submitting process's to write.
+if not workflow.remote_exec:
+    write_stamps(STAGES, workflow.basedir)
+    clear_stale_backups(workflow.basedir)
+
 
 def _output(path):
-    if StageSpec.is_directory(path):
-        return directory(path)
+    # update(): Snakemake leaves the previous output in place while the job runs and restores it
+    # if the job fails (stages replace their outputs atomically), as DVC does with `persist`.
+    path = update(directory(path) if StageSpec.is_directory(path) else path)
     # Figures and GIFs appear in `snakemake --report report.html`, one category per stage folder.
     if StageSpec.is_report_item(path):
         return report(path, category=Path(path).parent.as_posix())
@@ -55,16 +64,18 @@ rule all:
 def declare_rule(stage):
     # Inside a function so that each rule's shell command binds its own stage: Snakemake
     # evaluates the shell expression when the job runs, after a loop variable has moved on.
+    sources = set(source_files(stage, STAGES))
     rule:
         name:
             stage.rule_name
         input:
-            stage.inputs,
+            # Source files count by their hash, in the stamp; other stages' outputs by their date.
+            [ancient(dep) if dep in sources else dep for dep in stage.inputs],
+            # Newer than the outputs when the stage differs from its dvc.lock entry.
+            dvc_lock=stamp_path(stage.name),
         output:
             [_output(out) for out in stage.outs],
         params:
-            # The parameter values the stage reads: Snakemake reruns the rule when they change.
-            dvc_params=stage.params,
             # Resumable state the stage keeps between runs: not an output, so never deleted.
             state=stage.state,
         log:

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dpath
 import pytest
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
 from stages.common.dag import rule_name, snakemake_inputs
+from stages.common.dvc_stamps import stamp_path
 from stages.common.deps import code_dependencies, differences, has_code, import_closure, main, package_data
 from tests.conftest import repo_stages
 
@@ -52,14 +54,16 @@ def dvc_view(root: Path) -> dict:
                 "deps": [d.def_path for d in stage.deps if not isinstance(d, ParamsDependency)],
                 "outs": [o.def_path for o in stage.outs],
                 "params": params,
+                "param_keys": [key for d in stage.deps if isinstance(d, ParamsDependency) for key in d.params],
                 # Resumable training state: kept by DVC, passed to Snakemake but not as an output.
                 "state": [o.def_path for o in stage.outs if o.annot.type == "checkpoint"],
             }
         return view
 
 
-def disagreements(snakemake: dict, dvc: dict) -> list[str]:
+def disagreements(snakemake: dict, dvc: dict, root: Path) -> list[str]:
     problems = []
+    stamps = {rule_name(name): stamp_path(name) for name in dvc}
     rules = {name: rule for name, rule in snakemake.items() if name != "all"}
     dvc = {rule_name(name): stage for name, stage in dvc.items()}  # dqn@dqn is rule dqn_dqn
     every_output = [out for stage in dvc.values() for out in stage["outs"]]
@@ -69,7 +73,9 @@ def disagreements(snakemake: dict, dvc: dict) -> list[str]:
     for name in sorted(set(rules) & set(dvc)):
         rule, stage = rules[name], dvc[name]
         # A folder of other stages' outputs (data/policies) is, for Snakemake, those outputs.
-        expected_inputs = snakemake_inputs(stage["deps"], every_output)
+        # Plus the stage's stamp, holding the values it reads (stages/common/dvc_stamps.py).
+        stamp = stamps.get(name)
+        expected_inputs = [*snakemake_inputs(stage["deps"], every_output), stamp]
         if sorted(rule["input"]) != sorted(expected_inputs):
             problems.append(f"{name}: inputs {rule['input']} != deps {expected_inputs}")
         products = sorted(set(stage["outs"]) - set(stage["state"]))
@@ -77,7 +83,9 @@ def disagreements(snakemake: dict, dvc: dict) -> list[str]:
             problems.append(f"{name}: outputs {rule['output']} != outs {products}")
         if rule["params"].get("state", []) != stage["state"]:
             problems.append(f"{name}: Snakemake's state {rule['params'].get('state')} != {stage['state']}")
-        if rule["params"].get("dvc_params") != stage["params"]:
+        recorded = json.loads((root / stamp).read_text())["now"]["params"] if stamp else {}
+        if set(recorded) != set(stage["param_keys"]) or \
+                recorded != {key: dpath.get(stage["params"], key, separator=".") for key in recorded}:
             problems.append(f"{name}: params differ")
         if not rule["shell"].startswith(f"({stage['cmd']})"):
             problems.append(f"{name}: shell {rule['shell']!r} does not run cmd {stage['cmd']!r}")
@@ -90,7 +98,7 @@ def disagreements(snakemake: dict, dvc: dict) -> list[str]:
 def test_snakemake_and_dvc_declare_the_same_dag(repo_root):
     snakemake, dvc = snakemake_view(repo_root), dvc_view(repo_root)
     assert {"markov_chain", "mdp", "cartpole_basics"} <= set(dvc)
-    assert disagreements(snakemake, dvc) == []
+    assert disagreements(snakemake, dvc, repo_root) == []
 
 
 def test_the_agreement_check_catches_drift(repo_root, quick_workspace):
@@ -102,7 +110,7 @@ def test_the_agreement_check_catches_drift(repo_root, quick_workspace):
     snakefile.write_text(snakefile.read_text().replace(
         "[_output(out) for out in stage.outs]",
         "[_output(out) for out in stage.outs if not out.endswith('q_learning_curve.csv')]"))
-    problems = disagreements(snakemake_view(workspace), dvc_view(workspace))
+    problems = disagreements(snakemake_view(workspace), dvc_view(workspace), workspace)
     assert any("only Snakemake ['extra']" in p for p in problems)
     assert any(p.startswith("mdp: outputs") for p in problems)
 

@@ -13,9 +13,10 @@ every seed); the report has a section per experiment, and the consumers of the p
 from :func:`policy_producers` which stage made which policy.
 
 A DVC output of ``type: checkpoint`` is a training run's resumable state. DVC keeps it between
-runs (``persist: true``); Snakemake deletes a job's outputs before the job runs, and again when it
-fails, so for Snakemake it is not an output: :attr:`StageSpec.state` lists it apart and the
-Snakefile only passes it along as a parameter. A killed run then resumes under either engine.
+runs (``persist: true``); Snakemake deletes a job's outputs before the job runs, or copies them
+aside if they are flagged ``update()`` as the Snakefile flags every output (gigabytes, for a
+replay buffer), so for Snakemake it is not an output: :attr:`StageSpec.state` lists it apart and
+the Snakefile only passes it along as a parameter. A killed run then resumes under either engine.
 
 A dependency on a folder that holds other stages' outputs (``data/policies``: every exported
 policy) is how a stage consumes "all of them" without listing each. DVC links such a folder to
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
@@ -41,6 +43,11 @@ STATE_TYPE = "checkpoint"
 
 # Snakemake rules mark here the stages they completed; the next workflow end records them in DVC.
 PENDING_DIR = Path(".snakemake") / "dvc-pending"
+
+# Where Snakemake copies a job's previous outputs (flag update()) while the job runs, and the
+# locks of the Snakemake processes working in the folder.
+BACKUP_DIR = Path(".snakemake") / "backups"
+SNAKEMAKE_LOCKS = Path(".snakemake") / "locks"
 
 # Outputs a reader looks at (figures, GIFs): Snakemake's own report (`snakemake --report`) shows them.
 REPORT_SUFFIXES = (".png", ".gif")
@@ -262,3 +269,17 @@ def record_in_dvc_lock(root: str | Path = ".") -> list[str]:
     for name in names:
         (pending_dir / name).unlink()
     return recorded
+
+
+def clear_stale_backups(root: str | Path = ".") -> bool:
+    """Remove the backups a killed Snakemake left, when no Snakemake process holds the folder.
+
+    Snakemake copies each output flagged ``update()`` before its job and removes the copy when the
+    job ends; a copy left by a killed run would make the next run of that job fail (Snakemake
+    does not copy a folder over an existing backup). The outputs themselves were never removed.
+    """
+    backups, locks = Path(root) / BACKUP_DIR, Path(root) / SNAKEMAKE_LOCKS
+    if not backups.is_dir() or (locks.is_dir() and any(locks.iterdir())):
+        return False
+    shutil.rmtree(backups)
+    return True
