@@ -2,9 +2,8 @@
 remote through the dvc-ssh plugin, served by Debian's OpenSSH server on this machine's loopback.
 
 The quick run's outputs are pushed from one workspace and pulled into a fresh clone that has
-never run anything, which then has every output dvc.lock records but the training runs'
-resumable state, which DVC does not cache (DVC's status names that alone), and reproduces the
-run bit for bit (stages.common.reproduction). A pull from an empty remote or from a port where
+never run anything, which then has every output dvc.lock records (the Atari checkpoints
+included: DVC caches them like models), a clean `dvc status`, and reproduces the run bit for bit (stages.common.reproduction). A pull from an empty remote or from a port where
 no server listens fails and leaves the files already there as they were; stages.common.pull
 names the outputs it could not get. (docs/remote.md)
 """
@@ -25,7 +24,6 @@ import pytest
 import yaml
 from configobj import ConfigObj
 
-from stages.common.dag import read_dag
 from stages.common.workspace import GIT_IDENTITY
 from tests.conftest import DVC, REPO_ROOT, engine_locks, file_digests, run
 from tests.debian import SSH_SERVER, ensure_installed
@@ -206,12 +204,6 @@ def recorded_outputs(workspace: Path) -> list[str]:
     return sorted(out["path"] for entry in lock.values() for out in entry.get("outs", []))
 
 
-def resumable_state(workspace: Path) -> set[str]:
-    """The training runs' resumable state (``type: checkpoint``): DVC does not cache it, so no
-    remote carries it and a clone that pulled has none (docs/remote.md)."""
-    return {path for stage in read_dag(workspace) for path in stage.state}
-
-
 def files_under(workspace: Path) -> dict[str, bytes]:
     """Every file of the outputs' folders (data/, reports/), with its bytes."""
     return {str(f.relative_to(workspace)): f.read_bytes()
@@ -234,18 +226,13 @@ def test_pull_over_ssh_into_a_fresh_clone_reproduces_the_run(quick_run, ssh_serv
     use_remote(clone, ssh_server.url(storage), ssh_server.key)
     run([DVC, "pull"], clone)
 
-    # Every output dvc.lock records is there, as recorded, but the resumable state of training
-    # runs, which no remote has: DVC's status names that alone, and a repro that allows it
-    # missing has nothing to run.
-    state = resumable_state(clone)
-    outputs = [path for path in recorded_outputs(clone) if path not in state]
+    # Every output dvc.lock records is there, as recorded (the Atari checkpoints too: they are
+    # cached like models), so DVC's status is clean and a repro has nothing to run.
+    outputs = recorded_outputs(clone)
     assert file_digests(clone, outputs) == file_digests(source, outputs)
     status = json.loads(run([DVC, "status", "--json"], clone).stdout or "{}")
-    changed = {path: why for entries in status.values() for entry in entries
-               for path, why in entry.get("changed outs", {}).items()}
-    assert len(changed) == sum(len(entries) for entries in status.values()), status
-    assert set(changed) <= state and set(changed.values()) <= {"deleted"}, status
-    dry = run([DVC, "repro", "--allow-missing", "--dry"], clone)
+    assert status == {}, status
+    dry = run([DVC, "repro", "--dry"], clone)
     assert "Running stage" not in dry.stdout, dry.stdout
 
     # ... and the reproduction check finds every recorded stage reproduced.
@@ -293,11 +280,9 @@ def test_a_failed_pull_names_what_it_lacks_and_changes_nothing(quick_run, ssh_se
     pulled = run(["python", "-m", "stages.common.pull"], clone, check=False, timeout=PULL_TIMEOUT_S)
     said = pulled.stdout + pulled.stderr
     assert pulled.returncode == 1, said
-    state = resumable_state(clone)
-    lacking = [path for path in recorded_outputs(clone) if path not in {*present, *state}]
+    lacking = [path for path in recorded_outputs(clone) if path not in present]
     unnamed = [path for path in lacking if f"\n  {path}: not " not in said]
     assert not unnamed, f"the failed pull does not name {unnamed}:\n{said}"
     assert f"\n  {present[0]}: kept as it is here" in said, said
-    assert all(f"\n  {path}: not here: a training run's resumable state" in said for path in state), said
     assert f"{len(lacking) + 1} outputs are not what dvc.lock records" in said, said
     assert files_under(clone) == before, "the project's pull changed the files already there"

@@ -8,9 +8,7 @@
 what the remote has into DVC's cache (``dvc fetch``), then checks out only the outputs that are
 absent from the workspace and now complete in the cache. An output already in the workspace is
 never replaced, even when it differs from what dvc.lock records. It ends with one line per
-output that is still not what dvc.lock records, saying why, and exits 1 if there is any. A
-training run's resumable state (``type: checkpoint``) is not cached by DVC and so on no remote:
-its absence is told, not counted.
+output that is still not what dvc.lock records, saying why, and exits 1 if there is any.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ class Outcome:
     fetch_error: str | None = None
     checked_out: list[str] = field(default_factory=list)
     lacking: dict[str, str] = field(default_factory=dict)  # output -> why it is not as recorded
-    absent_state: list[str] = field(default_factory=list)  # resumable state: no remote has it
 
 
 def pull(root: Path, remote: str | None = None) -> Outcome:
@@ -36,8 +33,6 @@ def pull(root: Path, remote: str | None = None) -> Outcome:
     and now complete in the cache; report what is still not as dvc.lock records."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
-
-    from stages.common.dag import STATE_TYPE
 
     outcome = Outcome()
     with Repo(str(root)) as repo:
@@ -64,9 +59,6 @@ def pull(root: Path, remote: str | None = None) -> Outcome:
                 continue
             if out.exists:
                 why = "kept as it is here, though it differs from dvc.lock"
-            elif out.annot.type == STATE_TYPE:
-                outcome.absent_state.append(where(out))
-                continue
             elif not out.use_cache:
                 why = "not here, and DVC does not cache it (cache: false): it comes from git"
             elif outcome.fetch_error:
@@ -90,9 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     if outcome.fetch_error:
         print(f"fetch: {outcome.fetch_error}", file=sys.stderr)
     print(f"{len(outcome.checked_out)} outputs checked out from the remote")
-    for path in outcome.absent_state:
-        print(f"  {path}: not here: a training run's resumable state, which DVC does not cache "
-              "(no remote has it; needed only to resume that run)")
     if outcome.lacking:
         print(f"{len(outcome.lacking)} outputs are not what dvc.lock records (outputs already here "
               "were left as they were):", file=sys.stderr)

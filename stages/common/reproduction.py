@@ -18,9 +18,9 @@ When the fingerprint in the workspace's dvc.lock differs, the stage ran from oth
 and the check says so instead of reporting a difference in results. Outputs of upstream stages
 are left out of the fingerprint: they are checked as those stages' own outputs.
 
-A training run's resumable state (outputs of ``type: checkpoint``) is not cached by DVC, so no
-remote carries it: in a workspace that pulled its outputs rather than running, it is absent. An
-absent resumable state is left out of the comparison and named; a present one is compared.
+A training run's resumable state (outputs of ``type: checkpoint``) may be absent where its run is
+finished: deleted to free the disk, or left out of a partial pull. An absent resumable state is
+left out of the comparison and named; a present one is compared.
 
 Verdicts: ``reproduced`` (every file as recorded), ``differs`` (with the files), ``other inputs``
 (code or params changed since the record), ``not run`` (no output present), ``not recorded``.
