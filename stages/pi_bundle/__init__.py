@@ -42,9 +42,9 @@ class ObservationSet(Block):
 
 
 class FineTuning(Block):
-    """Quantization-aware fine-tuning of each policy's int8 copy (stages/pi_bundle/fine_tuning.py): the network
-    with the int8 model's rounding in its forward pass, trained to reproduce the float policy's
-    outputs on observations the float policy visits. For a Keras policy the whole network, for a
+    """Quantization-aware fine-tuning of each policy's int8 copy (stages/pi_bundle/fine_tuning.py):
+    the network with the int8 model's rounding in its forward pass, trained to reproduce the float
+    policy's outputs on observations the float policy visits. For a Keras policy the whole network, for a
     TF-Agents Q-network (Atari) its pairwise comparison layer, from its float weights
     (``initializations`` and ``output_quantile`` apply to the Keras policies)."""
 

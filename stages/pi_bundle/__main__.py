@@ -21,8 +21,6 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import tensorflow as tf
-
 from pi.policy_runtime import FORMAT, MANIFEST, sha256, verify_bundle
 from stages.common.dag import StageSpec, policy_producers, read_dag
 from stages.common.io import atomic_folder, write_json
@@ -65,17 +63,20 @@ def read_results(policies: list[str], stages: list[StageSpec]) -> dict[str, Poli
     return results
 
 
-def write_manifest(folder: Path, policies: dict[str, Any]) -> dict[str, Any]:
+def write_manifest(folder: Path, results: dict[str, PolicyResult]) -> dict[str, Any]:
+    """manifest.json: the policies' entries, every file's sha256, and the converter (as each model
+    records it) and runtime versions."""
     files = {path.relative_to(folder).as_posix(): sha256(path)
              for path in sorted(folder.rglob("*")) if path.is_file()}
+    converters = {model.converted_by for result in results.values() for model in result.manifest.models.values()}
     manifest = {
         "format": FORMAT,
         "description": "Trained policies of the chapter 18 pipeline as TFLite models; run them with "
                        "run_policy.py (see README.md)",
-        "converted_by": f"tensorflow {tf.__version__}",
+        "converted_by": ", ".join(sorted(converters)),
         "runtime": f"ai-edge-litert {version('ai-edge-litert')}",
         "files": files,
-        "policies": policies,
+        "policies": {name: result.manifest.to_json() for name, result in results.items()},
     }
     write_json(folder / MANIFEST, manifest)
     return manifest
@@ -116,7 +117,7 @@ def main() -> None:
             spec = result.manifest
             for file in [*(spec.models[p].file for p in PRECISIONS), spec.sample.file]:
                 shutil.copyfile(CONVERTED / name / file, folder / file)
-        write_manifest(folder, {name: result.manifest.to_json() for name, result in results.items()})
+        write_manifest(folder, results)
         verify_bundle(folder)
     write_reproducible_tar_gz(BUNDLE, ARCHIVE, executables=frozenset({RUNNER}))
     reports = {name: result.benchmark for name, result in results.items()}

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from pi.policy_runtime import ACTION_RULES, TFLitePolicy
 from stages.common.policies import PolicyEntry
@@ -54,6 +53,8 @@ READ_BACK_AGREEMENT = 0.999
 
 def model_record(file: str, content: bytes, normalization: dict | None, outputs: str, output_kind: str) -> Model:
     """A model's manifest entry before it is measured."""
+    import tensorflow as tf
+
     return Model(file=file, size_bytes=len(content), converted_by=f"tensorflow {tf.__version__}",
                  input_normalization=normalization, outputs=outputs, output_kind=output_kind,
                  action_rule=ACTION_RULES[output_kind], **describe_model(content))
@@ -158,6 +159,8 @@ def pairwise_candidates(inputs: Inputs) -> Made:
     """A TF-Agents saved Q-policy's Q-network read back from its graph, as the pairwise model with
     its pairwise layer as it is and fine-tuned (the rest of the network rounded as the converter
     will, :func:`stages.pi_bundle.fine_tuning.int8_hidden_features`)."""
+    import tensorflow as tf
+
     entry, cfg = inputs.entry, inputs.cfg
     why = "a TF-Agents saved policy"
     try:

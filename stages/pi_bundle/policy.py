@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,21 @@ from stages.pi_bundle.records import (
     Source,
 )
 from stages.pi_bundle.tflite import convert_float32, convert_int8, load_original, original_outputs
+
+
+SECTION = "pi_bundle"  # the settings this module reads (Settings), for the pipeline's validation
+
+
+def arguments(argv: Sequence[str]) -> list[str]:
+    """The policy names on the command line."""
+    parser = argument_parser(__doc__)
+    parser.add_argument("policies", nargs="+", metavar="POLICY", help="a policy of the index (data/policies)")
+    return parse_arguments(parser, argv).policies
+
+
+def settings(argv: Sequence[str], params: Params) -> Settings:
+    arguments(argv)
+    return params.read(Settings, SECTION)
 
 
 def model_file(policy: str, precision: str) -> str:
@@ -200,13 +216,10 @@ def convert(cfg: Settings, entry: PolicyEntry) -> PolicyResult:
 
 
 def main() -> None:
-    parser = argument_parser(__doc__)
-    parser.add_argument("policies", nargs="+", metavar="POLICY", help="a policy of the index (data/policies)")
-    args = parse_arguments(parser, sys.argv[1:])
-    cfg = Params.load().read(Settings, "pi_bundle")
+    cfg = settings(sys.argv[1:], Params.load())
     seed_everything(cfg.seed)
     entries = []
-    for name in args.policies:
+    for name in arguments(sys.argv[1:]):
         if not (INDEX_DIR / name).is_dir():
             raise InputError(f"no policy {name!r} in {INDEX_DIR}: run the stage that exports it first")
         entries.append(read_entry(INDEX_DIR / name))
