@@ -18,10 +18,10 @@ import argparse
 import numpy as np
 
 import stages  # noqa: F401  (TensorFlow settings before TensorFlow loads)
-from pi.policy_runtime import TFLitePolicy, verify_bundle
-from pi.run_policy import latency
+from pi.policy_runtime import TFLitePolicy, latency, verify_bundle
 from stages.common.policies import INDEX_DIR, load_index, load_policy
-from stages.pi_bundle.__main__ import BUNDLE, PRECISIONS
+from stages.pi_bundle.__main__ import BUNDLE
+from stages.pi_bundle.records import PRECISIONS
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ copy to drift: what the pipeline measured is what the Pi runs.
 - **Checksums**: :func:`sha256` and :func:`verify_bundle` (the manifest's fields, then every file
   of a bundle against its manifest, before anything is loaded).
 - **Action rules**: :func:`actions_from_outputs`, greedy or sampled, for every output kind.
-- **Models**: :class:`TFLitePolicy`, a bundled TFLite model with its quantization and action rule.
+- **Models**: :class:`TFLitePolicy` (a TFLite model, its quantization and action rule); :func:`latency`.
 - **Atari preprocessing**: :func:`make_atari_env` rebuilds the observations an Atari policy was
   trained on from a plain description (:func:`preprocessing_description`): the steps of
   Gymnasium's ``AtariPreprocessing`` (random no-ops at reset, frame skip with max-pooling of the
@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,11 +196,8 @@ def denormalize(normalized: np.ndarray, normalization: Mapping[str, Sequence[flo
 
 
 class TFLitePolicy:
-    """A bundled model with its action rule: observations in, greedy actions out.
-
-    The rule is the model's own ``output_kind`` where the manifest gives one (a fine-tuned int8
-    model outputs action preferences, its float32 sibling the policy's ``output``).
-    """
+    """A bundled model with its action rule (the model's own ``output_kind`` where the manifest gives
+    one, else the policy's ``output``): observations in, greedy actions out."""
 
     def __init__(self, bundle: Path, spec: dict[str, Any], precision: str) -> None:
         from ai_edge_litert.interpreter import Interpreter
@@ -238,6 +236,17 @@ class TFLitePolicy:
 
     def actions(self, observations: np.ndarray) -> np.ndarray:
         return actions_from_outputs(self.output, self.outputs(observations))
+
+
+def latency(act: Callable[[np.ndarray], Any], observation: np.ndarray, calls: int) -> dict[str, float]:
+    """Median and 99th percentile of one action for one observation, after up to 20 warm-up calls."""
+    batch, times = observation[None], np.empty(calls)
+    for i in range(-min(calls, 20), calls):  # the negative ones warm up
+        start = time.perf_counter()
+        act(batch)
+        if i >= 0:
+            times[i] = time.perf_counter() - start
+    return {"median_wall_time_s": float(np.median(times)), "p99_wall_time_s": float(np.percentile(times, 99))}
 
 
 # --- Atari -------------------------------------------------------------------------------------

@@ -26,18 +26,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 try:  # imported by the pipeline (benchmarks, the bundle stage): the package's own module
-    from pi.policy_runtime import BundleError, TFLitePolicy, make_env, play, policy_spec, verify_bundle
+    from pi.policy_runtime import BundleError, TFLitePolicy, latency, make_env, play, policy_spec, verify_bundle
 except ImportError:  # run as a script, in the bundle or in pi/: policy_runtime.py lies next to this file
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from policy_runtime import BundleError, TFLitePolicy, make_env, play, policy_spec, verify_bundle
+    from policy_runtime import BundleError, TFLitePolicy, latency, make_env, play, policy_spec, verify_bundle
 
 EXIT_BAD_BUNDLE = 3
 EXIT_BAD_INPUT = 4
@@ -80,21 +77,6 @@ def choose_precision(spec: dict, name: str, requested: str | None = None,
 
 
 # --- timing ---------------------------------------------------------------------------------------
-
-
-def latency(act: Callable[[np.ndarray], Any], observation: np.ndarray, calls: int) -> dict[str, float]:
-    """Median and 99th percentile of one action for one observation, after a warm-up. The bundle
-    stage and benchmarks/pi_latency.py time with this too, so every figure is the same measure."""
-    batch = observation[None]
-    for _ in range(min(calls, 20)):
-        act(batch)
-    times = np.empty(calls)
-    for i in range(calls):
-        start = time.perf_counter()
-        act(batch)
-        times[i] = time.perf_counter() - start
-    return {"median_wall_time_s": float(np.median(times)),
-            "p99_wall_time_s": float(np.percentile(times, 99))}
 
 
 def time_models(bundle: Path, name: str, spec: dict, calls: int) -> list[str]:

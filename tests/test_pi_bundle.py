@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
-from stages.common.bundle import write_reproducible_tar_gz
+from stages.pi_bundle.archive import write_reproducible_tar_gz
 from stages.common.settings import ParamError, Params, read_params_file
 from stages.common.workspace import REPO_ROOT, engine_env, merge
 from stages.pi_bundle import settings as bundle_settings
@@ -89,7 +89,8 @@ def build_index(index: Path) -> None:
 
 
 def build_a_bundle(ws: Path) -> None:
-    """A workspace where the pi_bundle stage ran on the index above (quick-profile settings)."""
+    """A workspace where the policies above were converted by a per-policy stage (as a pi_<trainer>
+    stage does) and packed by the pi_bundle stage (quick-profile settings)."""
     ws.mkdir(parents=True)
     for name in ("stages", "pi"):
         (ws / name).symlink_to(REPO_ROOT / name)
@@ -98,14 +99,19 @@ def build_a_bundle(ws: Path) -> None:
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
     policies = [f"data/policies/{name}" for name in POLICIES]
+    convert = ["-m", "stages.pi_bundle.policy", *POLICIES]
     dvc_yaml = {"stages": {MAKER: {"cmd": "python -m tests.test_pi_bundle", "outs": policies},
+                           f"pi_{MAKER}": {"cmd": "python " + " ".join(convert), "deps": policies,
+                                           "outs": [f"data/pi_policies/{name}" for name in POLICIES]
+                                           + [f"reports/pi_bundle/policies/{name}.json" for name in POLICIES]},
                            "pi_bundle": stages["pi_bundle"]}}
     (ws / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=ws, check=True)
     build_index(ws / "data/policies")
-    result = subprocess.run([sys.executable, "-m", "stages.pi_bundle"], cwd=ws, capture_output=True,
-                            text=True, env=engine_env())
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for command in (convert, ["-m", "stages.pi_bundle"]):
+        result = subprocess.run([sys.executable, *command], cwd=ws, capture_output=True, text=True,
+                                env=engine_env())
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 @pytest.fixture(scope="session")
@@ -150,7 +156,7 @@ def test_every_file_is_in_the_manifest_with_its_checksum(bundled):
 def test_each_policys_default_precision_follows_its_measurements(bundled):
     """int8 is the default exactly where it kept the target share of held-out actions and a mean
     return inside the float32 policy's interval; its model is marked unsafe everywhere else."""
-    from stages.pi_bundle.__main__ import default_precision
+    from stages.pi_bundle.parity import default_precision
 
     manifest = manifest_of(bundled / "data/pi_bundle")
     report = json.loads((bundled / "reports/pi_bundle/benchmark.json").read_text())
@@ -169,7 +175,7 @@ def test_each_policys_default_precision_follows_its_measurements(bundled):
 
 def test_fine_tuning_brings_the_int8_models_closer_to_the_float_policies(bundled):
     """Measured on held-out observations, against the same policy's post-training int8 model."""
-    from stages.common.tflite import largest_multiplier
+    from stages.pi_bundle.tflite import largest_multiplier
 
     bundle = bundled / "data/pi_bundle"
     report = json.loads((bundled / "reports/pi_bundle/benchmark.json").read_text())
@@ -207,7 +213,7 @@ def test_fine_tuning_brings_the_int8_models_closer_to_the_float_policies(bundled
 
 def test_the_default_precision_rule_needs_both_the_actions_and_the_return():
     from stages.common.statistics import bootstrap_mean_interval
-    from stages.pi_bundle.__main__ import default_precision
+    from stages.pi_bundle.parity import default_precision
 
     # Ten CartPole episodes of a float policy that usually reaches the 200-step cap.
     returns = [200.0, 200.0, 187.0, 200.0, 164.0, 200.0, 200.0, 193.0, 200.0, 178.0]
@@ -260,20 +266,23 @@ def test_float32_matches_the_original_and_int8_agreement_is_measured(bundled):
 
 
 def test_input_rounding_agreement_counts_the_choices_the_int8_input_grid_flips():
-    from stages.pi_bundle.__main__ import input_rounding_agreement
+    from stages.pi_bundle.parity import input_rounding_agreement
 
     model = {"input": {"dtype": "int8", "scale": 0.1, "zero_point": 0},
              "input_normalization": {"center": [0.0], "scale": [1.0]}}
     observations = np.linspace(-1, 1, 2001, dtype=np.float32)[:, None]
     policy = lambda batch: (batch[:, 0] >= 0.33).astype(np.int64)  # noqa: E731
     # Rounded to the grid, 0.330 ... 0.349 become 0.3 and change action: 20 of 2001 observations.
-    agreement = input_rounding_agreement(model, policy, observations, policy(observations))
+    agreement = input_rounding_agreement(model["input_normalization"], model["input"], policy, observations,
+                                         policy(observations))
     assert abs(agreement - (1 - 20 / 2001)) <= 1 / 2001
     on_grid = np.round(observations * 10) / 10
-    assert input_rounding_agreement(model, policy, on_grid, policy(on_grid)) == 1.0
+    assert input_rounding_agreement(model["input_normalization"], model["input"], policy, on_grid,
+                                    policy(on_grid)) == 1.0
     # Integer observations (Atari frames) reach the int8 model as they are: nothing to measure.
     frames = {"input": {"dtype": "uint8", "scale": None, "zero_point": None}, "input_normalization": None}
-    assert input_rounding_agreement(frames, policy, observations, policy(observations)) is None
+    assert input_rounding_agreement(frames["input_normalization"], frames["input"], policy, observations,
+                                    policy(observations)) is None
 
 
 def test_atari_environments_lent_again_play_the_episodes_fresh_ones_play():
@@ -283,7 +292,7 @@ def test_atari_environments_lent_again_play_the_episodes_fresh_ones_play():
 
     from stages.common.evaluation import evaluate_policy
     from stages.common.policies import make_policy_env
-    from stages.pi_bundle.__main__ import episode_environments
+    from stages.pi_bundle.observations import episode_environments
 
     preprocessing = {"kind": "atari", "noop_max": 30, "frame_skip": 4, "screen_size": 84, "frame_stack": 4,
                      "max_episode_steps": 27000, "after_reset": {"action": "FIRE", "steps": 1},
@@ -561,6 +570,55 @@ def test_fine_tuning_raises_the_int8_agreement_of_the_quick_profiles_policies(qu
     for name, spec in manifest["policies"].items():
         assert spec["default_precision"] in ("float32", "int8"), name
         assert spec["models"]["int8"]["safe"] is (spec["default_precision"] == "int8"), name
+
+
+# --- the stages ---------------------------------------------------------------------------------
+
+
+def test_each_trainer_has_a_pi_stage_that_mirrors_it_and_pi_bundle_only_gathers():
+    """pi_<trainer> has its trainer's foreach/matrix, a stage per training stage, which reads
+    exactly that stage's exported policy folders (besides code), names them in its command and
+    writes each one's conversion and its result file (committed to git); pi_bundle reads the
+    conversions, not the policies."""
+    from stages.common.dag import read_dag
+
+    declarations = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    groups: dict[str, list] = {}
+    for stage in read_dag(REPO_ROOT):
+        groups.setdefault(stage.group, []).append(stage)
+    trainers = [group for group, members in groups.items() if any(s.policies for s in members)]
+    assert {"nn_policy", "pg_cartpole", "pg_lunarlander", "dqn", "atari_dqn"} <= set(trainers)
+    for trainer in trainers:
+        name = f"pi_{trainer}"
+        assert name in declarations, f"{trainer} exports policies but has no {name}"
+        for key in ("foreach", "matrix"):
+            assert declarations[name].get(key) == declarations[trainer].get(key), (name, key)
+        converters = {s.name.removeprefix(name): s for s in groups[name]}
+        for trained in groups[trainer]:
+            converter = converters.pop(trained.name.removeprefix(trainer))
+            names = [Path(folder).name for folder in trained.policies]
+            assert [d for d in converter.deps if not d.endswith(".py")] == trained.policies, converter.name
+            assert converter.module == "stages.pi_bundle.policy" and converter.argv == names, converter.name
+            assert converter.outs == [*(f"data/pi_policies/{p}" for p in names),
+                                      *(f"reports/pi_bundle/policies/{p}.json" for p in names)], converter.name
+        assert not converters, f"{name} has stages no {trainer} stage matches: {sorted(converters)}"
+        body = declarations[name].get("do", declarations[name])
+        results = [out for out in body["outs"] if str(next(iter(out))).startswith("reports/")]
+        assert results and all(next(iter(out.values())).get("cache") is False for out in results), name
+    gathering = groups["pi_bundle"][0]
+    assert not any(dep == "data/policies" or dep.startswith("data/policies/") for dep in gathering.deps)
+    assert {"data/pi_policies", "reports/pi_bundle/policies"} <= set(gathering.deps)
+
+
+def test_the_bundle_names_the_stage_of_a_policy_not_converted_yet(bundled, tmp_path):
+    ws = Path(shutil.copytree(bundled, tmp_path / "ws", symlinks=True))
+    (ws / "reports/pi_bundle/policies" / f"{CARTPOLE}.json").unlink()
+    before = (ws / "data/pi_bundle.tar.gz").read_bytes()
+    result = subprocess.run([sys.executable, "-m", "stages.pi_bundle"], cwd=ws, capture_output=True, text=True,
+                            env=engine_env())
+    assert result.returncode == 2, result.stderr
+    assert f"policy {CARTPOLE} is not converted" in result.stderr and f"pi_{MAKER}" in result.stderr
+    assert (ws / "data/pi_bundle.tar.gz").read_bytes() == before  # nothing written
 
 
 # --- parameters -------------------------------------------------------------------------------

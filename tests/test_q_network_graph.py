@@ -1,5 +1,5 @@
 """A TF-Agents saved Q-policy's network read back from its graph, and its int8 model with action
-preferences from pairwise comparisons (stages/common/q_network_graph.py, stages/common/tflite.py).
+preferences from pairwise comparisons (stages/pi_bundle/q_network_graph.py, stages/pi_bundle/tflite.py).
 
 The networks here are small TF-Agents QNetworks saved with PolicySaver, as the atari_dqn stage
 saves its policies: a convolutional one on uint8 frames (the Atari layout, scaled down) and a
@@ -15,7 +15,7 @@ import pytest
 
 import stages  # noqa: F401  (selects tf_keras for TF-Agents before TensorFlow loads)
 from stages.common.policies import PolicyEntry
-from stages.common.q_network_graph import UnreadableNetwork, read_q_network
+from stages.pi_bundle.q_network_graph import UnreadableNetwork, read_q_network
 
 FRAMES = (12, 12, 2)
 N_ACTIONS = 4
@@ -55,7 +55,7 @@ def frames(n: int, seed: int = 0) -> np.ndarray:
 
 
 def greedy_actions(saved, observations: np.ndarray) -> np.ndarray:
-    from stages.common.tflite import serving_function
+    from stages.pi_bundle.tflite import serving_function
 
     entry = PolicyEntry(name="q", stage="test", env_id="CartPole-v1", model="saved_policy",
                         output="tf_agents_policy", observation_shape=observations.shape[1:],
@@ -104,7 +104,7 @@ def test_pairwise_preferences_keep_the_greedy_action_and_survive_int8(tmp_path):
     greedy actions as the Q-values quantized after training do."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from stages.common.tflite import _int8, convert_pairwise, pairwise_layer, serving_function
+    from stages.pi_bundle.tflite import _int8, convert_pairwise, pairwise_layer, serving_function
 
     saved, q_net = frames_policy(tmp_path / "policy")
     network = read_q_network(saved)

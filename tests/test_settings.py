@@ -149,13 +149,17 @@ def test_a_yaml_syntax_error_is_named_by_its_line_whichever_engine_reads_it(tmp_
 
 def test_every_stage_reads_exactly_the_params_dvc_yaml_declares(repo_root):
     """A stage may read only what DVC tracks for it, and declares nothing it does not read.
-    Stages that read every policy also depend on the lists that decide which stages exist."""
+    Stages that read every policy, or every policy's results (a folder of other stages' outputs),
+    also depend on the lists that decide which stages exist."""
     stages = repo_stages()
     dimensions = set(dimension_params(yaml.safe_load((repo_root / "dvc.yaml").read_text())))
+    every_output = {out for stage in stages for out in stage.outs}
     for stage in stages:
         params = Params.load(repo_root / "params.yaml")
         stage_package(stage).settings(stage.argv, params)
-        expected = set(params.read_keys) | (dimensions if "data/policies" in stage.deps else set())
+        gathers = any(dep not in every_output and any(out.startswith(f"{dep}/") for out in every_output)
+                      for dep in stage.deps)
+        expected = set(params.read_keys) | (dimensions if gathers else set())
         assert set(stage.param_keys) == expected, stage.name
 
 

@@ -42,9 +42,9 @@ class ObservationSet(Block):
 
 
 class FineTuning(Block):
-    """Quantization-aware fine-tuning of each policy's int8 copy (stages/common/qat.py): the network
-    with the int8 model's rounding in its forward pass, trained to reproduce the float policy's
-    outputs on observations the float policy visits. For a Keras policy the whole network, for a
+    """Quantization-aware fine-tuning of each policy's int8 copy (stages/pi_bundle/fine_tuning.py):
+    the network with the int8 model's rounding in its forward pass, trained to reproduce the float
+    policy's outputs on observations the float policy visits. For a Keras policy the whole network, for a
     TF-Agents Q-network (Atari) its pairwise comparison layer, from its float weights
     (``initializations`` and ``output_quantile`` apply to the Keras policies)."""
 
@@ -104,7 +104,7 @@ class Settings(StageSettings):
     pairwise_output_quantile: Probability
     """TF-Agents Q-networks (Atari): the int8 model's preference for action a sums, over the other
     actions b, Q(a) - Q(b) divided by this quantile of |Q(a) - Q(b)| over the calibration
-    observations and clipped to [-1, 1] (stages/common/tflite.py, convert_pairwise)."""
+    observations and clipped to [-1, 1] (stages/pi_bundle/tflite.py, convert_pairwise)."""
     float32_tolerance: PositiveFloat
     """Largest allowed |TFLite float32 - original| / max(1, |original|)."""
     int8_agreement_target: Probability

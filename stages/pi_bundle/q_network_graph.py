@@ -3,7 +3,7 @@
 A policy saved with TF-Agents' ``PolicySaver`` keeps its Q-network's variables but not the
 network as an object: what is left is the ``action`` function's graph, in which the network
 computes its Q-values and an ``ArgMax`` picks the action. The Pi bundle needs the Q-values
-themselves (its int8 model outputs their pairwise differences, stages/common/tflite.py), so this
+themselves (its int8 model outputs their pairwise differences, stages/pi_bundle/tflite.py), so this
 module walks that graph from the ``ArgMax`` back to the observation and rebuilds the layers it
 recognises: the preprocessing of ``EncodingNetwork`` (a cast and a division by a constant),
 ``Conv2D`` with its strides and padding, the flatten, and dense layers, each with ReLU or no

@@ -19,13 +19,13 @@ scaling is folded into the first layer by the converter, and a Q-network outputs
 Q(s, a) - Q(s, 0), which has the same argmax (two Q-values near 20 or 100 that differ by less than
 one of 256 steps over their whole range would otherwise become one, and argmax pick action 0).
 :func:`convert_decision_network` converts a network fine-tuned with the int8 rounding in its
-forward pass (:mod:`stages.common.qat`), whose outputs are action preferences; the pi_bundle stage
+forward pass (:mod:`stages.pi_bundle.fine_tuning`), whose outputs are action preferences; the pi_bundle stage
 ships it for every Keras policy it can read as dense layers. :func:`convert_pairwise` converts a
-TF-Agents Q-network read back from its saved policy (:mod:`stages.common.q_network_graph`) with
+TF-Agents Q-network read back from its saved policy (:mod:`stages.pi_bundle.q_network_graph`) with
 action preferences built from pairwise comparisons of its Q-values as output (why: see there).
 
 Every converter here converts the function's frozen graph directly
-(``experimental_lower_to_saved_model = False``), about ten times faster than through a SavedModel.
+(``experimental_lower_to_saved_model = False``), much faster than through a SavedModel.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from stages.common.policies import PolicyEntry, load_model
-from stages.common.q_network_graph import QNetwork
-from stages.common.qat import OUTPUT_KIND, DecisionNetwork, q_difference_layer
+from stages.pi_bundle.decision_network import OUTPUT_KIND, DecisionNetwork, q_difference_layer
+from stages.pi_bundle.q_network_graph import QNetwork
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,8 @@ def _converter(function: Any) -> Any:
     """A converter for one concrete function, straight from its frozen graph.
 
     ``experimental_lower_to_saved_model = False``: by default the converter first saves the
-    function (and the model it belongs to) as a SavedModel and converts that, about ten times
-    slower for these small networks (a CartPole DQN 0.51 s against 0.05 s) with the same result.
+    function (and the model it belongs to) as a SavedModel and converts that, much slower for
+    these small networks, with the same result.
     """
     import tensorflow as tf
 
@@ -222,6 +222,11 @@ class PairwiseLayer:
     bias: np.ndarray  # (pairs,)
     size: float  # the typical |Q(s, a) - Q(s, b)| the layer's outputs are divided by
 
+    @property
+    def n_actions(self) -> int:
+        """n, from the n (n - 1) / 2 pairs."""
+        return int(round((1 + np.sqrt(1 + 8 * self.weights.shape[1])) / 2))
+
 
 def pairwise_layer(network: QNetwork, observations: np.ndarray, quantile: float) -> PairwiseLayer:
     """The Q-network's last layer as pairwise differences, divided by the ``quantile`` quantile of
@@ -259,23 +264,18 @@ def convert_pairwise(entry: PolicyEntry, network: QNetwork, calibration: np.ndar
     """A Q-network as a full-integer int8 model whose outputs are action preferences built from
     pairwise comparisons: for each action a, ``sum over b != a of clip((Q(s, a) - Q(s, b)) / d, -1, 1)``,
     ``d`` a typical size of ``|Q(s, a) - Q(s, b)|`` (:func:`pairwise_layer`; ``layer`` may be a
-    fine-tuned copy of it, :func:`stages.common.qat.fine_tune_pairwise_layer`, and ``teacher`` the
+    fine-tuned copy of it, :func:`stages.pi_bundle.fine_tuning.fine_tune_pairwise_layer`, and ``teacher`` the
     layer whose float outputs it approximates). The greedy action of the Q-values has the largest
     preference (each of its terms is at least the matching term of any other action, and their own
     pair counts for it), so the runner's rule for action preferences (argmax) applies unchanged.
 
-    Why: an int8 output spends its 256 steps on the whole range of what it outputs. Atari Q-values
-    span 0 to 4 (Breakout) or 0 to 43 (Space Invaders) while the best two actions differ by less
-    than 0.009 (0.04) in half of the states, below one step: quantized after training, the int8
-    model chose the float model's action on 79% (54%) of held-out observations. Q-values minus
-    their mean over actions still span 0.9 (7.7): 92% (85%). Each pair's difference is one linear
-    function of the last hidden layer (weights ``W[:, a] - W[:, b]``, folded into one dense
-    layer); clipped to the size of a typical difference, its steps resolve the close choices and
-    only the sign of the far ones counts. A second dense layer with weights +-1 (exact in int8)
-    sums them per action: 95% (94%), the rest being the rounding of the weights and activations.
-    The comparisons' signs alone (the action winning most pairs) did no better (95%, 94%).
-    Measured on the full profile's policies; the quantile mattered little (0.1 to 0.5: within 0.2
-    points).
+    Why: an int8 output spends its 256 steps on the whole range of what it outputs, and Atari
+    Q-values span far more than the difference between the best two actions in most states, which
+    then falls below one step. Each pair's difference is one linear function of the last hidden
+    layer (weights ``W[:, a] - W[:, b]``, folded into one dense layer); clipped to the size of a
+    typical difference, its steps resolve the close choices and only the sign of the far ones
+    counts. A second dense layer with weights +-1 (exact in int8, :func:`wins_matrix`) sums them
+    per action. What each step gained: docs/experiments/pi_bundle.md.
     """
     import tensorflow as tf
 
