@@ -67,6 +67,10 @@ def test_committed_results_and_cached_artifacts_are_told_apart(repo_root):
         if not committed and seen:
             problems.append(f"{stage}: {path} is {'cached' if cached else 'a checkpoint'} but git sees it")
     assert problems == []
+    # What git already keeps there (the book's numbers in data/) stays visible to it.
+    tracked = subprocess.run(["git", "ls-files", "data", "reports"], cwd=repo_root, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert "data/book_results.yaml" in tracked and ignored(repo_root, tracked) == set()
 
 
 def test_the_gathering_stages_read_only_committed_results(repo_root):
@@ -136,3 +140,20 @@ def rebuild_from_committed_results(workspace: Path) -> None:
 @pytest.mark.e2e
 def test_the_aggregate_and_the_report_rebuild_from_committed_results_alone(clone_of_quick_run):
     rebuild_from_committed_results(clone_of_quick_run())
+
+
+def test_a_profile_workspace_leaves_the_committed_results_behind(tmp_path):
+    """The committed results are the full profile's, like dvc.lock: a quick workspace starts
+    without them (an engine would take them for its own), and keeps data/'s own files."""
+    from stages.common.workspace import create_workspace
+
+    source = create_workspace(tmp_path / "source", profile=None)
+    for result in ("reports/markov_chain/metrics.json", "data/dqn/dqn/s42/dvclive/metrics.json"):
+        (source / result).parent.mkdir(parents=True, exist_ok=True)
+        (source / result).write_text("{}\n")
+    assert not ignored(source, ["reports/markov_chain/metrics.json", "data/dqn/dqn/s42/dvclive/metrics.json"])
+    quick = create_workspace(tmp_path / "quick", profile="quick", source=source)
+    assert not (quick / "reports").exists() and not (quick / "data/dqn").exists()
+    assert (quick / "data/book_results.yaml").is_file()
+    as_is = create_workspace(tmp_path / "as-is", profile=None, source=source)
+    assert (as_is / "reports/markov_chain/metrics.json").is_file()
