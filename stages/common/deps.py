@@ -45,9 +45,9 @@ from typing import Any
 from stages.common.dag import (
     POLICY_INDEX,
     StageSpec,
-    consumes_outputs,
     dimension_params,
     gathered_folders,
+    other_outputs_read,
     read_dag,
 )
 
@@ -248,8 +248,7 @@ def per_policy_problems(document: dict[str, Any], stages: list[StageSpec]) -> li
                 if consumer is None:
                     problems.append(f"{name}: no stage {name}{suffix} for {trained.name}")
                     continue
-                others = [s for s in stages if s.name != consumer.name]
-                read = sorted(dep for dep in consumer.deps if consumes_outputs(replace(consumer, deps=[dep]), others))
+                read = sorted(other_outputs_read(consumer, stages))
                 if read != sorted(trained.policies):
                     problems.append(f"{consumer.name}: reads {read} of other stages' outputs; it must read "
                                     f"exactly {trained.name}'s policies {sorted(trained.policies)}")
@@ -307,14 +306,14 @@ def main(argv: Iterable[str] | None = None) -> int:
     problems = per_policy_problems(document, stages)
     for change in [*changes, *problems]:
         print(change)
-    if args.check or problems:
+    if args.check:
         return 1 if changes or problems else 0
     if changes:
         write(document, args.root)
         print(f"{DVC_YAML}: {len(changes)} derived entries rewritten")
     else:
         print(f"{DVC_YAML}: derived dependencies are current")
-    return 0
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
