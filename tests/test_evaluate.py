@@ -81,7 +81,8 @@ def test_the_gathering_reads_the_declared_policies_and_checks_their_seeds_again(
     check_gathered_held_out(summaries, returns, 100)
 
     # A declared policy without results names the stage that writes them; one from another stage is stale.
-    with pytest.raises(InputError, match="'dqn_s2' \\(made by stage dqn@dqn-2\\) has no held-out evaluation"):
+    with pytest.raises(InputError, match="'dqn_s2' \\(made by stage dqn@dqn-2\\) has no held-out evaluation.*"
+                                         "`dvc repro evaluate_dqn@dqn-2`"):
         read_results({"dqn_s1": "dqn@dqn-1", "dqn_s2": "dqn@dqn-2"})
     with pytest.raises(InputError, match="not the evaluation of policy 'dqn_s1' made by stage dqn@other-1"):
         read_results({"dqn_s1": "dqn@other-1"})

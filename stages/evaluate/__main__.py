@@ -35,7 +35,8 @@ SUMMARY_COLUMNS = ["policy", "algorithm", "seed", "env_id", "max_steps", *STATIS
 def read_results(declared: dict[str, str]) -> tuple[list[dict], pd.DataFrame]:
     """Every declared policy's summary and episodes (policy name order); a missing one names the
     stage that writes it."""
-    for folder in sorted(p for p in Path(RESULTS).iterdir() if p.is_dir()) if Path(RESULTS).is_dir() else []:
+    results = Path(RESULTS)
+    for folder in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []:
         if folder.name not in declared:
             print(f"note: {folder} is left out: no stage of dvc.yaml exports policy {folder.name}",
                   file=sys.stderr)
@@ -43,11 +44,11 @@ def read_results(declared: dict[str, str]) -> tuple[list[dict], pd.DataFrame]:
     for name, stage in sorted(declared.items()):
         if not (Path(summary_path(name)).is_file() and Path(returns_path(name)).is_file()):
             raise InputError(f"policy {name!r} (made by stage {stage}) has no held-out evaluation in "
-                             f"{RESULTS}/{name}: run its evaluate_<trainer> stage (`dvc repro` or snakemake)")
+                             f"{RESULTS}/{name}: run `dvc repro evaluate_{stage}` (or snakemake)")
         summary = json.loads(Path(summary_path(name)).read_text())
         if summary.get("policy") != name or summary.get("stage") != stage:
             raise InputError(f"{summary_path(name)} is not the evaluation of policy {name!r} made by "
-                             f"stage {stage}: rerun its evaluate_<trainer> stage")
+                             f"stage {stage}: run `dvc repro evaluate_{stage}` (or snakemake)")
         summaries.append(summary)
         frames.append(pd.read_csv(returns_path(name)))
     return summaries, pd.concat(frames, ignore_index=True)[RETURN_COLUMNS]
