@@ -157,15 +157,17 @@ def test_a_bad_parameter_fails_cleanly_and_keeps_earlier_outputs(clone_of_quick_
 
 @pytest.mark.parametrize("engine", ["snakemake", "dvc"])
 def test_a_failing_rerun_keeps_the_previous_results(clone_of_quick_run, engine):
-    """A truncated policy in the index makes `evaluate` fail: its previous outputs stay, byte for
-    byte, under Snakemake too (which removes a job's outputs unless they are flagged update())."""
+    """A truncated policy in the index makes its evaluation (evaluate_dqn@dqn-42) fail: its previous
+    outputs stay, byte for byte, under Snakemake too (which removes a job's outputs unless they are
+    flagged update())."""
     ws = clone_of_quick_run()
-    outputs = outputs_of(ws, "evaluate")
+    stage = "evaluate_dqn@dqn-42"
+    outputs = outputs_of(ws, stage)
     before = file_digests(ws, outputs)
     model = ws / "data/policies/dqn_s42/model.keras"
     model.write_bytes(model.read_bytes()[:1000])
-    command = ([*SNAKEMAKE, "-f", "reports/evaluate/metrics.json"] if engine == "snakemake"
-               else [DVC, "repro", "-f", "-s", "evaluate"])
+    command = ([*SNAKEMAKE, "-f", "reports/evaluate/policies/dqn_s42/summary.json"] if engine == "snakemake"
+               else [DVC, "repro", "-f", "-s", stage])
     result = run(command, ws, check=False)
     assert result.returncode != 0 and "policy 'dqn_s42'" in result.stdout + result.stderr
     assert file_digests(ws, outputs) == before
