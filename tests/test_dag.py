@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -9,13 +10,22 @@ from pathlib import Path
 
 import dpath
 import pytest
+import yaml
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
-from stages.common.dag import rule_name, snakemake_inputs
+from stages.common.dag import read_dag, rule_name, snakemake_inputs
+from stages.common.deps import (
+    code_dependencies,
+    differences,
+    has_code,
+    import_closure,
+    main,
+    package_data,
+    per_policy_problems,
+)
 from stages.common.dvc_stamps import stamp_path
-from stages.common.deps import code_dependencies, differences, has_code, import_closure, main, package_data
-from tests.conftest import repo_stages
+from tests.conftest import edited_params, repo_stages
 
 # Snakemake parses the Snakefile in a separate process (it changes directory and logging).
 SNAKEMAKE_VIEW = r"""
@@ -184,3 +194,39 @@ def test_a_folder_dependency_means_every_output_inside_it():
         "data/policies/a", "data/policies/b", "stages/x.py"]
     # A folder that is itself an output, or holds none, stays as it is.
     assert snakemake_inputs(["data/policies/a", "data/raw"], outputs) == ["data/policies/a", "data/raw"]
+
+
+def test_each_training_stage_has_a_per_policy_evaluation_that_mirrors_it(repo_root):
+    """evaluate_<trainer>: the trainer's foreach/matrix, a stage per trainer stage, reading exactly
+    that stage's exported policies (pi_<trainer> declarations are held to the same rule)."""
+    stages = repo_stages()
+    document = yaml.safe_load((repo_root / "dvc.yaml").read_text())
+    assert per_policy_problems(document, stages) == []
+    trainers = {stage.group for stage in stages if stage.policies}
+    assert {"nn_policy", "pg_cartpole", "pg_lunarlander", "dqn", "atari_dqn"} <= trainers
+    by_name = {stage.name: stage for stage in stages}
+    for trainer in (s for s in stages if s.policies):
+        evaluation = by_name[f"evaluate_{trainer.name}"]
+        assert [d for d in evaluation.deps if d.startswith("data/")] == trainer.policies
+        assert evaluation.argv == [Path(p).name for p in trainer.policies]
+
+
+def test_the_mirror_check_catches_every_kind_of_drift(tmp_path):
+    edited_params(tmp_path, lambda params: None)  # the repository's dvc.yaml and params.yaml
+    document = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
+    declared = document["stages"]
+    del declared["evaluate_nn_policy"]
+    del declared["pi_pg_cartpole"]
+    declared["evaluate_dqn"]["deps"].remove("data/policies/${item.variant}_final_s${item.seed}")
+    declared["evaluate_pg_cartpole"]["deps"].append("data/policies/nn_policy_s${item.seed}")
+    declared["evaluate_pg_lunarlander"]["matrix"]["seed"] = [42]
+    declared["pi_dqn"]["deps"].remove("data/policies/${item.variant}_final_s${item.seed}")  # a second prefix
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    problems = per_policy_problems(document, read_dag(tmp_path))
+    assert "nn_policy: exports policies but has no evaluate_nn_policy declaration" in problems
+    assert "pg_cartpole: exports policies but has no pi_pg_cartpole declaration" in problems
+    assert any(p.startswith("evaluate_pg_lunarlander: foreach/matrix") for p in problems)
+    assert any(p.startswith("evaluate_dqn@dqn-42: reads ['data/policies/dqn_s42']") for p in problems)
+    assert any(p.startswith("pi_dqn@dqn-42: reads ['data/policies/dqn_s42']") for p in problems)
+    assert any(p.startswith("evaluate_pg_cartpole@42: reads ['data/policies/nn_policy_s42', "
+                            "'data/policies/pg_cartpole_s42']") for p in problems)

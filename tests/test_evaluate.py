@@ -1,19 +1,24 @@
-"""Held-out evaluation: the statistics it reports, the seeds it may use, and the report's fallbacks."""
+"""Held-out evaluation: the statistics it reports, the seeds it may use, gathering the per-policy
+results, and the report's fallbacks."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from stages.common.html import VOLATILE_END, VOLATILE_START, strip_volatile, volatile
-from stages.common.policies import PolicyEntry
-from stages.common.settings import ParamError
+from stages.common.settings import InputError, ParamError
 from stages.common.statistics import interquartile_mean, summarize_returns
 from stages.common.validation import validate_pipeline
 from stages.common.workspace import create_workspace
-from stages.evaluate.__main__ import check_held_out
+from stages.evaluate import RETURN_COLUMNS, returns_path, summary_path
+from stages.evaluate.__main__ import check_held_out as check_gathered_held_out
+from stages.evaluate.__main__ import read_results, summary_rows
+from stages.evaluate.policy import check_held_out
 from tests.conftest import edited_params, repo_stages
 
 
@@ -44,12 +49,48 @@ def test_evaluation_seeds_overlapping_training_seeds_are_refused(tmp_path):
 
 
 def test_a_policy_trained_on_an_evaluation_seed_is_refused():
-    entry = PolicyEntry(name="p", stage="s", env_id="CartPole-v1", model="m", observation_shape=(4,),
-                        observation_dtype="float32", output="q_values", n_actions=2,
-                        training_seeds=(5, 1000003))
     with pytest.raises(ParamError, match="evaluate.seed_start = 1000000.*policy 'p'"):
-        check_held_out({"p": entry}, range(1000000, 1000100))
-    check_held_out({"p": entry}, range(2000000, 2000100))
+        check_held_out("p", (5, 1000003), range(1000000, 1000100), 1000000)
+    check_held_out("p", (5, 1000003), range(2000000, 2000100), 2000000)
+
+
+def write_result(name: str, stage: str, training_seeds: list[int], env_seeds: list[int]) -> None:
+    """One per-policy stage's results, as stages/evaluate/policy.py writes them."""
+    returns = pd.DataFrame([{"policy": name, "algorithm": "dqn", "seed": 1, "max_steps": 200, "episode": i,
+                             "env_seed": s, "return": 10.0 + i} for i, s in enumerate(env_seeds)],
+                           columns=RETURN_COLUMNS)
+    os.makedirs(os.path.dirname(returns_path(name)), exist_ok=True)
+    returns.to_csv(returns_path(name), index=False)
+    stats = {"episodes": len(env_seeds), "mean": 11.0, "std": 1.0, "min": 10.0, "max": 12.0, "median": 11.0,
+             "iqm": 11.0, "ci95_low": 10.0, "ci95_high": 12.0}
+    with open(summary_path(name), "w") as handle:
+        json.dump({"policy": name, "algorithm": "dqn", "seed": 1, "stage": stage, "env_id": "CartPole-v1",
+                   "training_seeds": training_seeds, "training_log": None, "policy_md5": "0.dir",
+                   "max_steps": {"max_steps_200": stats}}, handle)
+
+
+def test_the_gathering_reads_the_declared_policies_and_checks_their_seeds_again(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_result("dqn_s1", "dqn@dqn-1", [1, 2], [100, 101, 102])
+    write_result("dqn_s9", "dqn@dqn-9", [9], [100, 101])  # a seed since removed from params.yaml
+    summaries, returns = read_results({"dqn_s1": "dqn@dqn-1"})
+    assert [s["policy"] for s in summaries] == ["dqn_s1"] and set(returns["policy"]) == {"dqn_s1"}
+    assert "dqn_s9" in capsys.readouterr().err  # left out, with a note
+    assert list(summary_rows(summaries)[["policy", "max_steps", "mean"]].itertuples(index=False)) == [
+        ("dqn_s1", 200, 11.0)]
+    check_gathered_held_out(summaries, returns, 100)
+
+    # A declared policy without results names the stage that writes them; one from another stage is stale.
+    with pytest.raises(InputError, match="'dqn_s2' \\(made by stage dqn@dqn-2\\) has no held-out evaluation.*"
+                                         "`dvc repro evaluate_dqn@dqn-2`"):
+        read_results({"dqn_s1": "dqn@dqn-1", "dqn_s2": "dqn@dqn-2"})
+    with pytest.raises(InputError, match="not the evaluation of policy 'dqn_s1' made by stage dqn@other-1"):
+        read_results({"dqn_s1": "dqn@other-1"})
+    # Results played on a training seed are refused here too.
+    write_result("dqn_s1", "dqn@dqn-1", [1, 101], [100, 101, 102])
+    summaries, returns = read_results({"dqn_s1": "dqn@dqn-1"})
+    with pytest.raises(ParamError, match="policy 'dqn_s1' was evaluated on seeds it was trained on \\(\\[101\\]\\)"):
+        check_gathered_held_out(summaries, returns, 100)
 
 
 def test_volatile_spans_are_the_only_thing_left_out():

@@ -34,6 +34,7 @@ def add_a_variant_a_configuration_and_a_game(params: dict) -> None:
 
 def test_a_new_variant_configuration_and_game_need_only_params_yaml(clone_of_quick_run):
     ws = clone_of_quick_run()
+    existing = set(dvc_view(ws))
     path = ws / "params.yaml"
     params = yaml.safe_load(path.read_text())
     add_a_variant_a_configuration_and_a_game(params)
@@ -48,7 +49,10 @@ def test_a_new_variant_configuration_and_game_need_only_params_yaml(clone_of_qui
 
     ran = {line.split("'")[1] for line in run([DVC, "repro"], ws).stdout.splitlines()
            if line.startswith("Running stage '")}
-    assert new_stages | {"evaluate", "aggregate", "pi_bundle", "report"} <= ran
+    evaluations = {f"evaluate_{stage}" for stage in new_stages}  # evaluate_dqn@<variant>-<seed>, ...
+    assert new_stages | evaluations | {"evaluate", "aggregate", "pi_bundle", "report"} <= ran
+    # Of the stages there before, only the gathering ones rerun: no training or per-policy stage.
+    assert all("@" not in name for name in ran & existing), sorted(ran & existing)
 
     new_policies = {f"{VARIANT}_s{s}" for s in seeds} | {f"{VARIANT}_final_s{s}" for s in seeds} \
         | {f"pg_lunarlander_{CONFIG}_s{s}" for s in seeds} | {f"{GAME}_dqn"}
@@ -65,4 +69,6 @@ def test_a_new_variant_configuration_and_game_need_only_params_yaml(clone_of_qui
 
     changed = subprocess.run(["git", "status", "--porcelain"], cwd=ws, capture_output=True, text=True,
                              check=True).stdout.split("\n")
-    assert sorted(line[3:] for line in changed if line) == ["dvc.lock", "params.yaml"]
+    # Besides the results git keeps (under data/ and reports/), only the lock and the params moved.
+    assert sorted(line[3:] for line in changed if line and not line[3:].startswith(("data/", "reports/"))) \
+        == ["dvc.lock", "params.yaml"]

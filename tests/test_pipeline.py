@@ -157,15 +157,17 @@ def test_a_bad_parameter_fails_cleanly_and_keeps_earlier_outputs(clone_of_quick_
 
 @pytest.mark.parametrize("engine", ["snakemake", "dvc"])
 def test_a_failing_rerun_keeps_the_previous_results(clone_of_quick_run, engine):
-    """A truncated policy in the index makes `evaluate` fail: its previous outputs stay, byte for
-    byte, under Snakemake too (which removes a job's outputs unless they are flagged update())."""
+    """A truncated policy in the index makes its evaluation (evaluate_dqn@dqn-42) fail: its previous
+    outputs stay, byte for byte, under Snakemake too (which removes a job's outputs unless they are
+    flagged update())."""
     ws = clone_of_quick_run()
-    outputs = outputs_of(ws, "evaluate")
+    stage = "evaluate_dqn@dqn-42"
+    outputs = outputs_of(ws, stage)
     before = file_digests(ws, outputs)
     model = ws / "data/policies/dqn_s42/model.keras"
     model.write_bytes(model.read_bytes()[:1000])
-    command = ([*SNAKEMAKE, "-f", "reports/evaluate/metrics.json"] if engine == "snakemake"
-               else [DVC, "repro", "-f", "-s", "evaluate"])
+    command = ([*SNAKEMAKE, "-f", "reports/evaluate/policies/dqn_s42/summary.json"] if engine == "snakemake"
+               else [DVC, "repro", "-f", "-s", stage])
     result = run(command, ws, check=False)
     assert result.returncode != 0 and "policy 'dqn_s42'" in result.stdout + result.stderr
     assert file_digests(ws, outputs) == before
@@ -199,7 +201,7 @@ def test_dvc_repro_refuses_repeated_seeds_as_snakemake_does(clone_of_quick_run):
 def test_a_shared_value_reruns_every_stage_that_uses_it_and_only_those(clone_of_quick_run):
     """Variants share the book DQN's values through a YAML anchor: DVC tracks the values as they
     resolve, so changing the anchor's batch size reruns the variants that take it (not the
-    prioritized one, which sets its own) and the stages that read every variant."""
+    prioritized one, which sets its own), their evaluations and the stages that read every variant."""
     from ruamel.yaml import YAML
 
     ws = clone_of_quick_run()
@@ -211,6 +213,7 @@ def test_a_shared_value_reruns_every_stage_that_uses_it_and_only_those(clone_of_
         yaml_rt.dump(document, handle)
     seeds = document["seeds"]
     takers = {f"dqn@{v}-{s}" for v in ("dqn", "double_dqn", "dueling_double_dqn") for s in seeds}
-    assert dvc_changed_stages(ws) == takers | {"evaluate", "aggregate", "pi_bundle", "report"}
+    evaluations = {f"evaluate_{t}" for t in takers}  # evaluate_dqn@dqn-42: the takers' own evaluations
+    assert dvc_changed_stages(ws) == takers | evaluations | {"evaluate", "aggregate", "pi_bundle", "report"}
     assert snakemake_planned_jobs(ws) >= {rule_name(t) for t in takers}
     assert not any("prioritized" in job for job in snakemake_planned_jobs(ws))

@@ -171,7 +171,8 @@ def test_dvc_metrics_and_plots_cover_every_stage_and_show_what_a_change_moved(cl
     run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "quick run"], ws)
 
     view = dvc_view(ws)
-    metrics_files = {o for stage in view.values() for o in stage["outs"] if o.endswith("metrics.json")}
+    # Every stage's metrics.json and each policy's evaluation summary.
+    metrics_files = {o for stage in view.values() for o in stage["outs"] if o.endswith(("metrics.json", "summary.json"))}
     shown = json.loads(run([DVC, "metrics", "show", "--json"], ws).stdout)
     assert set(shown[""]["data"]) == metrics_files
     training_logs = {o for stage in view.values() for o in stage["outs"] if o.endswith("dvclive/plots/metrics")}
@@ -200,13 +201,14 @@ def test_dvc_metrics_and_plots_cover_every_stage_and_show_what_a_change_moved(cl
     # The evaluation is enough to see a change move (the rest of the consumers would only cost time).
     repro = run([DVC, "repro", "evaluate"], ws).stdout
     seeds = params["seeds"]
-    assert set(_ran(repro)) == {*(f"pg_cartpole@{seed}" for seed in seeds), "evaluate"}
+    assert set(_ran(repro)) == {*(f"{stage}@{seed}" for seed in seeds for stage in ("pg_cartpole", "evaluate_pg_cartpole")),
+                                "evaluate"}
 
     diff = json.loads(run([DVC, "metrics", "diff", "--json"], ws).stdout)
     moved = diff[f"reports/pg_cartpole/s{seeds[0]}/metrics.json"]["training.iterations"]
     iterations = params["pg_cartpole"]["training"]["iterations"]
     assert (moved["old"], moved["new"]) == (iterations - 1, iterations)
-    assert "reports/evaluate/metrics.json" in diff
+    assert "reports/evaluate/metrics.json" in diff and f"reports/evaluate/policies/pg_cartpole_s{seeds[0]}/summary.json" in diff
     plots_diff = json.loads(run([DVC, "plots", "diff", "--json"], ws).stdout)
     curve = plots_diff["data"][f"data/pg_cartpole/s{seeds[0]}/dvclive/plots/metrics/mean_return.tsv"]
     assert {"HEAD", "workspace"} <= {rev for definition in curve for rev in definition["revisions"]}

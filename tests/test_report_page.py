@@ -33,10 +33,12 @@ def _evaluation(folder: Path) -> None:
                 rows.append({"policy": f"{algorithm}_s{seed}", "algorithm": algorithm, "seed": seed,
                              "env_id": "CartPole-v1", "max_steps": cap, "episodes": 10, "mean": mean,
                              "std": 5.0, "min": mean - 10, "max": mean + 10, "median": mean, "iqm": mean,
-                             "ci95_low": mean - 4, "ci95_high": mean + 4, "wall_time_s": 1.5})
+                             "ci95_low": mean - 4, "ci95_high": mean + 4, "stage": f"{algorithm}@{seed}",
+                             "training_log": f"data/{algorithm}/s{seed}/dvclive", "policy_md5": f"{seed}.dir"})
     rows.append({"policy": "game_dqn", "algorithm": "game_dqn", "seed": None, "env_id": "ALE/Game-v5",
                  "max_steps": 1000, "episodes": 3, "mean": 7.0, "std": 1.0, "min": 6, "max": 8, "median": 7.0,
-                 "iqm": 7.0, "ci95_low": 6.0, "ci95_high": 8.0, "wall_time_s": 9.0})
+                 "iqm": 7.0, "ci95_low": 6.0, "ci95_high": 8.0, "stage": "game@x", "training_log": None,
+                 "policy_md5": "9.dir"})
     (folder / "evaluate").mkdir(parents=True)
     frame = pd.DataFrame(rows)
     frame["seed"] = frame["seed"].astype("Int64")

@@ -13,7 +13,7 @@ import pydantic
 import pytest
 import yaml
 
-from stages.common.dag import dimension_params, read_dag
+from stages.common.dag import dimension_params, gathered_folders, read_dag
 from stages.common.settings import ParamError, Params, environment_seed_start
 from stages.common.validation import SCHEMA_FILE, schema_text, stage_package, validate_pipeline
 from stages.common.workspace import REPO_ROOT, create_workspace, engine_env, merge
@@ -149,17 +149,14 @@ def test_a_yaml_syntax_error_is_named_by_its_line_whichever_engine_reads_it(tmp_
 
 def test_every_stage_reads_exactly_the_params_dvc_yaml_declares(repo_root):
     """A stage may read only what DVC tracks for it, and declares nothing it does not read.
-    Stages that read every policy, or every policy's results (a folder of other stages' outputs),
-    also depend on the lists that decide which stages exist."""
+    Gathering stages (a folder of other stages' outputs) also depend on the lists that decide
+    which stages exist."""
     stages = repo_stages()
     dimensions = set(dimension_params(yaml.safe_load((repo_root / "dvc.yaml").read_text())))
-    every_output = {out for stage in stages for out in stage.outs}
     for stage in stages:
         params = Params.load(repo_root / "params.yaml")
         stage_package(stage).settings(stage.argv, params)
-        gathers = any(dep not in every_output and any(out.startswith(f"{dep}/") for out in every_output)
-                      for dep in stage.deps)
-        expected = set(params.read_keys) | (dimensions if gathers else set())
+        expected = set(params.read_keys) | (dimensions if gathered_folders(stage, stages) else set())
         assert set(stage.param_keys) == expected, stage.name
 
 

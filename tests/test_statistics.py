@@ -94,7 +94,7 @@ def synthetic_workspace(root, seeds=(0, 1, 2, 3, 4)):
     from stages.common.policies import export_keras_policy
 
     rng = np.random.default_rng(0)
-    rows = []
+    rows, policies = [], []
     levels = {"strong": 450.0, "weak": 60.0, "weak_final": 62.0}
     model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(1, activation="sigmoid")])
     stages: dict = {}
@@ -113,15 +113,20 @@ def synthetic_workspace(root, seeds=(0, 1, 2, 3, 4)):
             export_keras_policy(model, root / "data/policies" / name, stage=f"{training}@{seed}",
                                 env_id="CartPole-v1", output="p_left", algorithm=algorithm, seed=seed,
                                 details={"training_log": log})
+            policies.append((name, algorithm, seed, "CartPole-v1", log))
             for max_steps in (200, 500):
                 for episode in range(10):
                     rows.append((name, algorithm, seed, max_steps, episode, 20000 + episode,
                                  min(max_steps, level + rng.normal(0, 20))))
     # A single-run policy (no seed) is not an algorithm across seeds: left out.
     rows.append(("breakout_dqn", "", None, 27000, 0, 10000, 2.0))
+    policies.append(("breakout_dqn", "breakout_dqn", None, "ALE/Breakout-v5", None))
     (root / "reports/evaluate").mkdir(parents=True)
     pd.DataFrame(rows, columns=["policy", "algorithm", "seed", "max_steps", "episode", "env_seed",
                                 "return"]).to_csv(root / "reports/evaluate/returns.csv", index=False)
+    # What the aggregate reads of each policy's index entry, as the gathered evaluation records it.
+    pd.DataFrame(policies, columns=["policy", "algorithm", "seed", "env_id", "training_log"]).to_csv(
+        root / "reports/evaluate/summary.csv", index=False)
     (root / "params.yaml").write_text(
         f"profile: full\nseeds: {list(seeds)}\n"
         "aggregate: {confidence: 0.95, resamples: 1000, seed: 0, curve_points: 10,"

@@ -1,7 +1,8 @@
 """Every multi-seed algorithm across its training seeds: interval estimates, not single runs.
 
-Reads the held-out evaluation (``reports/evaluate/returns.csv``: one row per episode) and the
-per-seed training logs the policies' entries point to. A run is one training seed; its score, at
+Reads the gathered held-out evaluation (``reports/evaluate/returns.csv``: one row per episode;
+``summary.csv``: each policy's environment and training log) and those per-seed training logs
+(DVCLive's files): committed results all, so the tables rebuild from git alone. A run is one training seed; its score, at
 each step cap, is the mean return of its exported policy over the held-out episodes. Per
 algorithm and cap: mean, median and interquartile mean across runs, each with a 95% stratified
 bootstrap interval (stages/common/statistics.py); per pair of algorithms on the same environment
@@ -20,11 +21,9 @@ import numpy as np
 import pandas as pd
 
 from stages.aggregate import Settings, settings
-from stages.common.dag import declared_policies
 from stages.common.io import write_csv, write_json, write_text
 from stages.common.live_log import read_history
 from stages.common.plotting import new_figure, save_figure
-from stages.common.policies import PolicyEntry, load_index
 from stages.common.settings import ParamError, Params, run_stage
 from stages.common.statistics import (
     AGGREGATES,
@@ -35,6 +34,7 @@ from stages.common.statistics import (
 
 NAME = "aggregate"
 RETURNS = "reports/evaluate/returns.csv"
+POLICIES = "reports/evaluate/summary.csv"  # per policy (and cap): its environment and training log
 REPORTS = f"reports/{NAME}"
 RETURN_COLUMNS = ["policy", "algorithm", "seed", "max_steps", "episode", "env_seed", "return"]
 
@@ -56,13 +56,24 @@ def run_scores(returns: pd.DataFrame) -> pd.DataFrame:
             .agg(score=("return", "mean"), episodes=("return", "size")))
 
 
-def environments(returns: pd.DataFrame, index: dict[str, PolicyEntry]) -> dict[str, str]:
+def read_policies(path: str = POLICIES) -> pd.DataFrame:
+    """Policy name -> its environment and training log (DVCLive folder, or empty), as the gathered
+    evaluation records them from the policies' index entries."""
+    frame = pd.read_csv(path)
+    missing = sorted({"policy", "env_id", "training_log"} - set(frame.columns))
+    if missing:
+        raise ParamError(f"{path} lacks the columns {', '.join(missing)}")
+    frame["training_log"] = frame["training_log"].astype(object).where(frame["training_log"].notna(), None)
+    return frame.drop_duplicates("policy").set_index("policy")[["env_id", "training_log"]]
+
+
+def environments(returns: pd.DataFrame, policies: pd.DataFrame) -> dict[str, str]:
     """The environment of each algorithm (only algorithms on the same one are compared)."""
     env_of = {}
-    for algorithm, policies in returns.groupby("algorithm")["policy"]:
-        envs = {index[p].env_id for p in policies.unique() if p in index}
+    for algorithm, names in returns.groupby("algorithm")["policy"]:
+        envs = {policies.at[p, "env_id"] for p in names.unique() if p in policies.index}
         if len(envs) != 1:
-            raise ParamError(f"algorithm {algorithm}: its policies must be in data/policies and share "
+            raise ParamError(f"algorithm {algorithm}: its policies must be in {POLICIES} and share "
                              f"one environment, found {sorted(envs) or 'none'}")
         env_of[algorithm] = envs.pop()
     return env_of
@@ -119,15 +130,14 @@ def supported_claims(comparisons: pd.DataFrame, confidence: float) -> list[str]:
     return claims
 
 
-def learning_curves(algorithms: list[str], returns: pd.DataFrame, index: dict[str, PolicyEntry],
+def learning_curves(algorithms: list[str], returns: pd.DataFrame, index: pd.DataFrame,
                     rng: np.random.Generator, cfg: Settings) -> list[dict]:
     """Per training run family (algorithms sharing logs, e.g. dqn and dqn_final: one curve), the
     IQM across seeds of the logged mean return, at up to ``curve_points`` points, with intervals."""
     curves, seen = [], set()
     for algorithm in sorted(algorithms, key=lambda a: (len(a), a)):
         policies = returns.loc[returns["algorithm"] == algorithm, ["policy", "seed"]].drop_duplicates()
-        logs = {int(seed): index[policy].details.get("training_log")
-                for policy, seed in policies.itertuples(index=False)}
+        logs = {int(seed): index.at[policy, "training_log"] for policy, seed in policies.itertuples(index=False)}
         if None in logs.values():
             print(f"note: no learning curve for {algorithm}: some of its policies' entries name no "
                   "training_log (DVCLive folder)", file=sys.stderr)
@@ -143,7 +153,7 @@ def learning_curves(algorithms: list[str], returns: pd.DataFrame, index: dict[st
         known = np.isfinite(runs).all(axis=0)  # early points where a run had no finished episode
         point, low, high = curve_intervals(runs[:, known], rng, confidence=cfg.confidence,
                                            resamples=cfg.resamples)
-        curves.append({"algorithm": algorithm, "env_id": index[policies["policy"].iloc[0]].env_id,
+        curves.append({"algorithm": algorithm, "env_id": index.at[policies["policy"].iloc[0], "env_id"],
                        "x_name": x_name, "x": frames[0][x_name].to_numpy()[points][known],
                        "iqm": point, "low": low, "high": high, "seeds": sorted(logs)})
     return curves
@@ -226,7 +236,7 @@ def main() -> None:
     returns = read_returns()
     if returns.empty:
         raise ParamError(f"{RETURNS} holds no episode of a policy with a training seed")
-    index = load_index(declared=declared_policies())
+    index = read_policies()
     env_of = environments(returns, index)
     scores = run_scores(returns)
 

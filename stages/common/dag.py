@@ -283,3 +283,23 @@ def clear_stale_backups(root: str | Path = ".") -> bool:
         return False
     shutil.rmtree(backups)
     return True
+
+
+def other_outputs_read(stage: StageSpec, stages: list[StageSpec]) -> list[str]:
+    """``stage``'s dependencies that are other stages' outputs or folders holding some."""
+    every_output = {out for other in stages if other.name != stage.name for out in other.outs}
+    return [dep for dep in stage.deps if dep in every_output
+            or any(out.startswith(dep.rstrip("/") + "/") for out in every_output)]
+
+
+def gathered_folders(stage: StageSpec, stages: list[StageSpec]) -> list[str]:
+    """``stage``'s dependencies on folders holding other stages' outputs (``reports/evaluate/policies``:
+    every per-policy result): how a gathering stage reads "all of them"."""
+    every_output = {out for other in stages if other.name != stage.name for out in other.outs}
+    return [dep for dep in other_outputs_read(stage, stages) if dep not in every_output]
+
+
+def consumes_outputs(stage: StageSpec, stages: list[StageSpec]) -> bool:
+    """Whether ``stage`` reads other stages' outputs (a per-policy or a gathering stage), as opposed
+    to an experiment, which reads only code, parameters and data files."""
+    return bool(other_outputs_read(stage, stages))

@@ -17,10 +17,17 @@ Three kinds, each owned by this command (edit the rest of dvc.yaml by hand):
   depends on the ``reports/<folder>`` of every other stage; ``derive: [training_logs]`` (the
   aggregate) on the ``data/<folder>`` holding the training logs (DVCLive folders, declared as
   plots and metrics) of every per-seed stage that exports a policy. A new experiment's folders are then added by this command.
-- **The lists.** A stage that reads every policy (a ``data/policies`` dependency) chooses the
-  policies the DAG declares (stages/common/policies.py), so it also depends on the params that
-  decide which stages exist: the lists ``foreach``/``matrix`` iterate over (``seeds``,
-  ``dqn.variants``, ...). Dropping a seed then reruns the consumers, which leave its policies out.
+- **The lists.** A gathering stage (a dependency on a folder of other stages' outputs:
+  ``reports/evaluate/policies``, ``data/policies``) reads what the DAG declares, so it also
+  depends on the params that decide which stages exist: the lists ``foreach``/``matrix`` iterate
+  over (``seeds``, ``dqn.variants``, ...). Dropping a seed then reruns the gathering stages, which
+  leave its results out.
+
+One more check, not a rewrite: each per-policy declaration (``evaluate_<trainer>``,
+``pi_<trainer>``) mirrors its training stage: the same ``foreach``/``matrix``, a stage for each of
+the trainer's stages, depending on exactly that stage's exported policies among other stages'
+outputs; and once one trainer has a declaration of a prefix, every trainer that exports policies
+has one (:func:`per_policy_problems`).
 """
 
 from __future__ import annotations
@@ -28,17 +35,28 @@ from __future__ import annotations
 import argparse
 import ast
 import io
+import re
 import sys
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from stages.common.dag import POLICY_INDEX, StageSpec, dimension_params, read_dag
+from stages.common.dag import (
+    POLICY_INDEX,
+    StageSpec,
+    dimension_params,
+    gathered_folders,
+    other_outputs_read,
+    read_dag,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DVC_YAML = "dvc.yaml"
 DERIVE = "derive"
 RULES = ("every_report", "training_logs")
+# Declarations named <prefix>_<trainer> hold a stage per stage of <trainer>, each for its policies.
+PER_POLICY_PREFIXES = ("evaluate", "pi")
 PACKAGE_DATA = ("templates",)  # folders of a stage package whose files the package reads at run time
 
 
@@ -198,18 +216,51 @@ def expected_definition(group: str, definition: dict[str, Any], stages: list[Sta
     code = closures[first.module]
     deps = [*code, *[d for d in kept if d not in code], *sorted(set(derived) - set(kept))]
     params = list(body.get("params") or [])
-    if str(POLICY_INDEX) in declared:
+    if gathered_folders(replace(first, deps=deps), stages):
         own = [p for p in params if not (isinstance(p, str) and p in dimensions)]
         params = [*own, *dimensions]
     return deps, params
 
 
-def differences(root: Path = ROOT) -> tuple[dict[str, Any], list[str]]:
+def per_policy_problems(document: dict[str, Any], stages: list[StageSpec]) -> list[str]:
+    """How the per-policy declarations (``<prefix>_<trainer>``) fail to mirror their trainers."""
+    declarations = document["stages"]
+    by_group: dict[str, list[StageSpec]] = {}
+    for stage in stages:
+        by_group.setdefault(stage.group, []).append(stage)
+    trainers = [group for group, members in by_group.items() if any(s.policies for s in members)]
+    problems = []
+    for prefix in PER_POLICY_PREFIXES:
+        pattern = re.compile(rf"^{prefix}_(?P<trainer>.+)$")
+        mirrors = {m["trainer"]: m[0] for m in map(pattern.match, declarations) if m and m["trainer"] in trainers}
+        if mirrors:
+            problems += [f"{trainer}: exports policies but has no {prefix}_{trainer} declaration"
+                         for trainer in trainers if trainer not in mirrors]
+        for trainer, name in mirrors.items():
+            iteration = [{k: declarations[d].get(k) for k in ("foreach", "matrix")} for d in (trainer, name)]
+            if iteration[0] != iteration[1]:
+                problems.append(f"{name}: foreach/matrix {iteration[1]} differs from {trainer}'s {iteration[0]}")
+                continue
+            own = {s.name.removeprefix(trainer): s for s in by_group[trainer]}
+            mine = {s.name.removeprefix(name): s for s in by_group.get(name, [])}
+            for suffix, trained in own.items():
+                consumer = mine.get(suffix)
+                if consumer is None:
+                    problems.append(f"{name}: no stage {name}{suffix} for {trained.name}")
+                    continue
+                read = sorted(other_outputs_read(consumer, stages))
+                if read != sorted(trained.policies):
+                    problems.append(f"{consumer.name}: reads {read} of other stages' outputs; it must read "
+                                    f"exactly {trained.name}'s policies {sorted(trained.policies)}")
+    return problems
+
+
+def differences(root: Path = ROOT, stages: list[StageSpec] | None = None) -> tuple[dict[str, Any], list[str]]:
     """dvc.yaml's round-trip document with the derived entries as they should be, and what changed."""
     from ruamel.yaml import YAML
 
     document = _yaml().load((root / DVC_YAML).read_text())
-    stages = read_dag(root)
+    stages = read_dag(root) if stages is None else stages
     dimensions = dimension_params(YAML(typ="safe").load((root / DVC_YAML).read_text()))
     closures = {stage.module: code_dependencies(stage.module, root) for stage in stages}
     changes = []
@@ -250,17 +301,19 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only report what differs (exit 1 if anything)")
     parser.add_argument("--root", type=Path, default=ROOT)
     args = parser.parse_args(None if argv is None else list(argv))
-    document, changes = differences(args.root)
-    for change in changes:
+    stages = read_dag(args.root)
+    document, changes = differences(args.root, stages)
+    problems = per_policy_problems(document, stages)
+    for change in [*changes, *problems]:
         print(change)
     if args.check:
-        return 1 if changes else 0
+        return 1 if changes or problems else 0
     if changes:
         write(document, args.root)
         print(f"{DVC_YAML}: {len(changes)} derived entries rewritten")
     else:
         print(f"{DVC_YAML}: derived dependencies are current")
-    return 0
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

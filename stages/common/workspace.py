@@ -123,12 +123,20 @@ def _running(pid: int) -> bool:
     return True
 
 
+def is_committed_result(name: str) -> bool:
+    """A result the pipeline wrote and git keeps (dvc.yaml's ``cache: false`` outputs): everything
+    tracked under reports/ or in a folder of data/ (data/'s own files, such as the book's numbers,
+    are sources)."""
+    return name.startswith("reports/") or (name.startswith("data/") and name.count("/") >= 2)
+
+
 def create_workspace(target: Path, profile: str | None = "quick", source: Path = REPO_ROOT) -> Path:
     """Copy the project into ``target`` (which must not exist) and apply ``profile``.
 
-    Under a profile, dvc.lock is left behind: it records the project's own run (the full profile),
-    whose stages and hashes a run with other settings does not share; the workspace's engines
-    record its runs in a dvc.lock of its own.
+    Under a profile, dvc.lock and the results committed with it (under reports/ and data/<stage>/)
+    are left behind: they record the project's own run (the full profile), whose stages, hashes and
+    numbers a run with other settings does not share; the workspace's engines record its runs in a
+    dvc.lock of its own.
 
     The profile is applied before anything is written, and the workspace is built in a temporary
     sibling folder renamed to ``target`` once complete: a bad profile or a failure midway leaves
@@ -142,7 +150,7 @@ def create_workspace(target: Path, profile: str | None = "quick", source: Path =
     building = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         for name in project_files(source):
-            if profile is not None and name == LOCK_FILE:
+            if profile is not None and (name == LOCK_FILE or is_committed_result(name)):
                 continue
             destination = building / name
             destination.parent.mkdir(parents=True, exist_ok=True)

@@ -49,3 +49,26 @@ class Settings(StageSettings):
 def settings(argv: Sequence[str], params: Params) -> Settings:
     parse_arguments(argument_parser(__doc__), argv)
     return params.read(Settings, "evaluate")
+
+
+# --- where the per-policy stages (evaluate_<trainer>) put their results --------------------------
+
+RESULTS = "reports/evaluate/policies"
+"""One folder per policy: its episodes (returns.csv) and their summary (summary.json). Small,
+committed to git (dvc.yaml: ``cache: false``); what the gathering stages read."""
+RETURN_COLUMNS = ["policy", "algorithm", "seed", "max_steps", "episode", "env_seed", "return"]
+TIMINGS = "logs/timings/evaluate"
+"""Each per-policy stage's wall time (``<policy>.json``): machine-dependent, so declared nowhere
+and committed nowhere; the report shows it as volatile."""
+
+
+def returns_path(policy: str) -> str:
+    return f"{RESULTS}/{policy}/returns.csv"
+
+
+def summary_path(policy: str) -> str:
+    return f"{RESULTS}/{policy}/summary.json"
+
+
+def timings_path(policy: str) -> str:
+    return f"{TIMINGS}/{policy}.json"

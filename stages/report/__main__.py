@@ -3,7 +3,10 @@
 ``reports/index.html`` is rendered from the Jinja2 templates in ``templates/`` (autoescaping on:
 every name and number from the run's files is escaped; only markup the templates write is
 markup). It opens from disk or from a web server without network access: figures and GIFs are
-linked by paths relative to the page, and it has no scripts. It holds, in order,
+linked by paths relative to the page, and it has no scripts. The page is a function of the
+committed results (metrics, the gathered evaluation, the aggregate's tables: see
+docs/experiments/report.md): it reads no model and no image, so it builds on a clone that has
+none; an image not there shows its placeholder text. It holds, in order,
 
 - the summary: one row per experiment of the DAG with the book's number where it reported one
   (data/book_results.yaml, keyed by experiment), this run's result with its 95% bootstrap
@@ -18,8 +21,9 @@ linked by paths relative to the page, and it has no scripts. It holds, in order,
   policies it exports and the book's other numbers. A new experiment, variant, configuration or
   game gets its section with no code here;
 - sections for the multi-seed aggregate and the Raspberry Pi bundle, from their files when present;
-- provenance: the DVC hashes of the exported policies, package versions from uv.lock, and (marked
-  volatile, see stages/common/html.py) git commit, working-tree state, machine and date.
+- provenance: the DVC hashes of the exported policies (as their evaluation recorded them), package
+  versions from uv.lock, and (marked volatile, see stages/common/html.py) git commit, working-tree
+  state, machine, date and the evaluation's wall times.
 
 A sidebar links to every section. ``reports/summary.md`` holds the summary's two tables in
 Markdown, for documentation to link to. What is not there yet (an Atari game not trained, a stage
@@ -29,7 +33,6 @@ not run) is shown as "not run yet".
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -45,10 +48,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from markupsafe import Markup, escape
 
 from stages.common.book import BOOK_RESULTS, book_experiments
-from stages.common.dag import StageSpec, policy_producers, read_dag
+from stages.common.dag import StageSpec, read_dag
 from stages.common.html import volatile
 from stages.common.io import write_text
-from stages.common.policies import INDEX_DIR, load_index
 from stages.common.settings import Bootstrap, InputError, Params, run_stage
 from stages.report import settings
 from stages.report.figures import interval_figures
@@ -71,20 +73,13 @@ TEMPLATES = Path(__file__).parent / "templates"
 EVALUATION = REPORTS / "evaluate"
 AGGREGATE = REPORTS / "aggregate"
 PI_BUNDLE = REPORTS / "pi_bundle"
+TIMINGS = "logs/timings/evaluate"  # the per-policy evaluations' wall times (stages/evaluate)
 # Packages whose versions decide the numbers (uv.lock pins them all; these are the ones that matter).
 KEY_PACKAGES = ("tensorflow-cpu", "tf-keras", "tf-agents", "tensorflow-probability", "gymnasium",
                 "ale-py", "box2d-py", "numpy", "scipy", "pandas", "matplotlib", "pillow", "dvc",
                 "snakemake", "ai-edge-litert")
 VERDICT_CLASSES = {"matches": "verdict-matches", "beats": "verdict-beats", "below the book": "verdict-below",
                    "differs": "verdict-differs", NOT_RUN: "missing"}
-
-
-def dvc_md5(folder: Path) -> str:
-    """The hash DVC records for a folder output (``<md5 of its manifest>.dir``), files it ignores left out."""
-    manifest = [{"md5": hashlib.md5(f.read_bytes()).hexdigest(), "relpath": f.relative_to(folder).as_posix()}
-                for f in sorted(folder.rglob("*")) if f.is_file() and f.name != ".snakemake_timestamp"]
-    manifest.sort(key=lambda entry: entry["relpath"])
-    return hashlib.md5(json.dumps(manifest, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
 def package_versions(lock: Path = Path("uv.lock")) -> dict[str, str]:
@@ -139,9 +134,10 @@ def templates() -> Environment:
 # --- what the page shows, as plain data ------------------------------------------------------------
 
 
-def present(paths: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """The files of ``paths`` (relative to reports/) that exist, and those that do not."""
-    return [p for p in paths if (REPORTS / p).is_file()], [p for p in paths if not (REPORTS / p).is_file()]
+def evaluation_wall_time(policy: str, max_steps: int) -> float | None:
+    """A per-policy evaluation's wall time, where this machine ran it (logs/, not a result: volatile)."""
+    timings = read_json(Path(f"{TIMINGS}/{policy}.json"))
+    return (timings or {}).get("wall_time_s", {}).get(f"max_steps_{max_steps}")
 
 
 def evaluation_rows(summary: pd.DataFrame | None, names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
@@ -150,7 +146,8 @@ def evaluation_rows(summary: pd.DataFrame | None, names: tuple[str, ...] | None 
     rows = summary if names is None else summary[summary["policy"].isin(names) | summary["algorithm"].isin(names)]
     return [{"policy": r.policy, "max_steps": r.max_steps, "episodes": r.episodes, "mean": f"{r.mean:.1f}",
              "ci": f"[{r.ci95_low:.1f}, {r.ci95_high:.1f}]", "std": f"{r.std:.1f}", "median": f"{r.median:.1f}",
-             "iqm": f"{r.iqm:.1f}", "min": f"{r.min:.0f}", "max": f"{r.max:.0f}", "wall_time_s": r.wall_time_s}
+             "iqm": f"{r.iqm:.1f}", "min": f"{r.min:.0f}", "max": f"{r.max:.0f}",
+             "wall_time_s": evaluation_wall_time(r.policy, r.max_steps)}
             for r in rows.itertuples()]
 
 
@@ -173,14 +170,12 @@ def measurement_view(m: Measurement) -> dict[str, Any]:
 
 def experiment_view(layout: Layout, entry: dict[str, Any] | None, m: Measurement,
                     summary: pd.DataFrame | None) -> dict[str, Any]:
-    figures, missing_figures = present(layout.figures)
-    gifs, missing_gifs = present(layout.gifs)
     return {
         "name": layout.name, "module": layout.module, "desc": layout.desc, "book": book_view(entry),
         "result": measurement_view(m), "seeds": list(layout.seeds),
         "settings": yaml.safe_dump(layout.settings, sort_keys=False, default_flow_style=None)
         if layout.settings else "",
-        "figures": figures, "missing_figures": missing_figures, "gifs": gifs, "missing_gifs": missing_gifs,
+        "figures": list(layout.figures), "gifs": list(layout.gifs),
         "texts": [{"path": t, "content": (REPORTS / t).read_text() if (REPORTS / t).is_file() else None}
                   for t in layout.texts],
         "has_policies": bool(layout.policies), "evaluation": evaluation_rows(summary, layout.policies),
@@ -209,8 +204,9 @@ def frame_table(path: Path) -> dict[str, Any] | None:
 
 def aggregate_view() -> dict[str, Any]:
     claims = AGGREGATE / "supported_comparisons.txt"
-    figures, missing = present(("aggregate/interval_estimates.png", "aggregate/learning_curves.png"))
-    return {"summary": frame_table(AGGREGATE / "summary.csv"), "figures": figures, "missing_figures": missing,
+    summary = frame_table(AGGREGATE / "summary.csv")
+    figures = ["aggregate/interval_estimates.png", "aggregate/learning_curves.png"] if summary else []
+    return {"summary": summary, "figures": figures,
             "claims": claims.read_text() if claims.is_file() else None,
             "comparisons": frame_table(AGGREGATE / "probability_of_improvement.csv"),
             "metrics": (AGGREGATE / "metrics.json").is_file()}
@@ -240,14 +236,15 @@ def pi_bundle_rows() -> list[dict[str, str]] | None:
     return rows
 
 
-def provenance_view(index: dict[str, Any]) -> dict[str, Any]:
+def provenance_view(summary: pd.DataFrame | None) -> dict[str, Any]:
     commit, state = git_state()
     machine = (f"{platform.node()}, {platform.machine()}, {os.cpu_count()} CPU cores, "
                f"{platform.platform()}, Python {platform.python_version()}")
     return {"commit": commit, "state": state, "machine": machine,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "hashes": [{"policy": name, "md5": dvc_md5(entry.folder), "stage": entry.stage}
-                       for name, entry in index.items()],
+            "hashes": [] if summary is None else
+                      [{"policy": r.policy, "md5": r.policy_md5, "stage": r.stage}
+                       for r in summary.drop_duplicates("policy").itertuples()],
             "versions": package_versions()}
 
 
@@ -260,14 +257,15 @@ def context(stages: list[StageSpec], profile: str, bootstrap: Bootstrap) -> dict
         raise InputError(f"{BOOK_RESULTS} has entries for {', '.join(unknown)}, which are not "
                          f"experiments of dvc.yaml (known: {', '.join(layouts)})")
     returns, summary = read_csv(EVALUATION / "returns.csv"), read_csv(EVALUATION / "summary.csv")
-    index = load_index(INDEX_DIR, {name: stage.name for name, stage in policy_producers(stages).items()},
-                       missing_ok=True)  # a policy not trained yet is shown as not run yet
-    experiments = [experiment_view(layout, book.get(name), measure(layout, book.get(name), returns, index, bootstrap),
-                                   summary) for name, layout in layouts.items()]
+    # Policy -> algorithm, for the policies evaluated (one not evaluated yet is shown as not run yet).
+    algorithms = {} if summary is None else dict(zip(summary["policy"], summary["algorithm"]))
+    experiments = [experiment_view(layout, book.get(name),
+                                   measure(layout, book.get(name), returns, algorithms, bootstrap), summary)
+                   for name, layout in layouts.items()]
     aggregate_summary = read_csv(AGGREGATE / "summary.csv")
     evaluation = read_json(EVALUATION / "metrics.json")
     return {
-        "profile": profile, "quick": profile == "quick", "policy_count": len(index),
+        "profile": profile, "quick": profile == "quick", "policy_count": len(algorithms),
         "experiments": experiments, "sections": sections(experiments),
         "winners": winners(aggregate_summary, read_csv(AGGREGATE / "probability_of_improvement.csv")),
         "aggregate_present": aggregate_summary is not None,
@@ -276,9 +274,9 @@ def context(stages: list[StageSpec], profile: str, bootstrap: Bootstrap) -> dict
             "first_seed": evaluation["seeds"]["first"] if evaluation else None,
             "files": [f"evaluate/{f}" for f in ("summary.csv", "returns.csv", "metrics.json")
                       if (EVALUATION / f).is_file()],
-            "all_policies_figure": "evaluate/intervals.png" if (EVALUATION / "intervals.png").is_file() else None,
+            "all_policies_figure": "evaluate/intervals.png" if summary is not None else None,
             "figures": interval_figures(summary, aggregate_summary, REPORTS)},
-        "aggregate": aggregate_view(), "pi_bundle": pi_bundle_rows(), "provenance": provenance_view(index),
+        "aggregate": aggregate_view(), "pi_bundle": pi_bundle_rows(), "provenance": provenance_view(summary),
         "not_run": NOT_RUN,
     }
 

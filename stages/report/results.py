@@ -11,8 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from stages.common.dag import StageSpec, experiments
-from stages.common.policies import INDEX_DIR
+from stages.common.dag import StageSpec, consumes_outputs, experiments
 from stages.common.settings import Bootstrap
 from stages.common.statistics import summarize_returns
 
@@ -53,15 +52,12 @@ class Layout:
             seeds=tuple(stage.seed for stage in stages if stage.seed is not None))
 
 
-def is_consumer(stage: StageSpec) -> bool:
-    """Evaluation, aggregate, bundle and report: the stages that read every policy."""
-    return str(INDEX_DIR) in stage.deps
-
-
 def experiment_layouts(stages: list[StageSpec]) -> dict[str, Layout]:
-    """Every experiment of the DAG (consumers aside), in declaration order."""
+    """Every experiment of the DAG, in declaration order; the stages that read other stages'
+    outputs (per-policy evaluation and conversion, the gathering stages, the report) are not
+    experiments."""
     return {name: Layout.of(name, group) for name, group in experiments(stages).items()
-            if not is_consumer(group[0])}
+            if not consumes_outputs(group[0], stages)}
 
 
 # --- reading what the run produced -------------------------------------------------------------
@@ -158,16 +154,16 @@ def close(found: Any, expected: Any, tolerance: float) -> bool:
 
 
 def measure(layout: Layout, entry: dict[str, Any] | None, returns: pd.DataFrame | None,
-            index: dict[str, Any], bootstrap: Bootstrap) -> Measurement:
+            algorithms: dict[str, str], bootstrap: Bootstrap) -> Measurement:
     """This run's result for the overview: what the book entry names, or, for an experiment the
     book gives no number for, the held-out evaluation of its first algorithm."""
     metrics = read_json(REPORTS / layout.metrics) if layout.metrics else None
     wall = wall_time_of(metrics)
     if entry is None:
-        algorithms = [index[p].algorithm or p for p in layout.policies if p in index]
-        if not algorithms:
+        evaluated = [algorithms[p] for p in layout.policies if p in algorithms]
+        if not evaluated:
             return Measurement("-", "no book number", wall_time_s=wall)
-        rows, description = returns_of({"policy": algorithms[0]}, returns)
+        rows, description = returns_of({"policy": evaluated[0]}, returns)
         if rows is None:
             return Measurement(NOT_RUN, NOT_RUN)
         rows = rows[rows["max_steps"] == rows["max_steps"].min()]
