@@ -32,12 +32,13 @@ from stages.common.policies import INDEX_DIR, PolicyEntry, load_index, load_poli
 from stages.common.seeding import seed_everything
 from stages.common.settings import InputError, ParamError, Params, run_stage
 from stages.common.statistics import summarize_returns
+from stages.common.timings import write_timings
 from stages.evaluate import Settings, settings
 
 NAME = "evaluate"
 REPORTS = f"reports/{NAME}"
 SUMMARY_COLUMNS = ["policy", "algorithm", "seed", "env_id", "max_steps", "episodes", "mean", "std",
-                   "min", "max", "median", "iqm", "ci95_low", "ci95_high", "wall_time_s"]
+                   "min", "max", "median", "iqm", "ci95_low", "ci95_high"]
 
 
 def is_atari(entry: PolicyEntry) -> bool:
@@ -112,7 +113,7 @@ def main() -> None:
     check_held_out(entries, range(cfg.seed_start, cfg.seed_start + max(episodes_of.values())))
     jobs = [(entry, cap) for entry in entries.values() for cap in step_caps(entry, cfg)]
 
-    episode_rows, summary_rows = [], []
+    episode_rows, summary_rows, seconds_of = [], [], {}
     with tqdm(jobs, desc="held-out evaluation", unit="policy") as bar:
         for entry, cap in bar:
             bar.set_postfix(policy=entry.name, max_steps=cap, refresh=True)
@@ -123,7 +124,8 @@ def main() -> None:
             episode_rows += [{**identity, "episode": i, "env_seed": s, "return": r}
                              for i, (s, r) in enumerate(zip(seeds, returns))]
             stats = summarize_returns(returns, resamples=cfg.bootstrap.resamples, seed=cfg.bootstrap.seed)
-            summary_rows.append({**identity, "env_id": entry.env_id, **stats, "wall_time_s": seconds})
+            summary_rows.append({**identity, "env_id": entry.env_id, **stats})
+            seconds_of.setdefault(entry.name, {})[f"max_steps_{cap}"] = {"wall_time_s": seconds}
             bar.set_postfix(policy=entry.name, max_steps=cap, mean_return=f"{stats['mean']:.1f}")
 
     returns = pd.DataFrame(episode_rows, columns=["policy", "algorithm", "seed", "max_steps", "episode",
@@ -144,8 +146,9 @@ def main() -> None:
         "bootstrap": {"resamples": cfg.bootstrap.resamples, "seed": cfg.bootstrap.seed,
                       "confidence_level": 0.95, "method": "percentile"},
         "policies": metrics,
-        "wall_time_s": float(summary["wall_time_s"].sum()),
     })
+    write_timings(NAME, {"policies": seconds_of,
+                         "wall_time_s": sum(s["wall_time_s"] for p in seconds_of.values() for s in p.values())})
     for row in summary_rows:
         print(f"{row['policy']:>34} @ {row['max_steps']:>5}: {row['mean']:8.1f} "
               f"[{row['ci95_low']:.1f}, {row['ci95_high']:.1f}] over {row['episodes']} episodes")

@@ -50,6 +50,7 @@ from stages.common.html import volatile
 from stages.common.io import write_text
 from stages.common.policies import INDEX_DIR, load_index
 from stages.common.settings import Bootstrap, InputError, Params, run_stage
+from stages.common.timings import read_timings
 from stages.report import settings
 from stages.report.figures import interval_figures
 from stages.report.results import (
@@ -148,9 +149,15 @@ def evaluation_rows(summary: pd.DataFrame | None, names: tuple[str, ...] | None 
     if summary is None:
         return []
     rows = summary if names is None else summary[summary["policy"].isin(names) | summary["algorithm"].isin(names)]
+    timed = (read_timings(EVALUATION.name) or {}).get("policies", {})  # only where the stage ran here
+
+    def wall_time(policy: str, max_steps: int) -> float | None:
+        return timed.get(policy, {}).get(f"max_steps_{max_steps}", {}).get("wall_time_s")
+
     return [{"policy": r.policy, "max_steps": r.max_steps, "episodes": r.episodes, "mean": f"{r.mean:.1f}",
              "ci": f"[{r.ci95_low:.1f}, {r.ci95_high:.1f}]", "std": f"{r.std:.1f}", "median": f"{r.median:.1f}",
-             "iqm": f"{r.iqm:.1f}", "min": f"{r.min:.0f}", "max": f"{r.max:.0f}", "wall_time_s": r.wall_time_s}
+             "iqm": f"{r.iqm:.1f}", "min": f"{r.min:.0f}", "max": f"{r.max:.0f}",
+             "wall_time_s": wall_time(r.policy, r.max_steps)}
             for r in rows.itertuples()]
 
 
@@ -251,8 +258,22 @@ def provenance_view(index: dict[str, Any]) -> dict[str, Any]:
             "versions": package_versions()}
 
 
-def context(stages: list[StageSpec], profile: str, bootstrap: Bootstrap) -> dict[str, Any]:
-    """Everything the templates show, read from the run's files (sorted where read from a folder)."""
+def missing_inputs(stages: list[StageSpec]) -> list[str]:
+    """The report stage's deps in dvc.yaml that are not there, each with the stages that make it."""
+    report = next(stage for stage in stages if stage.module == "stages.report")
+    missing = []
+    for dep in report.deps:
+        if Path(dep).exists():
+            continue
+        makers = [s.name for s in stages if any(out == dep or out.startswith(f"{dep}/") for out in s.outs)]
+        shown = ", ".join(makers[:3]) + (f" and {len(makers) - 3} more" if len(makers) > 3 else "")
+        missing.append(f"{dep} (made by {shown})" if makers else dep)
+    return missing
+
+
+def context(stages: list[StageSpec], profile: str, bootstrap: Bootstrap, partial: bool = True) -> dict[str, Any]:
+    """Everything the templates show, read from the run's files (sorted where read from a folder);
+    ``partial``: a policy not trained yet is shown as not run yet instead of refused."""
     book = book_experiments(BOOK_RESULTS)
     layouts = experiment_layouts(stages)
     unknown = sorted(set(book) - set(layouts))
@@ -261,7 +282,7 @@ def context(stages: list[StageSpec], profile: str, bootstrap: Bootstrap) -> dict
                          f"experiments of dvc.yaml (known: {', '.join(layouts)})")
     returns, summary = read_csv(EVALUATION / "returns.csv"), read_csv(EVALUATION / "summary.csv")
     index = load_index(INDEX_DIR, {name: stage.name for name, stage in policy_producers(stages).items()},
-                       missing_ok=True)  # a policy not trained yet is shown as not run yet
+                       missing_ok=partial)
     experiments = [experiment_view(layout, book.get(name), measure(layout, book.get(name), returns, index, bootstrap),
                                    summary) for name, layout in layouts.items()]
     aggregate_summary = read_csv(AGGREGATE / "summary.csv")
@@ -283,16 +304,23 @@ def context(stages: list[StageSpec], profile: str, bootstrap: Bootstrap) -> dict
     }
 
 
-def render(stages: list[StageSpec], profile: str, bootstrap: Bootstrap) -> tuple[str, str]:
+def render(stages: list[StageSpec], profile: str, bootstrap: Bootstrap,
+           partial: bool = True) -> tuple[str, str]:
     """The page and the Markdown summary."""
-    data = context(stages, profile, bootstrap)
+    data = context(stages, profile, bootstrap, partial)
     environment = templates()
     return environment.get_template("index.html").render(data), environment.get_template("summary.md").render(data)
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = settings(sys.argv[1:] if argv is None else argv, Params.load())
-    page, summary = render(read_dag(), cfg.pipeline.profile, cfg.bootstrap)
+    stages = read_dag()
+    missing = [] if cfg.partial else missing_inputs(stages)
+    if missing:
+        raise InputError("the report's inputs are missing, nothing was written: " + "; ".join(missing)
+                         + ". Run the stages that make them first (`dvc repro report`), or "
+                         "`python -m stages.report --partial` to render what exists")
+    page, summary = render(stages, cfg.pipeline.profile, cfg.bootstrap, cfg.partial)
     write_text(PAGE, page)
     write_text(SUMMARY, summary)
     print(f"report: {PAGE.resolve()}, {SUMMARY.resolve()}")
