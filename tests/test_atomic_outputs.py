@@ -8,12 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
+from stages.common.bundle import write_reproducible_tar_gz
 from stages.common.io import (
     atomic_folder,
     output_set,
@@ -181,3 +183,15 @@ def test_timings_are_written_apart_and_read_only_where_present(tmp_path):
     assert read_timings("dqn@dqn-42", tmp_path) == {"training": {"wall_time_s": 1.5}}
     (tmp_path / "broken.json").write_text("{")
     assert read_timings("broken", tmp_path) is None
+
+
+def test_an_archive_of_a_folder_waiting_in_the_set_packs_what_this_run_wrote(tmp_path):
+    with atomic_folder(tmp_path / "pi_bundle") as folder:
+        (folder / "manifest.json").write_text("old")
+    with output_set():
+        with atomic_folder(tmp_path / "pi_bundle") as folder:
+            (folder / "manifest.json").write_text("new")
+        write_reproducible_tar_gz(tmp_path / "pi_bundle", tmp_path / "pi_bundle.tar.gz")
+    with tarfile.open(tmp_path / "pi_bundle.tar.gz") as archive:
+        assert archive.getnames() == ["pi_bundle", "pi_bundle/manifest.json"]
+        assert archive.extractfile("pi_bundle/manifest.json").read() == b"new"
