@@ -195,3 +195,16 @@ def test_an_archive_of_a_folder_waiting_in_the_set_packs_what_this_run_wrote(tmp
     with tarfile.open(tmp_path / "pi_bundle.tar.gz") as archive:
         assert archive.getnames() == ["pi_bundle", "pi_bundle/manifest.json"]
         assert archive.extractfile("pi_bundle/manifest.json").read() == b"new"
+
+
+def test_dvc_ignores_outputs_being_written_and_leftovers_but_not_a_live_training_log(repo_root):
+    """Not a dependency's content: a killed run's policy folder in data/policies does not put the
+    consumers out of date before the next run removes it. A live log stays visible to DVC."""
+    dvc = [sys.executable, "-m", "dvc", "check-ignore"]
+    ignored = ["data/policies/.dqn_s42.tmp-123", "data/policies/.dqn_s42.old-123",
+               "reports/dqn/dqn/s42/.dqn.tmp-123.gif", "reports/evaluate/.metrics.tmp-123.json"]
+    found = subprocess.run([*dvc, *ignored], cwd=repo_root, capture_output=True, text=True)
+    assert found.returncode == 0 and found.stdout.split() == ignored, found
+    kept = ["data/dqn/dqn/s42/.dvclive.tmp-123", "data/policies/dqn_s42", "reports/dqn/dqn/s42/dqn.gif"]
+    found = subprocess.run([*dvc, *kept], cwd=repo_root, capture_output=True, text=True)
+    assert found.returncode == 1 and found.stdout == "", found
