@@ -164,13 +164,16 @@ def test_only_leftovers_of_processes_no_longer_running_are_removed(tmp_path):
             temporary_name(target, pid).write_text("half a gif")
             temporary_name(tmp_path / "policy", pid, folder=True).mkdir()
             (tmp_path / f".policy.old-{pid}").mkdir()
+            (tmp_path / f"..policy.tmp-{pid}.tmp-{dead.pid}").mkdir()  # a child process's export
         (tmp_path / ".run.tmp-notapid.gif").write_text("not ours")
         (tmp_path / ".other.tmp-1.gif").write_text("another output's")
         removed = remove_leftovers(target) + remove_leftovers(tmp_path / "policy")
         assert sorted(p.name for p in removed) == sorted(
-            [f".run.tmp-{dead.pid}.gif", f".policy.tmp-{dead.pid}", f".policy.old-{dead.pid}"])
+            [f".run.tmp-{dead.pid}.gif", f".policy.tmp-{dead.pid}", f".policy.old-{dead.pid}",
+             f"..policy.tmp-{dead.pid}.tmp-{dead.pid}"])
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
             ["run.gif", f".run.tmp-{alive.pid}.gif", f".policy.tmp-{alive.pid}", f".policy.old-{alive.pid}",
+             f"..policy.tmp-{alive.pid}.tmp-{dead.pid}",
              ".run.tmp-notapid.gif", ".other.tmp-1.gif"])
     finally:
         alive.kill()

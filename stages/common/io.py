@@ -138,12 +138,14 @@ def remove_leftovers(path: str | os.PathLike) -> list[Path]:
     final = Path(path)
     if not final.parent.is_dir():
         return []
+    # A folder exported by a child process is written as the parent's temporary name's own
+    # temporary name (``..<name>.tmp-<parent>.tmp-<child>``): both processes must be gone.
     patterns = [re.compile(rf"\.{re.escape(final.stem)}\.tmp-(\d+){re.escape(final.suffix)}"),
-                re.compile(rf"\.{re.escape(final.name)}\.(?:tmp|old)-(\d+)")]
+                re.compile(rf"\.{{1,2}}{re.escape(final.name)}\.(?:tmp|old)-(\d+)(?:\.tmp-(\d+))?")]
     removed = []
     for candidate in final.parent.iterdir():
         match = next((m for p in patterns if (m := p.fullmatch(candidate.name))), None)
-        if match and not _running(int(match.group(1))):
+        if match and not any(_running(int(pid)) for pid in match.groups() if pid):
             _remove(candidate)
             removed.append(candidate)
     return removed
