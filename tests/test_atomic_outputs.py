@@ -138,6 +138,8 @@ def test_outputs_wait_in_the_set_where_the_stage_can_read_them_back(tmp_path):
         write_text(target, "new")
         with atomic_folder(folder) as temporary:
             (temporary / "model").write_text("weights")
+            write_json(temporary / "manifest.json", {"files": 1})  # part of the folder: at once
+            assert json.loads((temporary / "manifest.json").read_text()) == {"files": 1}
         assert not target.exists() and not folder.exists()
         assert staged(target) == temporary_name(target) and staged(target).read_text() == "new"
         assert (staged(folder) / "model").read_text() == "weights"
@@ -148,6 +150,7 @@ def test_outputs_wait_in_the_set_where_the_stage_can_read_them_back(tmp_path):
         live.close()
         assert not (tmp_path / "dvclive").exists()
     assert target.read_text() == "new" and (folder / "model").read_text() == "weights"
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model"]
     assert staged(target) == target
     assert len(read_history(tmp_path / "dvclive")) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dvclive", "metrics.json", "policy"]

@@ -39,6 +39,12 @@ class OutputSet:
 
     def __init__(self) -> None:
         self.pending: dict[Path, Path] = {}
+        self.folders: set[Path] = set()  # temporary folders being filled (absolute)
+
+    def holds(self, path: Path) -> bool:
+        """``path`` lies in a temporary folder of this set: it moves with that folder."""
+        path = path.absolute()
+        return any(folder in path.parents for folder in self.folders)
 
     def add(self, temporary: Path, final: Path) -> None:
         earlier = self.pending.pop(final.absolute(), None)
@@ -84,6 +90,13 @@ def output_set() -> Iterator[OutputSet]:
     finally:
         _ACTIVE.reset(token)
         outputs.discard()
+
+
+def _set_for(final: Path) -> OutputSet | None:
+    """The output set a write to ``final`` waits in: none outside a set, or inside a folder that
+    is itself being written (the file is part of that folder, written at once)."""
+    outputs = _ACTIVE.get()
+    return None if outputs is None or outputs.holds(final) else outputs
 
 
 def staged(path: str | os.PathLike) -> Path:
@@ -158,7 +171,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_name(final)
-    outputs = _ACTIVE.get()
+    outputs = _set_for(final)
     try:
         yield temporary
         if outputs is not None:
@@ -178,9 +191,11 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_name(final, folder=True)
-    outputs = _ACTIVE.get()
+    outputs = _set_for(final)
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()
+    if outputs is not None:
+        outputs.folders.add(temporary.absolute())
     try:
         yield temporary
         if outputs is not None:
