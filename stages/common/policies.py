@@ -357,7 +357,9 @@ def load_index(index_dir: str | os.PathLike = INDEX_DIR, declared: Mapping[str, 
     since removed from params.yaml) is left out, with a note.
     """
     index_dir = Path(index_dir)
-    folders = sorted(p.parent for p in index_dir.glob(f"*/{ENTRY_FILE}")) if index_dir.is_dir() else []
+    # Hidden folders are policies being written, or a killed run's leftovers (stages/common/io.py).
+    folders = sorted(p.parent for p in index_dir.glob(f"*/{ENTRY_FILE}")
+                     if not p.parent.name.startswith(".")) if index_dir.is_dir() else []
     if declared is None:
         return {entry.name: entry for entry in (read_entry(folder) for folder in folders)}
     for folder in folders:
