@@ -126,6 +126,7 @@ def test_a_failing_stage_replaces_nothing_and_leaves_no_temporary_file(tmp_path)
         log = TrainingLive(tmp_path / "dvclive", "iteration")
         log.log(1, loss=0.5)
         log.close()
+        TrainingLive(tmp_path / "more", "iteration").log(1, loss=0.5)  # left open by the failure
         raise RuntimeError("the stage fails after writing")
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"old": 1}
     assert (tmp_path / "policy/model").read_text() == "old"

@@ -70,9 +70,11 @@ class OutputSet:
         self.pending.clear()
 
     def discard(self) -> None:
-        for temporary in self.pending.values():
+        """Remove what was written and not committed (a folder still being filled included)."""
+        for temporary in [*self.pending.values(), *self.folders]:
             _remove(temporary)
         self.pending.clear()
+        self.folders.clear()
 
 
 _ACTIVE: ContextVar[OutputSet | None] = ContextVar("output_set", default=None)
