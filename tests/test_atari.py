@@ -438,8 +438,9 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(quick_workspace):
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     assert not (ws / target).exists()
-    # The killed run's log never replaced dvclive/ (none yet): it stayed where it was written.
-    assert not (ws / "data/atari_dqn/breakout/dvclive").exists()
+    # The killed run's log never replaced dvclive/ (empty: Snakemake made its folders before the
+    # job); it stayed where it was written.
+    assert not (ws / "data/atari_dqn/breakout/dvclive/metrics.json").exists()
     [written] = (ws / "data/atari_dqn/breakout").glob(".dvclive.tmp-*")
     killed = read_history(written)  # rows up to the kill
 
