@@ -126,7 +126,7 @@ class TrainingLive:
 
     @property
     def wall_time_s(self) -> float:
-        """Seconds since the log was opened (for the stage's metrics.json, never DVCLive's files)."""
+        """Seconds since the log was opened (for the stage's timings, stages/common/timings.py)."""
         return round(time.perf_counter() - self._start, 3)
 
     def close(self) -> None:
