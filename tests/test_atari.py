@@ -438,7 +438,11 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(quick_workspace):
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     assert not (ws / target).exists()
-    killed = read_history(ws / "data/atari_dqn/breakout/dvclive")  # rows up to the kill
+    # The killed run's log never replaced dvclive/ (empty: Snakemake made its folders before the
+    # job); it stayed where it was written.
+    assert not (ws / "data/atari_dqn/breakout/dvclive/metrics.json").exists()
+    [written] = (ws / "data/atari_dqn/breakout").glob(".dvclive.tmp-*")
+    killed = read_history(written)  # rows up to the kill
 
     # Started again, Snakemake leaves the checkpoint alone and the stage continues from it.
     run([*SNAKEMAKE, "--unlock"], ws)  # the killed Snakemake left its lock behind
@@ -455,6 +459,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(quick_workspace):
     # checkpoint are gone (logged again by the resumed run, not twice).
     before = killed[killed["iteration"] <= resumed_at].reset_index(drop=True)
     assert before.equals(training_log[training_log["iteration"] <= resumed_at].reset_index(drop=True))
+    assert not written.exists()  # the killed run's leftover, removed by the run that finished
 
     # DVC keeps it too (persist): asking for more iterations continues the finished run.
     edit_params(ws, lambda p: p["training"].update(iterations=170))

@@ -140,6 +140,24 @@ def test_a_parameter_change_reruns_only_the_stages_that_read_it(clone_of_quick_r
     assert dvc_changed_stages(ws) == set()
 
 
+def test_a_rerun_that_reproduces_leaves_dvc_lock_as_it_was(clone_of_quick_run):
+    """Stages keep their timings out of their outputs (logs/timings/): `dvc repro -f -s` of
+    markov_chain and a training seed of nn_policy writes the same bytes, so dvc.lock's record of
+    every stage stays as it was, and the timings are written apart."""
+    ws = clone_of_quick_run()
+    stages = ["markov_chain", next(s.name for s in read_dag(ws) if s.name.startswith("nn_policy@"))]
+    outputs = sorted(o for stage in read_dag(ws) if stage.name in stages for o in stage.outs)
+    before = {path: (ws / path).read_bytes() for path in ("dvc.lock", *outputs) if (ws / path).is_file()}
+    for stage in stages:
+        run([DVC, "repro", "-f", "-s", stage], ws)
+    after = {path: (ws / path).read_bytes() for path in before}
+    assert yaml.safe_load(after.pop("dvc.lock")) == yaml.safe_load(before.pop("dvc.lock"))
+    assert after == before
+    assert not any(b"wall_time_s" in (ws / path).read_bytes() for path in outputs if path.endswith(".json"))
+    timings = json.loads((ws / "logs/timings" / f"{stages[1]}.json").read_text())
+    assert timings["training"]["wall_time_s"] > 0
+
+
 @pytest.mark.parametrize("engine", ["snakemake", "dvc"])
 def test_a_bad_parameter_fails_cleanly_and_keeps_earlier_outputs(clone_of_quick_run, engine):
     ws = clone_of_quick_run()

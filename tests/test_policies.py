@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+import shutil
 import sys
 
 import numpy as np
@@ -56,6 +57,7 @@ def test_export_round_trip_plays_like_the_model(tmp_path):
                                 env_id="CartPole-v1", output="q_values", training_max_steps=200,
                                 training_seeds=(1, 2))
     assert entry.observation_shape == (4,) and entry.n_actions == 2
+    shutil.copytree(tmp_path / "policies/toy", tmp_path / "policies/.toy.tmp-1")  # a killed run's
     index = load_index(tmp_path / "policies")
     assert list(index) == ["toy"] and index["toy"] == read_entry(tmp_path / "policies" / "toy")
     observations = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)

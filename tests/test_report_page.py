@@ -1,6 +1,8 @@
 """The report page without a pipeline run: a workspace where nothing has trained, given a small
-evaluation and aggregate by hand. Autoescaping, the order of sections, the sidebar, the Markdown
-summary beside the page, the leaders per environment, and the same bytes from a rerun.
+evaluation and aggregate by hand. The report's command refuses it (inputs missing) and writes
+nothing; ``--partial`` renders it. Autoescaping, the order of sections, the sidebar, the Markdown
+summary beside the page, the leaders per environment, and the same bytes from a rerun (timings
+aside).
 (The quick run's page in a real browser: test_report.py.)"""
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ def _aggregate(folder: Path) -> None:
 
 def render_twice(ws: Path) -> None:
     """An untrained workspace with a hand-made evaluation and aggregate, an experiment's title
-    in the book made hostile, and the report run twice (pages kept as index_1/2, summary_1/2, and
-    figures in figures_1/2)."""
+    in the book made hostile; the report's command refused there (its message kept in
+    refused.txt), then the report run twice with ``--partial`` (pages kept as index_1/2,
+    summary_1/2, and figures in figures_1/2), the second time with the evaluation's timings."""
     create_workspace(ws, profile=None)
     book = ws / "data/book_results.yaml"
     data = yaml.safe_load(book.read_text())
@@ -75,13 +78,22 @@ def render_twice(ws: Path) -> None:
     book.write_text(yaml.safe_dump(data, sort_keys=False))
     _evaluation(ws / "reports")
     _aggregate(ws / "reports")
+    from stages.common.settings import InputError
+    from stages.common.timings import write_timings
     from stages.report.__main__ import main
 
     cwd = os.getcwd()
     os.chdir(ws)
     try:
-        for run in (1, 2):
+        before = sorted(str(p.relative_to(ws)) for p in (ws / "reports").rglob("*"))
+        with pytest.raises(InputError) as refused:
             main([])
+        assert sorted(str(p.relative_to(ws)) for p in (ws / "reports").rglob("*")) == before
+        (ws / "refused.txt").write_text(str(refused.value))
+        for run in (1, 2):
+            if run == 2:
+                write_timings("evaluate", {"policies": {"alpha_s42": {"max_steps_200": {"wall_time_s": 4321.0}}}})
+            main(["--partial"])
             for name in ("index.html", "summary.md"):
                 stem, suffix = name.split(".")
                 (ws / "reports" / f"{stem}_{run}.{suffix}").write_bytes((ws / "reports" / name).read_bytes())
@@ -175,12 +187,22 @@ def test_the_leader_per_environment_is_in_the_page_and_the_markdown(workspace):
     assert [row[3] for row in md_rows] == verdicts and len(verdicts) == overview.count("<tr>") - 1
 
 
+def test_the_reports_command_refuses_missing_inputs_and_names_them(workspace):
+    message = (workspace / "refused.txt").read_text()
+    assert message.startswith("the report's inputs are missing, nothing was written: ")
+    assert "data/policies (made by nn_policy@" in message and "reports/nn_policy (made by" in message
+    assert "python -m stages.report --partial" in message
+
+
 def test_a_rerun_gives_the_same_bytes_but_for_volatile_spans(workspace):
     reports = workspace / "reports"
     for name in ("index", "summary"):
         suffix = "html" if name == "index" else "md"
         first, second = [(reports / f"{name}_{run}.{suffix}").read_text() for run in (1, 2)]
         assert strip_volatile(first) == strip_volatile(second)
+    # The evaluation's timing (logs/timings/evaluate.json) is shown, in a volatile span only.
+    timed = "<!--volatile-->72.0 min<!--/volatile-->"
+    assert timed not in (reports / "index_1.html").read_text() and timed in (reports / "index_2.html").read_text()
     assert VOLATILE_START in (reports / "index_1.html").read_text()
     figures = sorted((reports / "report").glob("*.png"))
     assert [f.name for f in figures] == ["intervals_ALE_Game-v5.png", "intervals_CartPole-v1.png"]

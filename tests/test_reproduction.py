@@ -1,4 +1,4 @@
-"""The reproduction check: timing-free digests beside dvc.lock, and the verdict per stage."""
+"""The reproduction check: digests beside dvc.lock (measured timings aside), and the verdict per stage."""
 
 from __future__ import annotations
 
@@ -15,13 +15,16 @@ from stages.common.reproduction import (
 
 
 def _only_the_timing_is_ignored(file: Path, recorded: str, other_timing: str, other_result: str) -> None:
-    """``file`` written as ``recorded``: a new timing leaves its digest alone, a new result does not."""
+    """``file`` written as ``recorded``: in a stage that measures time a new timing leaves its digest
+    alone, a new result does not; in any other stage the timing counts as a result (it has no place
+    in a stage's outputs: logs/timings/ holds it), a volatile span aside."""
     file.write_text(recorded)
-    before = reproducible_bytes(file)
+    before, strict = reproducible_bytes(file, timings=True), reproducible_bytes(file)
     file.write_text(other_timing)
-    assert reproducible_bytes(file) == before
+    assert reproducible_bytes(file, timings=True) == before
+    assert (reproducible_bytes(file) == strict) is (file.suffix == ".html")
     file.write_text(other_result)
-    assert reproducible_bytes(file) != before
+    assert reproducible_bytes(file, timings=True) != before
 
 
 def test_timings_and_volatile_spans_are_left_out_and_nothing_else(tmp_path):
@@ -52,7 +55,7 @@ def _workspace(root: Path) -> dict:
     (root / "data/train").mkdir(parents=True)
     (root / "data/train/model.bin").write_bytes(b"\x00weights")
     (root / "reports").mkdir()
-    (root / "reports/metrics.json").write_text(json.dumps({"return": 10, "wall_time_s": 1.0}))
+    (root / "reports/metrics.json").write_text(json.dumps({"return": 10}))
     (root / "reports/curve.png").write_bytes(b"png")
     (root / "train.py").write_text("print('train')\n")
     (root / "page.html").write_text("<p>10</p>")
@@ -82,12 +85,36 @@ def _verdicts(root: Path, recorded: dict) -> dict[str, tuple[str, list[str]]]:
     return {v.stage: (v.result, v.files) for v in check(root, recorded)}
 
 
-def test_a_rerun_that_changed_only_timings_is_reproduced(tmp_path):
+def test_a_rerun_is_reproduced_and_a_timing_in_a_result_is_a_difference(tmp_path):
     recorded = _workspace(tmp_path)
-    (tmp_path / "reports/metrics.json").write_text(json.dumps({"return": 10, "wall_time_s": 7.5}))
+    (tmp_path / "reports/metrics.json").write_text(json.dumps({"return": 10}, indent=2))  # same content
     verdicts = _verdicts(tmp_path, recorded)
     assert verdicts["train"] == ("reproduced", ["2 files"])
     assert verdicts["plot"] == ("reproduced", ["1 files"])
+    (tmp_path / "reports/metrics.json").write_text(json.dumps({"return": 10, "wall_time_s": 7.5}))
+    assert _verdicts(tmp_path, recorded)["train"] == ("differs", ["reports/metrics.json"])
+
+
+def test_a_machine_dependent_gif_is_a_known_difference_and_anything_more_is_not(tmp_path):
+    gif = tmp_path / "reports/pg_lunarlander/book/s42/policy.gif"
+    gif.parent.mkdir(parents=True)
+    gif.write_bytes(b"GIF89a one machine")
+    (tmp_path / "reports/pg_lunarlander/book/s42/metrics.json").write_text('{"return": 1}')
+    outputs = ["reports/pg_lunarlander/book/s42/policy.gif", "reports/pg_lunarlander/book/s42/metrics.json"]
+    lock = {"schema": "2.0", "stages": {"pg_lunarlander@book-42": {
+        "cmd": "python -m stages.pg_lunarlander", "outs": [{"path": p, "md5": "m"} for p in outputs]}}}
+    (tmp_path / LOCK).write_text(yaml.safe_dump(lock))
+    entry = read_lock(tmp_path)["pg_lunarlander@book-42"]
+    recorded = {"stages": {"pg_lunarlander@book-42": {"inputs": fingerprint(entry, set(outputs)),
+                                                      "files": file_digests(tmp_path, outputs)}}}
+    gif.write_bytes(b"GIF89a another machine")
+    assert _verdicts(tmp_path, recorded)["pg_lunarlander@book-42"] == ("differs (known)", [outputs[0]])
+    assert reproduction.main(["check", "--dir", str(tmp_path)]) == 2  # no record file yet: refused
+    (tmp_path / DIGESTS).write_text(yaml.safe_dump(recorded))
+    assert reproduction.main(["check", "--dir", str(tmp_path)]) == 0
+    (tmp_path / "reports/pg_lunarlander/book/s42/metrics.json").write_text('{"return": 2}')
+    assert _verdicts(tmp_path, recorded)["pg_lunarlander@book-42"][0] == "differs"
+    assert reproduction.main(["check", "--dir", str(tmp_path)]) == 1
 
 
 def test_a_changed_added_or_missing_file_is_named(tmp_path):

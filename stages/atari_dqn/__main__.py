@@ -49,7 +49,7 @@ from stages.atari_dqn import Agent, Settings, settings
 from stages.common.checkpoints import TrainingCheckpoint, restore_trackables
 from stages.common.evaluation import evaluate_policy
 from stages.common.frames import record_episode, write_gif
-from stages.common.io import write_json
+from stages.common.io import adopt, staged, temporary_name, write_json
 from stages.common.live_log import TrainingLive
 from stages.common.plotting import new_figure, save_figure
 from stages.common.policies import (
@@ -63,6 +63,7 @@ from stages.common.seeding import seed_everything
 from stages.common.settings import ParamError, Params, run_stage
 from stages.common.tf_env import GymnasiumPyEnvironment
 from stages.common.tf_summaries import FOLDER as TENSORBOARD, TrainSummaries
+from stages.common.timings import write_timings
 
 OPTIMIZER = "Keras RMSprop (epsilon added to the root)"
 MEMORY_HEADROOM_BYTES = 2 * 1024**3  # TensorFlow, the networks, the environment, a checkpoint's buffers
@@ -289,8 +290,9 @@ def first_frames(env_id: str, preprocessing: dict, seed: int, steps: int) -> tup
 # --- export -----------------------------------------------------------------------------------
 
 
-def export_policy(game: str) -> None:
-    """Save the checkpoint's greedy policy with PolicySaver, with its entry in the policy index.
+def export_policy(game: str, folder: str | None = None) -> None:
+    """Save the checkpoint's greedy policy with PolicySaver, with its entry in the policy index
+    (into ``folder`` if given, else the policy's own folder).
 
     Runs in a fresh interpreter: a SavedModel names its functions with a process-wide counter,
     so only a process that traced nothing else writes the same bytes whether the policy was
@@ -304,7 +306,8 @@ def export_policy(game: str) -> None:
     restore_trackables(paths.data / "checkpoints", policy=agent.policy, global_step=agent.train_step_counter)
     saver = PolicySaver(agent.policy, batch_size=None, train_step=agent.train_step_counter)
     export_saved_policy(
-        lambda folder: saver.save(str(folder)), paths.policy, stage=f"atari_dqn@{game}",
+        lambda folder: saver.save(str(folder)), folder or paths.policy, name=paths.policy.name,
+        stage=f"atari_dqn@{game}",
         env_id=cfg.game.env_id, observation_shape=tuple(tf_env.observation_spec().shape),
         observation_dtype=tf_env.observation_spec().dtype.name,
         n_actions=int(tf_env.action_spec().maximum) + 1,
@@ -315,12 +318,16 @@ def export_policy(game: str) -> None:
 
 
 def export_in_fresh_process(game: str, paths: Paths) -> PolicyEntry:
-    """:func:`export_policy` in a new interpreter that imports this module (and runs no main)."""
-    code = f"from stages.atari_dqn.__main__ import export_policy; export_policy({game!r})"
+    """:func:`export_policy` in a new interpreter that imports this module (and runs no main). It
+    exports under this process's temporary name of the policy folder, which then joins this
+    stage's output set (stages/common/io.py)."""
+    staging = temporary_name(paths.policy, folder=True)
+    code = f"from stages.atari_dqn.__main__ import export_policy; export_policy({game!r}, {str(staging)!r})"
     exported = subprocess.run([sys.executable, "-c", code])
     if exported.returncode != 0:
         raise RuntimeError(f"exporting the {game} policy failed (exit code {exported.returncode})")
-    return read_entry(paths.policy)
+    adopt(staging, paths.policy)
+    return read_entry(staged(paths.policy))
 
 
 def describe_preprocessing(cfg: Settings) -> dict:
@@ -416,14 +423,14 @@ def main() -> None:
         "training": {"iterations": int(last["iteration"]), "episodes": int(last["episodes"]),
                      "environment_steps": int(last["environment_steps"]),
                      "average_return": float(last["average_return"]),
-                     "average_episode_length": float(last["average_episode_length"]),
-                     "wall_time_s": float(last["wall_time_s"])},
+                     "average_episode_length": float(last["average_episode_length"])},
         "replay_buffer": {"capacity": cfg.training.replay_buffer_capacity, "bytes": needed},
         "evaluation": {"greedy_policy": trained.summary(), "random_policy": random_play.summary(),
                        "seeds": seeds},
         "gif_episode": {"seed": cfg.pictures.gif_seed, "frames": len(episode.frames),
                         "return": episode.total_reward},
     })
+    write_timings(f"atari_dqn@{game}", {"training": {"wall_time_s": float(last["wall_time_s"])}})
     print(f"{game}: greedy policy {trained.mean:.1f} +/- {trained.std:.1f} over {len(seeds)} episodes, "
           f"random play {random_play.mean:.1f} +/- {random_play.std:.1f}")
 

@@ -9,7 +9,15 @@ Every trainer writes its history the same way (see :class:`TrainingLive`):
 ``step`` is the run's own counter, named by ``step_name`` in metrics.json and in the stage's
 docstring: ``iteration`` (nn_policy, REINFORCE, the TF-Agents stages) or ``episode`` (dqn). The
 files hold no wall-clock time (no timestamps, no ``wall_time_s`` metric), so two identical runs
-write identical bytes; a stage's own metrics.json keeps its wall time.
+write identical bytes (a stage's timings go to logs/timings/, stages/common/timings.py).
+
+The folder is one of the stage's outputs and is replaced with the others, as one set
+(stages/common/io.py): while the stage runs, the log grows in a temporary sibling folder,
+``<data folder of the run>/.dvclive.tmp-<pid>/`` (printed when training starts), and it takes the
+place of ``dvclive`` only when the stage has written everything else. A killed run thus leaves the
+previous run's complete log beside the previous policy, figures and metrics; the next run of the
+stage removes the killed run's folder. To watch a run live, point DVC at the temporary folder,
+e.g. ``dvc plots show data/dqn/dqn/s42/.dvclive.tmp-1234/plots/metrics``.
 
 dvc.yaml declares the folder's ``metrics.json`` as the stage's metrics and ``plots/metrics`` as
 its plots (``x: step``), and is the only declaration: DVCLive is opened without writing a
@@ -42,6 +50,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from dvclive import Live
+
+from stages.common.io import atomic_folder
 
 FOLDER = "dvclive"
 STEP = "step"  # DVCLive's column
@@ -82,8 +92,11 @@ class TrainingLive:
                  history: Iterable[Mapping[str, object]] = ()) -> None:
         self.folder = Path(folder)
         self.step_name = step_name
-        self._live = StageLive(dir=str(self.folder), resume=False, report=None, save_dvc_exp=False,
-                               dvcyaml=None)
+        self._writing = atomic_folder(self.folder)  # swapped in by close(), with the stage's outputs
+        self.live_folder = self._writing.__enter__()
+        print(f"training log (while the stage runs): {self.live_folder}", flush=True)
+        self._live = StageLive(dir=str(self.live_folder), resume=False, report=None,
+                               save_dvc_exp=False, dvcyaml=None)
         self._live.summary[STEP_NAME] = step_name
         self._rows: list[dict[str, int | float]] = []
         self._start = time.perf_counter()
@@ -113,12 +126,16 @@ class TrainingLive:
 
     @property
     def wall_time_s(self) -> float:
-        """Seconds since the log was opened (for the stage's metrics.json, never DVCLive's files)."""
+        """Seconds since the log was opened (for the stage's timings, stages/common/timings.py)."""
         return round(time.perf_counter() - self._start, 3)
 
     def close(self) -> None:
-        """Write metrics.json: the latest value of each metric, the last ``step`` and its name."""
+        """Write metrics.json (the latest value of each metric, the last ``step`` and its name)
+        and hand the folder over: it replaces ``folder`` with the stage's other outputs."""
         self._live.make_summary()
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            writing.__exit__(None, None, None)
 
 
 def read_history(folder: str | os.PathLike) -> pd.DataFrame:

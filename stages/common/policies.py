@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from pi.policy_runtime import actions_from_outputs
-from stages.common.io import atomic_folder
+from stages.common.io import atomic_folder, staged
 from stages.common.settings import InputError
 
 INDEX_DIR = Path("data/policies")
@@ -268,7 +268,7 @@ def export_keras_policy(model: Any, folder: str | os.PathLike, **entry_fields: A
         _without_optimizer(model).save(temporary / KERAS_MODEL_FILE)
         _normalise_keras_archive(temporary / KERAS_MODEL_FILE)
         _write_entry(temporary, entry)
-    return read_entry(folder)
+    return read_entry(staged(folder))  # where it waits in the stage's output set
 
 
 def export_saved_policy(save: Callable[[Path], None], folder: str | os.PathLike,
@@ -283,7 +283,7 @@ def export_saved_policy(save: Callable[[Path], None], folder: str | os.PathLike,
         save(temporary / entry.model)
         _normalise_saved_model(temporary / entry.model)
         _write_entry(temporary, entry)
-    return read_entry(folder)
+    return read_entry(staged(folder))  # where it waits in the stage's output set
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -357,7 +357,9 @@ def load_index(index_dir: str | os.PathLike = INDEX_DIR, declared: Mapping[str, 
     since removed from params.yaml) is left out, with a note.
     """
     index_dir = Path(index_dir)
-    folders = sorted(p.parent for p in index_dir.glob(f"*/{ENTRY_FILE}")) if index_dir.is_dir() else []
+    # Hidden folders are policies being written, or a killed run's leftovers (stages/common/io.py).
+    folders = sorted(p.parent for p in index_dir.glob(f"*/{ENTRY_FILE}")
+                     if not p.parent.name.startswith(".")) if index_dir.is_dir() else []
     if declared is None:
         return {entry.name: entry for entry in (read_entry(folder) for folder in folders)}
     for folder in folders:

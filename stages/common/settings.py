@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from stages.common.io import output_set
 from stages.common.stage_lock import StageBusy, holding, stage_command
 
 PARAMS_FILE = Path("params.yaml")
@@ -432,14 +433,16 @@ def member_of(params: Params, key: str, name: str, what: str) -> str:
 
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main() after the checks every stage shares; bad input exits with status 2
-    and one clear message (nothing the stage would write is written). The stage holds its lock
-    while it runs: a second run of it in the workspace stops with status 75, naming the first
-    (stages/common/stage_lock.py)."""
+    and one clear message. The stage holds its lock while it runs: a second run of it in the
+    workspace stops with status 75, naming the first (stages/common/stage_lock.py). The stage's
+    outputs form one output set (stages/common/io.py): they replace the previous ones together once
+    main() returns, so a stage that fails or is killed writes nothing and leaves the previous run's
+    outputs whole."""
     spec = main.__globals__.get("__spec__")
     module = spec.name.removesuffix(".__main__") if spec else main.__module__
     try:
         Params.load().pipeline()
-        with holding(stage_command(module, sys.argv[1:])):
+        with holding(stage_command(module, sys.argv[1:])), output_set():
             main()
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

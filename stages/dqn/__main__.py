@@ -51,6 +51,7 @@ from stages.common.policies import (
 from stages.common.replay import PrioritizedReplayMemory, ReplayMemory
 from stages.common.seeding import seed_everything
 from stages.common.settings import ParamError, Params, run_stage
+from stages.common.timings import write_timings
 from stages.dqn import Settings, Variant, settings
 
 
@@ -284,17 +285,17 @@ def main() -> None:
             "best_return": run.best_return,
             "final_return": float(returns[-1]),
             "mean_return_last_100_episodes": float(returns[-100:].mean()),
-            "wall_time_s": training_time,
         },
         "evaluation": {
             "episodes": cfg.evaluation.episodes,
             "seed_start": cfg.evaluation.seed_start,
             **evaluation,
-            "wall_time_s": evaluation_time,
         },
         "gif_episode": {"policy": entries["best"].name, "seed": cfg.gif.seed,
                         "return": episode.total_reward, "frames": len(episode.frames)},
     })
+    write_timings(f"dqn@{name}-{cfg.seed}", {"training": {"wall_time_s": training_time},
+                                             "evaluation": {"wall_time_s": evaluation_time}})
     for which in ("best", "final"):
         scores = ", ".join(f"{key[len('max_steps_'):]} steps: {value['mean']:.1f} +- {value['std']:.1f}"
                            for key, value in evaluation[which].items() if key.startswith("max_steps_"))

@@ -57,9 +57,6 @@ RESULTS = "reports/evaluate/policies"
 """One folder per policy: its episodes (returns.csv) and their summary (summary.json). Small,
 committed to git (dvc.yaml: ``cache: false``); what the gathering stages read."""
 RETURN_COLUMNS = ["policy", "algorithm", "seed", "max_steps", "episode", "env_seed", "return"]
-TIMINGS = "logs/timings/evaluate"
-"""Each per-policy stage's wall time (``<policy>.json``): machine-dependent, so declared nowhere
-and committed nowhere; the report shows it as volatile."""
 
 
 def returns_path(policy: str) -> str:
@@ -70,5 +67,7 @@ def summary_path(policy: str) -> str:
     return f"{RESULTS}/{policy}/summary.json"
 
 
-def timings_path(policy: str) -> str:
-    return f"{TIMINGS}/{policy}.json"
+def timings_name(policy: str) -> str:
+    """A per-policy evaluation's entry in logs/timings/ (stages/common/timings.py): its wall time
+    is machine-dependent, so declared nowhere and committed nowhere; the report shows it as volatile."""
+    return f"evaluate/{policy}"

@@ -37,11 +37,12 @@ import pandas as pd
 
 from stages.common.evaluation import evaluate_policy
 from stages.common.io import write_csv, write_json
+from stages.common.timings import write_timings
 from stages.common.policies import INDEX_DIR, PolicyEntry, load_policy, make_policy_env, read_entry
 from stages.common.seeding import seed_everything
 from stages.common.settings import InputError, ParamError, Params, parse_arguments, run_stage
 from stages.common.statistics import summarize_returns
-from stages.evaluate import RETURN_COLUMNS, Settings, returns_path, summary_path, timings_path
+from stages.evaluate import RETURN_COLUMNS, Settings, returns_path, summary_path, timings_name
 
 SECTION = "evaluate"  # the settings of the evaluate section, as the gathering stage reads them
 
@@ -141,7 +142,7 @@ def evaluate_one(entry: PolicyEntry, cfg: Settings) -> None:
                       "confidence_level": 0.95, "method": "percentile"},
         "max_steps": caps,
     })
-    write_json(timings_path(entry.name), {"wall_time_s": wall})
+    write_timings(timings_name(entry.name), {"wall_time_s": wall})
 
 
 def main(argv: Sequence[str] | None = None) -> None:

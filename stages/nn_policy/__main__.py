@@ -33,6 +33,7 @@ from stages.common.policies import INDEX_DIR, actions_from_outputs, export_keras
 from stages.common.policy_gradients import policy_network
 from stages.common.seeding import seed_everything
 from stages.common.settings import Params, run_stage
+from stages.common.timings import write_timings
 from stages.nn_policy import settings
 
 NAME = "nn_policy"
@@ -114,12 +115,12 @@ def main() -> None:
             "mean_loss_last_100_iterations": float(losses.iloc[-100:].mean()),
             "book_final_loss": book_final_loss,
             "final_mean_return": log.mean_return_over_last(1),
-            "wall_time_s": log.wall_time_s,
         },
         "evaluation": evaluation,
         "hard_coded_policy_mean_return": hard_coded_mean_return,
         "gif_episode": gif,
     })
+    write_timings(f"{NAME}@{seed}", {"training": {"wall_time_s": log.wall_time_s}})
     print(f"imitation: final loss {float(losses.iloc[-1]):.3f} (book {book_final_loss}); held-out "
           f"greedy {evaluation['greedy']['mean']:.1f} +- {evaluation['greedy']['std']:.1f}, sampled "
           f"{evaluation['sampled']['mean']:.1f} +- {evaluation['sampled']['std']:.1f}")

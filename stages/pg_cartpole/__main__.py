@@ -25,6 +25,7 @@ from stages.common.policies import INDEX_DIR, export_keras_policy, seeded_policy
 from stages.common.policy_gradients import train_reinforce
 from stages.common.seeding import seed_everything
 from stages.common.settings import Params, run_stage
+from stages.common.timings import write_timings
 from stages.pg_cartpole import settings
 
 NAME = "pg_cartpole"
@@ -61,11 +62,11 @@ def main() -> None:
             "final_mean_return": float(log.frame()["mean_return"].iloc[-1]),
             "mean_return_last_10_iterations": log.mean_return_over_last(10),
             "book_final_mean_return": book_final_mean_return,
-            "wall_time_s": log.wall_time_s,
         },
         "evaluation": evaluation,
         "gif_episode": gif,
     })
+    write_timings(f"{NAME}@{seed}", {"training": {"wall_time_s": log.wall_time_s}})
     print(f"REINFORCE on CartPole: last 10 iterations {log.mean_return_over_last(10):.1f}; "
           f"held-out greedy {evaluation['greedy']['mean']:.1f} +- {evaluation['greedy']['std']:.1f}, "
           f"sampled {evaluation['sampled']['mean']:.1f} +- {evaluation['sampled']['std']:.1f}")

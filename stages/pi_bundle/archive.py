@@ -13,7 +13,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from stages.common.io import atomic_path
+from stages.common.io import atomic_path, staged
 
 EXECUTABLE = 0o755
 REGULAR = 0o644
@@ -45,11 +45,12 @@ def write_reproducible_tar_gz(folder: str | os.PathLike, path: str | os.PathLike
     ``executables`` are paths (relative to the folder) archived with mode 755.
     """
     folder = Path(folder)
+    source = staged(folder)  # where the folder is while it waits in this stage's output set
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
         archive.addfile(_entry(folder.name, directory=True))
-        for item in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix()):
-            relative = item.relative_to(folder).as_posix()
+        for item in sorted(source.rglob("*"), key=lambda p: p.relative_to(source).as_posix()):
+            relative = item.relative_to(source).as_posix()
             name = f"{folder.name}/{relative}"
             if item.is_dir():
                 archive.addfile(_entry(name, directory=True))

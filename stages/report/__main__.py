@@ -52,6 +52,7 @@ from stages.common.dag import StageSpec, read_dag
 from stages.common.html import volatile
 from stages.common.io import write_text
 from stages.common.settings import Bootstrap, InputError, Params, run_stage
+from stages.common.timings import read_timings
 from stages.report import settings
 from stages.report.figures import interval_figures
 from stages.report.results import (
@@ -73,7 +74,6 @@ TEMPLATES = Path(__file__).parent / "templates"
 EVALUATION = REPORTS / "evaluate"
 AGGREGATE = REPORTS / "aggregate"
 PI_BUNDLE = REPORTS / "pi_bundle"
-TIMINGS = "logs/timings/evaluate"  # the per-policy evaluations' wall times (stages/evaluate)
 # Packages whose versions decide the numbers (uv.lock pins them all; these are the ones that matter).
 KEY_PACKAGES = ("tensorflow-cpu", "tf-keras", "tf-agents", "tensorflow-probability", "gymnasium",
                 "ale-py", "box2d-py", "numpy", "scipy", "pandas", "matplotlib", "pillow", "dvc",
@@ -136,7 +136,7 @@ def templates() -> Environment:
 
 def evaluation_wall_time(policy: str, max_steps: int) -> float | None:
     """A per-policy evaluation's wall time, where this machine ran it (logs/, not a result: volatile)."""
-    timings = read_json(Path(f"{TIMINGS}/{policy}.json"))
+    timings = read_timings(f"evaluate/{policy}")  # stages/evaluate/policy.py
     return (timings or {}).get("wall_time_s", {}).get(f"max_steps_{max_steps}")
 
 
@@ -248,8 +248,22 @@ def provenance_view(summary: pd.DataFrame | None) -> dict[str, Any]:
             "versions": package_versions()}
 
 
-def context(stages: list[StageSpec], profile: str, bootstrap: Bootstrap) -> dict[str, Any]:
-    """Everything the templates show, read from the run's files (sorted where read from a folder)."""
+def missing_inputs(stages: list[StageSpec]) -> list[str]:
+    """The report stage's deps in dvc.yaml that are not there, each with the stages that make it."""
+    report = next(stage for stage in stages if stage.module == "stages.report")
+    missing = []
+    for dep in report.deps:
+        if Path(dep).exists():
+            continue
+        makers = [s.name for s in stages if any(out == dep or out.startswith(f"{dep}/") for out in s.outs)]
+        shown = ", ".join(makers[:3]) + (f" and {len(makers) - 3} more" if len(makers) > 3 else "")
+        missing.append(f"{dep} (made by {shown})" if makers else dep)
+    return missing
+
+
+def context(stages: list[StageSpec], profile: str, bootstrap: Bootstrap, partial: bool = True) -> dict[str, Any]:
+    """Everything the templates show, read from the run's files (sorted where read from a folder);
+    ``partial``: a policy not trained yet is shown as not run yet instead of refused."""
     book = book_experiments(BOOK_RESULTS)
     layouts = experiment_layouts(stages)
     unknown = sorted(set(book) - set(layouts))
@@ -281,16 +295,23 @@ def context(stages: list[StageSpec], profile: str, bootstrap: Bootstrap) -> dict
     }
 
 
-def render(stages: list[StageSpec], profile: str, bootstrap: Bootstrap) -> tuple[str, str]:
+def render(stages: list[StageSpec], profile: str, bootstrap: Bootstrap,
+           partial: bool = True) -> tuple[str, str]:
     """The page and the Markdown summary."""
-    data = context(stages, profile, bootstrap)
+    data = context(stages, profile, bootstrap, partial)
     environment = templates()
     return environment.get_template("index.html").render(data), environment.get_template("summary.md").render(data)
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = settings(sys.argv[1:] if argv is None else argv, Params.load())
-    page, summary = render(read_dag(), cfg.pipeline.profile, cfg.bootstrap)
+    stages = read_dag()
+    missing = [] if cfg.partial else missing_inputs(stages)
+    if missing:
+        raise InputError("the report's inputs are missing, nothing was written: " + "; ".join(missing)
+                         + ". Run the stages that make them first (`dvc repro report`), or "
+                         "`python -m stages.report --partial` to render what exists")
+    page, summary = render(stages, cfg.pipeline.profile, cfg.bootstrap, cfg.partial)
     write_text(PAGE, page)
     write_text(SUMMARY, summary)
     print(f"report: {PAGE.resolve()}, {SUMMARY.resolve()}")

@@ -14,6 +14,7 @@ import pandas as pd
 from stages.common.dag import StageSpec, consumes_outputs, experiments
 from stages.common.settings import Bootstrap
 from stages.common.statistics import summarize_returns
+from stages.common.timings import read_timings
 
 REPORTS = Path("reports")
 NOT_RUN = "not run yet"
@@ -28,6 +29,7 @@ class Layout:
     desc: str
     settings: dict[str, Any]
     module: str = ""  # the stage package (``dqn`` for ``dqn@double_dqn``): the page's section
+    stage: str = ""  # the first training seed's stage (its timings are the ones shown)
     figures: tuple[str, ...] = ()
     gifs: tuple[str, ...] = ()
     texts: tuple[str, ...] = ()
@@ -44,6 +46,7 @@ class Layout:
         metrics = [r for r in relative if r.endswith("metrics.json")]
         return cls(
             name=name, desc=first.desc, settings=first.params, module=first.module.split(".")[-1],
+            stage=first.name,
             figures=tuple(r for r in relative if r.endswith(".png")),
             gifs=tuple(r for r in relative if r.endswith(".gif")),
             texts=tuple(r for r in relative if r.endswith(".txt")),
@@ -88,10 +91,11 @@ def dotted(data: Any, key: str) -> Any:
     return data
 
 
-def wall_time_of(metrics: Any) -> float | None:
-    """A stage's own training time, where its metrics record one."""
-    if isinstance(metrics, dict):
-        training = metrics.get("training")
+def wall_time_of(timings: Any) -> float | None:
+    """A stage's own training time, where its timings (logs/timings/, stages/common/timings.py)
+    record one: a workspace filled by ``dvc pull`` has none."""
+    if isinstance(timings, dict):
+        training = timings.get("training")
         if isinstance(training, dict) and "wall_time_s" in training:
             return float(training["wall_time_s"])
     return None
@@ -157,8 +161,7 @@ def measure(layout: Layout, entry: dict[str, Any] | None, returns: pd.DataFrame 
             algorithms: dict[str, str], bootstrap: Bootstrap) -> Measurement:
     """This run's result for the overview: what the book entry names, or, for an experiment the
     book gives no number for, the held-out evaluation of its first algorithm."""
-    metrics = read_json(REPORTS / layout.metrics) if layout.metrics else None
-    wall = wall_time_of(metrics)
+    wall = wall_time_of(read_timings(layout.stage)) if layout.stage else None
     if entry is None:
         evaluated = [algorithms[p] for p in layout.policies if p in algorithms]
         if not evaluated:
