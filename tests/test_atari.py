@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pi.policy_runtime import (
+from pi.policy_contract import (
     AtariSetupError,
     area_taps,
     check_game,

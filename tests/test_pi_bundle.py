@@ -140,7 +140,7 @@ def test_every_file_is_in_the_manifest_with_its_checksum(bundled):
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == digest, name
     assert set(manifest["policies"]) == set(POLICIES)
-    assert {"run_policy.py", "policy_runtime.py", "README.md"} <= set(manifest["files"])
+    assert {"run_policy.py", "policy_runtime.py", "policy_contract.py", "README.md"} <= set(manifest["files"])
     for spec in manifest["policies"].values():
         assert set(spec["models"]) == {"float32", "int8"}
         assert spec["models"]["int8"]["input"]["dtype"] == "int8"  # float observations: full integer
@@ -505,15 +505,17 @@ def test_a_manifest_missing_what_the_runner_reads_is_refused_by_name(bundled, tm
 
 
 def test_the_bundle_ships_the_pipelines_own_runtime_and_the_runner_keeps_its_checks(bundled):
-    """One runtime: the bundle holds pi/policy_runtime.py as it is, the pipeline plays Atari
-    through the same classes, and the runner refuses what the pipeline refuses."""
-    import pi.policy_runtime as runtime
+    """One contract: the bundle holds pi/policy_contract.py and pi/policy_runtime.py as they are,
+    the pipeline plays Atari through the same classes, and the runner refuses what the pipeline
+    refuses."""
+    import pi.policy_contract as contract
     from stages.common.policies import make_policy_env
 
     bundle = bundled / "data/pi_bundle"
-    assert (bundle / "policy_runtime.py").read_bytes() == (PI / "policy_runtime.py").read_bytes()
+    for shipped in ("policy_runtime.py", "policy_contract.py"):
+        assert (bundle / shipped).read_bytes() == (PI / shipped).read_bytes()
     assert not any(p.name.startswith("atari") for p in (REPO_ROOT / "stages/common").iterdir())
-    prep = runtime.preprocessing_description(frame_skip=4, screen_size=84, noop_max=30, frame_stack=4,
+    prep = contract.preprocessing_description(frame_skip=4, screen_size=84, noop_max=30, frame_stack=4,
                                              max_episode_steps=60, after_reset={"action": "FIRE", "steps": 1},
                                              after_life_loss={"action": "FIRE", "steps": 1})
     from stages.common.policies import PolicyEntry
@@ -525,7 +527,7 @@ def test_the_bundle_ships_the_pipelines_own_runtime_and_the_runner_keeps_its_che
     while hasattr(env, "env"):
         wrappers.append(type(env))
         env = env.env
-    assert runtime.AtariFrames in wrappers and runtime.StartRule in wrappers
+    assert contract.AtariFrames in wrappers and contract.StartRule in wrappers
     # In the bundle, without TensorFlow: a frame-skipping id is refused as the pipeline refuses it.
     code = ("import sys; sys.modules['tensorflow'] = None; sys.path.insert(0, sys.argv[1]); "
             "import policy_runtime as r, json; "

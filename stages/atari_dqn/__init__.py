@@ -54,7 +54,7 @@ class Game(Block):
 
     @model_validator(mode="after")
     def _playable(self) -> Game:
-        from pi.policy_runtime import AtariSetupError, check_game
+        from pi.policy_contract import AtariSetupError, check_game
 
         try:
             check_game(self.env_id, [self.after_reset.action, self.after_life_loss.action])

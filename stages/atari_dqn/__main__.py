@@ -44,7 +44,7 @@ from tf_agents.replay_buffers.tf_uniform_replay_buffer import TFUniformReplayBuf
 from tf_agents.utils import common
 from tqdm import tqdm
 
-from pi.policy_runtime import make_atari_env, preprocessing_description
+from pi.policy_contract import make_atari_env, preprocessing_description
 from stages.atari_dqn import Agent, Settings, settings
 from stages.common.checkpoints import TrainingCheckpoint, restore_trackables
 from stages.common.evaluation import evaluate_policy

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from pi.policy_runtime import actions_from_outputs
+from pi.policy_contract import actions_from_outputs
 from stages.common.io import atomic_folder, staged
 from stages.common.settings import InputError
 
@@ -452,7 +452,7 @@ def make_policy_env(entry: PolicyEntry, render_mode: str | None = None) -> Any:
     import gymnasium as gym
 
     if entry.preprocessing.get("kind") == "atari":
-        from pi.policy_runtime import make_atari_env
+        from pi.policy_contract import make_atari_env
 
         return make_atari_env(entry.env_id, entry.preprocessing, render_mode=render_mode)
     if entry.preprocessing:

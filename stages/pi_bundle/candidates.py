@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from pi.policy_runtime import ACTION_RULES, TFLitePolicy
+from pi.policy_contract import ACTION_RULES
+from pi.policy_runtime import TFLitePolicy
 from stages.common.policies import PolicyEntry
 from stages.pi_bundle import Settings
 from stages.pi_bundle.decision_network import XNNPACK_MULTIPLIER_LIMIT, NotFineTunable, decision_network

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from pi.policy_runtime import ACTION_RULES, TFLitePolicy, latency
+from pi.policy_contract import ACTION_RULES
+from pi.policy_runtime import TFLitePolicy, latency
 from stages.common.evaluation import evaluate_policy
 from stages.common.io import atomic_folder, write_json
 from stages.common.policies import INDEX_DIR, BatchPolicy, PolicyEntry, load_policy, read_entry
