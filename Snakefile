@@ -1,10 +1,10 @@
 # Snakemake view of the pipeline. Nothing here declares a stage: every rule is built from
-# dvc.yaml (read by DVC's own parser in stages/common/dag.py), so the two engines cannot drift.
+# dvc.yaml (read by DVC's own parser in stages/core/dag.py), so the two engines cannot drift.
 # Added here only what Snakemake alone needs: a log and a timing (benchmark) file per rule,
 # threads and resources from each stage's `meta`, figures and GIFs as items of Snakemake's own
 # report (`snakemake --report report.html`), recording finished stages in dvc.lock so that
 # `dvc status` is clean after a Snakemake run, and per stage a stamp dated by dvc.lock, so that
-# Snakemake reruns what DVC would, whichever engine ran last (stages/common/dvc_stamps.py).
+# Snakemake reruns what DVC would, whichever engine ran last (pipeline/dvc_stamps.py).
 
 import os
 import sys
@@ -18,10 +18,10 @@ envvars:
 # Stage commands say `python`: make it the interpreter running Snakemake, activated or not.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
-from stages.common.dag import PENDING_DIR, StageSpec, clear_stale_backups, read_dag, record_in_dvc_lock
-from stages.common.dvc_stamps import source_files, stamp_path, write_stamps
-from stages.common.settings import ParamError, read_params_file
-from stages.common.validation import validate_pipeline
+from stages.core.dag import PENDING_DIR, StageSpec, clear_stale_backups, read_dag, record_in_dvc_lock
+from pipeline.dvc_stamps import source_files, stamp_path, write_stamps
+from stages.core.settings import ParamError, read_params_file
+from pipeline.validation import validate_pipeline
 
 # params.yaml read first: a YAML error is reported with its line and column, where DVC's parser
 # (read_dag's) would only say that the file is corrupted.
@@ -32,7 +32,7 @@ except ParamError as error:
 STAGES = read_dag(workflow.basedir)
 
 # A bad parameter stops the workflow here, before any job runs or any output is removed: every
-# stage's settings are read as the stage itself reads them (stages/common/validation.py).
+# stage's settings are read as the stage itself reads them (pipeline/validation.py).
 try:
     validate_pipeline(STAGES)
 except ParamError as error:

@@ -24,8 +24,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from stages.common.deep_q import DeepQLearner, build_q_network
-from stages.common.replay import ReplayMemory
+from stages.dqn.deep_q import DeepQLearner, build_q_network
+from stages.replay import ReplayMemory
 from stages.dqn.__main__ import play_episode
 
 ENV_ID = "CartPole-v1"

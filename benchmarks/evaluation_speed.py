@@ -3,7 +3,7 @@
     python -m benchmarks.evaluation_speed [--policy pg_cartpole] [--episodes 100] [--max-steps 200]
 
 Both play the same exported policy (data/policies/<policy>, loaded as the evaluate stage loads
-it) on the same seeds with ``stages.common.evaluation.evaluate_policy``; the only difference is
+it) on the same seeds with ``stages.policies.evaluation.evaluate_policy``; the only difference is
 the batch: all episodes at once (one batched policy call per step, what the evaluate stage does)
 or one episode per call (``batch_size=1``). The returns must be identical; the ratio of the two
 wall times is the speed-up. Each way runs ``--repeats`` times, interleaved, best time kept.
@@ -18,8 +18,8 @@ import stages  # noqa: F401, I001  (first: selects Keras 2 before TensorFlow is 
 
 import numpy as np
 
-from stages.common.evaluation import evaluate_policy
-from stages.common.policies import INDEX_DIR, load_policy, read_entry
+from stages.policies.evaluation import evaluate_policy
+from stages.policies.index import INDEX_DIR, load_policy, read_entry
 
 
 def timed(play) -> tuple[float, np.ndarray]:

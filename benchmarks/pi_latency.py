@@ -19,7 +19,7 @@ import numpy as np
 
 import stages  # noqa: F401  (TensorFlow settings before TensorFlow loads)
 from pi.policy_runtime import TFLitePolicy, latency, verify_bundle
-from stages.common.policies import INDEX_DIR, load_index, load_policy
+from stages.policies.index import INDEX_DIR, load_index, load_policy
 from stages.pi_bundle.__main__ import BUNDLE
 from stages.pi_bundle.records import PRECISIONS
 

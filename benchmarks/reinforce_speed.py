@@ -6,7 +6,7 @@ Both loops run the same REINFORCE iterations (10 episodes of at most 200 steps, 
 Adam 0.01) from the same weights and the same environment seeds, alternating iteration by
 iteration so that load from other processes hits both alike. The book's loop plays one episode
 after another and takes a gradient per step under its own tape; the batched loop plays the 10
-episodes side by side and takes one gradient over all their steps (stages/common/policy_gradients.py).
+episodes side by side and takes one gradient over all their steps (stages/policy_gradient/training.py).
 Two starting points: fresh weights (short episodes) and the trained pg_cartpole policy of the
 first training seed (episodes near the 200-step cap, the regime that dominates a full training
 run); without it the benchmark stops and says which stage to run, rather than skip the case.
@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from stages.common.optimizers import make_optimizer
-from stages.common.policies import INDEX_DIR, load_index, load_model
-from stages.common.policy_gradients import (
+from stages.core.optimizers import make_optimizer
+from stages.policies.index import INDEX_DIR, load_index, load_model
+from stages.policy_gradient.training import (
     batch_of,
     discount_and_normalize_rewards,
     make_train_step,

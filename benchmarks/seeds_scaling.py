@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from stages.common.dag import read_dag
-from stages.common.workspace import create_workspace, engine_env
+from stages.core.dag import read_dag
+from pipeline.workspace import create_workspace, engine_env
 
 
 def per_seed_rules(workspace: Path) -> list[str]:

@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 import stages  # noqa: F401  (sets TensorFlow's Keras mode before any test imports TensorFlow)
-from stages.common.reproduction import (  # noqa: F401  (tests import them from here)
+from pipeline.reproduction import (  # noqa: F401  (tests import them from here)
     SNAKEMAKE_DIRECTORY_MARKER, file_digests, produced_by_a_stage, reproducible_bytes)
-from stages.common.workspace import REPO_ROOT, create_workspace, engine_env
+from pipeline.workspace import REPO_ROOT, create_workspace, engine_env
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +29,7 @@ def repo_root() -> Path:
 
 @functools.cache
 def _repo_stages() -> tuple:
-    from stages.common.dag import read_dag
+    from stages.core.dag import read_dag
 
     return tuple(read_dag(REPO_ROOT))
 
@@ -195,7 +195,7 @@ def dvclive_history(folder: Path, step_name: str, metrics: set[str]):
 
     import pandas as pd
 
-    from stages.common.live_log import read_history
+    from stages.core.live_log import read_history
 
     summary = _json.loads((folder / "metrics.json").read_text())
     assert summary["step_name"] == step_name and metrics <= set(summary), summary

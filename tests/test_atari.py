@@ -25,12 +25,12 @@ from pi.policy_contract import (
     preprocessing_description,
     shrink,
 )
-from stages.common.checkpoints import HOLD_ENV, CheckpointError, TrainingCheckpoint, restore_trackables
-from stages.common.settings import ParamError
-from stages.common.validation import validate_pipeline
-from stages.common.workspace import engine_env
-from stages.common.live_log import read_history
-from stages.common.tf_summaries import STEPS_PER_SECOND, read_scalars
+from stages.atari_dqn.checkpoints import HOLD_ENV, CheckpointError, TrainingCheckpoint, restore_trackables
+from stages.core.settings import ParamError
+from pipeline.validation import validate_pipeline
+from pipeline.workspace import engine_env
+from stages.core.live_log import read_history
+from stages.tf_agents_kit.summaries import STEPS_PER_SECOND, read_scalars
 from tests.conftest import dvclive_history, edited_params, file_digests, repo_stages, run
 from tests.test_dag import dvc_view
 
@@ -416,7 +416,7 @@ def test_both_games_run_end_to_end_in_the_quick_profile(clone_of_quick_run):
 
 
 def stage_process_group(command: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    from stages.common.workspace import engine_env
+    from pipeline.workspace import engine_env
 
     return subprocess.Popen(command, cwd=cwd, env=engine_env(), stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -477,7 +477,7 @@ def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_one_before(qui
     checkpoints = Path("data/atari_dqn/breakout/checkpoints")  # as the stage names it
     writing = checkpoints / "iteration-60.writing"
 
-    # The test hook holds the write of iteration 60 after TensorFlow's files (stages/common/checkpoints.py).
+    # The test hook holds the write of iteration 60 after TensorFlow's files (stages/atari_dqn/checkpoints.py).
     first = ws / "first.log"
     job = subprocess.Popen([DVC, "repro", "-f", "-s", "atari_dqn@breakout"], cwd=ws,
                            env={**engine_env(), HOLD_ENV: "60"}, stdout=first.open("w"),

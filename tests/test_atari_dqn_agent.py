@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from stages.atari_dqn import settings
 from stages.atari_dqn.__main__ import rmsprop
-from stages.common.settings import Params
+from stages.core.settings import Params
 
 
 def book_rmsprop_steps(gradients: np.ndarray, lr: float, rho: float, eps: float) -> np.ndarray:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from stages.common.bundle import write_reproducible_tar_gz
-from stages.common.io import (
+from stages.pi_bundle.archive import write_reproducible_tar_gz
+from stages.core.io import (
     atomic_folder,
     output_set,
     remove_leftovers,
@@ -25,8 +25,8 @@ from stages.common.io import (
     write_json,
     write_text,
 )
-from stages.common.live_log import TrainingLive, read_history
-from stages.common.timings import read_timings, write_timings
+from stages.core.live_log import TrainingLive, read_history
+from stages.core.timings import read_timings, write_timings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,8 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 STAGE = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from stages.common.io import atomic_folder, output_set, write_json, write_text
-    from stages.common.live_log import TrainingLive
+    from stages.core.io import atomic_folder, output_set, write_json, write_text
+    from stages.core.live_log import TrainingLive
 
     root, episodes, pause_at, phase = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     with output_set():

@@ -14,9 +14,9 @@ import pytest
 
 from stages import markov_chain
 from stages import mdp as mdp_stage
-from stages.common.book import book_experiments, book_value
-from stages.common.policy_gradients import discount_and_normalize_rewards, discount_rewards
-from stages.common.settings import Params
+from stages.core.book import book_experiments, book_value
+from stages.policy_gradient.training import discount_and_normalize_rewards, discount_rewards
+from stages.core.settings import Params
 from stages.markov_chain.__main__ import sample_run
 from stages.mdp.__main__ import MDP, greedy_policy, q_learning, q_value_iteration
 from stages.report.results import experiment_layouts

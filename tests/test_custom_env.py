@@ -9,7 +9,7 @@ import pytest
 from tf_agents.environments import utils
 
 from stages.custom_env.__main__ import GOAL_REWARD, OFF_GRID_REWARD, GridEnvironment
-from stages.common.tf_summaries import read_scalars
+from stages.tf_agents_kit.summaries import read_scalars
 from tests.conftest import dvclive_history, run
 
 UP, DOWN, LEFT, RIGHT = range(4)

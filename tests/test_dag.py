@@ -14,8 +14,8 @@ import yaml
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
-from stages.common.dag import read_dag, rule_name, snakemake_inputs
-from stages.common.deps import (
+from stages.core.dag import read_dag, rule_name, snakemake_inputs
+from pipeline.deps import (
     code_dependencies,
     differences,
     has_code,
@@ -24,7 +24,7 @@ from stages.common.deps import (
     package_data,
     per_policy_problems,
 )
-from stages.common.dvc_stamps import stamp_path
+from pipeline.dvc_stamps import stamp_path
 from tests.conftest import edited_params, repo_stages
 
 # Snakemake parses the Snakefile in a separate process (it changes directory and logging).
@@ -83,7 +83,7 @@ def disagreements(snakemake: dict, dvc: dict, root: Path) -> list[str]:
     for name in sorted(set(rules) & set(dvc)):
         rule, stage = rules[name], dvc[name]
         # A folder of other stages' outputs (data/policies) is, for Snakemake, those outputs.
-        # Plus the stage's stamp, holding the values it reads (stages/common/dvc_stamps.py).
+        # Plus the stage's stamp, holding the values it reads (pipeline/dvc_stamps.py).
         stamp = stamps.get(name)
         expected_inputs = [*snakemake_inputs(stage["deps"], every_output), stamp]
         if sorted(rule["input"]) != sorted(expected_inputs):
@@ -127,21 +127,21 @@ def test_the_agreement_check_catches_drift(repo_root, quick_workspace):
 
 def test_every_derived_dependency_in_dvc_yaml_is_current(repo_root):
     """Code deps are exactly each stage's import closure; consumers' folders and list params are
-    as the DAG derives them (python -m stages.common.deps rewrites them)."""
+    as the DAG derives them (python -m pipeline.deps rewrites them)."""
     _, changes = differences(repo_root)
-    assert changes == [], "run `python -m stages.common.deps`:\n" + "\n".join(changes)
+    assert changes == [], "run `python -m pipeline.deps`:\n" + "\n".join(changes)
 
 
 def test_the_check_catches_a_missing_and_an_extra_code_dependency(quick_workspace):
     workspace = quick_workspace("deps")
     text = (workspace / "dvc.yaml").read_text()
-    text = text.replace("      - stages/common/io.py\n", "", 1)  # markov_chain's first
+    text = text.replace("      - stages/core/io.py\n", "", 1)  # markov_chain's first
     text = text.replace("      - stages/markov_chain/__main__.py\n",
-                        "      - stages/markov_chain/__main__.py\n      - stages/common/replay.py\n", 1)
+                        "      - stages/markov_chain/__main__.py\n      - stages/replay.py\n", 1)
     (workspace / "dvc.yaml").write_text(text)
     _, changes = differences(workspace)
-    assert any(c.startswith("markov_chain: deps missing ['stages/common/io.py']") for c in changes), changes
-    assert any("markov_chain: deps" in c and "extra ['stages/common/replay.py']" in c for c in changes), changes
+    assert any(c.startswith("markov_chain: deps missing ['stages/core/io.py']") for c in changes), changes
+    assert any("markov_chain: deps" in c and "extra ['stages/replay.py']" in c for c in changes), changes
     assert main(["--root", str(workspace), "--check"]) == 1
     assert main(["--root", str(workspace)]) == 0 and differences(workspace)[1] == []
 
@@ -166,12 +166,19 @@ def test_a_stage_packages_templates_are_derived_dependencies_one_per_file(repo_r
 
 
 def test_no_stage_imports_another_stages_package(repo_root):
-    for stage in repo_stages():
+    """Stages share code through the role packages under stages/ that are no stage's package
+    (stages/core, stages/policies, ...), never through another stage's package; and none imports
+    the tooling (pipeline/) or the Pi runner's own code (pi/policy_runtime.py)."""
+    stages = repo_stages()
+    stage_packages = {f"stages/{stage.module.split('.')[1]}/" for stage in stages}
+    for stage in stages:
         own = f"stages/{stage.module.split('.')[1]}/"
-        others = [f for f in import_closure(stage.module, repo_root)
-                  if f.startswith("stages/") and not f.startswith(("stages/common/", own))
-                  and f != "stages/__init__.py"]
+        closure = import_closure(stage.module, repo_root)
+        others = [f for f in closure if f.startswith(tuple(stage_packages - {own}))]
         assert others == [], f"{stage.name} imports {others}"
+        assert not [f for f in closure if f.startswith("pipeline/")], stage.name
+        if not stage.name.startswith("pi_"):
+            assert "pi/policy_runtime.py" not in closure, f"{stage.name} depends on the Pi runner's code"
 
 
 @pytest.mark.parametrize("module", ["stages.markov_chain", "stages.atari_dqn"])

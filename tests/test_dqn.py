@@ -11,9 +11,9 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from stages.common.deep_q import DeepQLearner, build_q_network, elementwise_loss
-from stages.common.policies import load_index, load_policy
-from stages.common.replay import Batch
+from stages.dqn.deep_q import DeepQLearner, build_q_network, elementwise_loss
+from stages.policies.index import load_index, load_policy
+from stages.replay import Batch
 from stages.dqn.__main__ import beta_at, epsilon_at, variant_title
 from tests.conftest import dvclive_history, file_digests, run
 
@@ -110,7 +110,7 @@ def test_greedy_action_is_the_argmax():
 
 def test_schedules_and_titles(repo_root):
     from stages import dqn
-    from stages.common.settings import Params
+    from stages.core.settings import Params
 
     params = Params.load(repo_root / "params.yaml")
     variant = dqn.settings(["--variant", "prioritized_dueling_double_dqn"], params).variant

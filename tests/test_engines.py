@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common.dag import BACKUP_DIR, SNAKEMAKE_LOCKS, clear_stale_backups
-from stages.common.dvc_stamps import UP_TO_DATE_MTIME, stamp_path
-from stages.common.stage_lock import StageBusy, holding, lock_file, stage_command
-from stages.common.workspace import engine_env
+from stages.core.dag import BACKUP_DIR, SNAKEMAKE_LOCKS, clear_stale_backups
+from pipeline.dvc_stamps import UP_TO_DATE_MTIME, stamp_path
+from stages.core.stage_lock import StageBusy, holding, lock_file, stage_command
+from pipeline.workspace import engine_env
 from tests.conftest import REPO_ROOT, file_digests, run
 
 BIN = Path(sys.executable).parent
@@ -144,7 +144,7 @@ def test_a_failed_rerun_keeps_the_previous_outputs(cheap_workspace, engine):
 
 HOLD = """
 import sys
-from stages.common.stage_lock import holding
+from stages.core.stage_lock import holding
 with holding(sys.argv[1]):
     print("holding", flush=True)
     sys.stdin.read()

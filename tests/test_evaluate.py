@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common.html import VOLATILE_END, VOLATILE_START, strip_volatile, volatile
-from stages.common.settings import InputError, ParamError
-from stages.common.statistics import interquartile_mean, summarize_returns
-from stages.common.validation import validate_pipeline
-from stages.common.workspace import create_workspace
+from stages.core.html import VOLATILE_END, VOLATILE_START, strip_volatile, volatile
+from stages.core.settings import InputError, ParamError
+from stages.policies.statistics import interquartile_mean, summarize_returns
+from pipeline.validation import validate_pipeline
+from pipeline.workspace import create_workspace
 from stages.evaluate import RETURN_COLUMNS, returns_path, summary_path
 from stages.evaluate.__main__ import check_held_out as check_gathered_held_out
 from stages.evaluate.__main__ import read_results, summary_rows

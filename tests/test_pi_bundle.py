@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from stages.pi_bundle.archive import write_reproducible_tar_gz
-from stages.common.settings import ParamError, Params, read_params_file
-from stages.common.workspace import REPO_ROOT, engine_env, merge
+from stages.core.settings import ParamError, Params, read_params_file
+from pipeline.workspace import REPO_ROOT, engine_env, merge
 from stages.pi_bundle import settings as bundle_settings
 from tests.conftest import built_once
 
@@ -64,8 +64,8 @@ def build_index(index: Path) -> None:
     from tf_agents.policies.policy_saver import PolicySaver
     from tf_agents.policies.q_policy import QPolicy
 
-    from stages.common.policies import export_keras_policy, export_saved_policy
-    from stages.common.tf_env import make_py_environment
+    from stages.policies.index import export_keras_policy, export_saved_policy
+    from stages.tf_agents_kit.environment import make_py_environment
 
     cartpole = {"stage": MAKER, "env_id": "CartPole-v1", "training_seeds": (0,)}
     # P(left) = sigmoid(-10 (3 angle + angular velocity)): push toward the side the pole falls to.
@@ -212,7 +212,7 @@ def test_fine_tuning_brings_the_int8_models_closer_to_the_float_policies(bundled
 
 
 def test_the_default_precision_rule_needs_both_the_actions_and_the_return():
-    from stages.common.statistics import bootstrap_mean_interval
+    from stages.policies.statistics import bootstrap_mean_interval
     from stages.pi_bundle.parity import default_precision
 
     # Ten CartPole episodes of a float policy that usually reaches the 200-step cap.
@@ -290,8 +290,8 @@ def test_atari_environments_lent_again_play_the_episodes_fresh_ones_play():
     of episodes: the episodes must be exactly those of freshly built environments."""
     from types import SimpleNamespace
 
-    from stages.common.evaluation import evaluate_policy
-    from stages.common.policies import make_policy_env
+    from stages.policies.evaluation import evaluate_policy
+    from stages.policies.index import make_policy_env
     from stages.pi_bundle.observations import episode_environments
 
     preprocessing = {"kind": "atari", "noop_max": 30, "frame_skip": 4, "screen_size": 84, "frame_stack": 4,
@@ -509,16 +509,16 @@ def test_the_bundle_ships_the_pipelines_own_runtime_and_the_runner_keeps_its_che
     the pipeline plays Atari through the same classes, and the runner refuses what the pipeline
     refuses."""
     import pi.policy_contract as contract
-    from stages.common.policies import make_policy_env
+    from stages.policies.index import make_policy_env
 
     bundle = bundled / "data/pi_bundle"
     for shipped in ("policy_runtime.py", "policy_contract.py"):
         assert (bundle / shipped).read_bytes() == (PI / shipped).read_bytes()
-    assert not any(p.name.startswith("atari") for p in (REPO_ROOT / "stages/common").iterdir())
+    assert not any(p.name.startswith("atari") for p in (REPO_ROOT / "stages/core").iterdir())
     prep = contract.preprocessing_description(frame_skip=4, screen_size=84, noop_max=30, frame_stack=4,
                                              max_episode_steps=60, after_reset={"action": "FIRE", "steps": 1},
                                              after_life_loss={"action": "FIRE", "steps": 1})
-    from stages.common.policies import PolicyEntry
+    from stages.policies.index import PolicyEntry
 
     entry = PolicyEntry(name="b", stage="s", env_id="BreakoutNoFrameskip-v4", model="m",
                         observation_shape=(84, 84, 4), observation_dtype="uint8", output="tf_agents_policy",
@@ -582,7 +582,7 @@ def test_each_trainer_has_a_pi_stage_that_mirrors_it_and_pi_bundle_only_gathers(
     exactly that stage's exported policy folders (besides code), names them in its command and
     writes each one's conversion and its result file (committed to git); pi_bundle reads the
     conversions, not the policies."""
-    from stages.common.dag import read_dag
+    from stages.core.dag import read_dag
 
     declarations = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
     groups: dict[str, list] = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common.dag import read_dag, rule_name
+from stages.core.dag import read_dag, rule_name
 from tests.conftest import (
     SNAKEMAKE,
     SNAKEMAKE_DIRECTORY_MARKER,
@@ -86,11 +86,11 @@ def test_dvc_repro_reproduces_snakemakes_outputs_byte_for_byte(quick_run, clone_
     deterministic whichever engine starts it), and DVC runs those stages and no other. The
     reproduction check, recorded from Snakemake's run, says the same stage by stage."""
     ws = clone_of_quick_run()
-    recorded = run([PYTHON, "-m", "stages.common.reproduction", "record"], ws).stdout
+    recorded = run([PYTHON, "-m", "pipeline.reproduction", "record"], ws).stdout
     assert f"{len(read_dag(ws))} stages recorded" in recorded
     chosen = one_stage_of_every_kind(read_dag(ws))
     remove_outputs(ws, chosen)
-    not_run = run([PYTHON, "-m", "stages.common.reproduction", "check"], ws).stdout
+    not_run = run([PYTHON, "-m", "pipeline.reproduction", "check"], ws).stdout
     assert verdicts(not_run) == {s.name: "not run" if s in chosen else "reproduced"
                                  for s in read_dag(ws)}
     ran = [line.split("'")[1] for line in run([DVC, "repro"], ws).stdout.splitlines()
@@ -99,7 +99,7 @@ def test_dvc_repro_reproduces_snakemakes_outputs_byte_for_byte(quick_run, clone_
     assert dvc_changed_stages(ws) == set()
     outputs = sorted(o for stage in chosen for o in stage.outs)
     assert file_digests(ws, outputs) == file_digests(quick_run, outputs)
-    rerun = run([PYTHON, "-m", "stages.common.reproduction", "check"], ws).stdout
+    rerun = run([PYTHON, "-m", "pipeline.reproduction", "check"], ws).stdout
     assert set(verdicts(rerun).values()) == {"reproduced"}, rerun
 
 
@@ -107,7 +107,7 @@ VERDICTS = ("reproduced", "differs", "other inputs", "not run", "not recorded")
 
 
 def verdicts(check_output: str) -> dict[str, str]:
-    """stage -> verdict, from `python -m stages.common.reproduction check` (last line: counts)."""
+    """stage -> verdict, from `python -m pipeline.reproduction check` (last line: counts)."""
     found = {}
     for line in check_output.strip().splitlines()[:-1]:
         stage, rest = line.split(maxsplit=1)
@@ -192,7 +192,7 @@ def test_a_failing_rerun_keeps_the_previous_results(clone_of_quick_run, engine):
 
 
 def test_a_profiled_workspace_does_not_inherit_the_projects_dvc_lock(tmp_path):
-    from stages.common.workspace import REPO_ROOT, create_workspace
+    from pipeline.workspace import REPO_ROOT, create_workspace
 
     # The project's dvc.lock records the full profile (five seeds); a quick workspace has other
     # stages and other hashes, and records its own runs.

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from stages.common.evaluation import evaluate_policy
-from stages.common.policies import (
+from stages.policies.evaluation import evaluate_policy
+from stages.policies.index import (
     PolicyEntry,
     PolicyIndexError,
     actions_from_outputs,
@@ -164,7 +164,7 @@ def test_a_model_swapped_for_another_policys_is_refused_by_its_digest(tmp_path):
 def _described_as(entry, **changes):
     """Rewrite ``entry``'s policy.json with ``changes`` and the digest of the model now in place
     (an entry that describes another model than the one it sits with, digest and all)."""
-    from stages.common.policies import model_digest
+    from stages.policies.index import model_digest
 
     data = json.loads((entry.folder / "policy.json").read_text())
     data.update(changes, model_sha256=model_digest(entry.model_path))
@@ -248,8 +248,8 @@ def test_a_policysaver_export_plays_through_load_policy(tmp_path):
     from tf_agents.policies.policy_saver import PolicySaver
     from tf_agents.policies.q_policy import QPolicy
 
-    from stages.common.policies import export_saved_policy, make_policy_env
-    from stages.common.tf_env import make_py_environment
+    from stages.policies.index import export_saved_policy, make_policy_env
+    from stages.tf_agents_kit.environment import make_py_environment
 
     tf_env = TFPyEnvironment(make_py_environment("CartPole-v1"))
     q_net = QNetwork(tf_env.observation_spec(), tf_env.action_spec(), fc_layer_params=(8,))

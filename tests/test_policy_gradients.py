@@ -16,10 +16,10 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from stages.common.cartpole import basic_policy
-from stages.common.evaluation import evaluate_policy
-from stages.common.policies import load_index
-from stages.common.policy_gradients import (
+from stages.policies.cartpole import basic_policy
+from stages.policies.evaluation import evaluate_policy
+from stages.policies.index import load_index
+from stages.policy_gradient.training import (
     discount_and_normalize_rewards,
     entropy,
     make_train_step,
@@ -28,8 +28,8 @@ from stages.common.policy_gradients import (
     policy_gradient_loss,
     policy_network,
 )
-from stages.common.settings import ParamError, Params
-from stages.common.validation import validate_pipeline
+from stages.core.settings import ParamError, Params
+from pipeline.validation import validate_pipeline
 from tests.conftest import dvclive_history, edited_params, repo_stages, run
 
 # The book's discounting examples: tests/test_book_results.py (numbers from data/book_results.yaml).
@@ -156,13 +156,13 @@ def test_each_lunarlander_configuration_is_validated(tmp_path):
 PLAY_FROM_THE_INDEX = """
 import sys
 import numpy as np
-from stages.common.evaluation import evaluate_policy
-from stages.common.policies import load_index, load_policy
+from stages.policies.evaluation import evaluate_policy
+from stages.policies.index import load_index, load_policy
 index = load_index()
 entry = index["pg_cartpole_s42"]
 result = evaluate_policy(entry.env_id, load_policy(entry, rng=np.random.default_rng(0)), [7, 8],
                          max_steps=entry.training_max_steps, progress=False)
-trainers = sorted(m for m in sys.modules if m in ("stages.pg_cartpole", "stages.common.policy_gradients"))
+trainers = sorted(m for m in sys.modules if m in ("stages.pg_cartpole", "stages.policy_gradient.training"))
 print(entry.output, len(result.returns), trainers)
 """
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import stages  # noqa: F401  (selects tf_keras for TF-Agents before TensorFlow loads)
-from stages.common.policies import PolicyEntry
+from stages.policies.index import PolicyEntry
 from stages.pi_bundle.q_network_graph import UnreadableNetwork, read_q_network
 
 FRAMES = (12, 12, 2)

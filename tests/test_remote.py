@@ -3,8 +3,8 @@ remote through the dvc-ssh plugin, served by Debian's OpenSSH server on this mac
 
 The quick run's outputs are pushed from one workspace and pulled into a fresh clone that has
 never run anything, which then has every output dvc.lock records (the Atari checkpoints
-included: DVC caches them like models), a clean `dvc status`, and reproduces the run bit for bit (stages.common.reproduction). A pull from an empty remote or from a port where
-no server listens fails and leaves the files already there as they were; stages.common.pull
+included: DVC caches them like models), a clean `dvc status`, and reproduces the run bit for bit (pipeline.reproduction). A pull from an empty remote or from a port where
+no server listens fails and leaves the files already there as they were; pipeline.pull
 names the outputs it could not get. (docs/remote.md)
 """
 
@@ -24,7 +24,7 @@ import pytest
 import yaml
 from configobj import ConfigObj
 
-from stages.common.workspace import GIT_IDENTITY
+from pipeline.workspace import GIT_IDENTITY
 from tests.conftest import DVC, REPO_ROOT, engine_locks, file_digests, run
 from tests.debian import SSH_SERVER, ensure_installed
 
@@ -52,7 +52,7 @@ def test_the_default_remote_is_a_folder_outside_the_checkout():
 
 def test_push_and_pull_through_the_default_remote(tmp_path):
     """A tiny DVC project made with the repository's .dvc/config: push from one clone, pull into
-    a second clone beside it, with no remote configured by hand; ``stages.common.pull`` too, and
+    a second clone beside it, with no remote configured by hand; ``pipeline.pull`` too, and
     from an empty remote."""
     source = tmp_path / "source"
     source.mkdir()
@@ -79,7 +79,7 @@ def test_push_and_pull_through_the_default_remote(tmp_path):
         if remote is not None:
             remote.mkdir()
             use_remote(other, str(remote))
-        pulled = run(["python", "-m", "stages.common.pull", "--dir", str(other)], REPO_ROOT, check=False)
+        pulled = run(["python", "-m", "pipeline.pull", "--dir", str(other)], REPO_ROOT, check=False)
         if remote is None:
             assert pulled.returncode == 0, pulled.stdout + pulled.stderr
             assert (other / "model.bin").read_bytes() == (source / "model.bin").read_bytes()
@@ -186,7 +186,7 @@ def committed_run(workspace: Path) -> Path:
     """``workspace`` with its run committed: the digests recorded, then dvc.lock, the digests
     and whatever else git does not ignore (results that DVC leaves to git) committed, as one
     commits a run to share it."""
-    run(["python", "-m", "stages.common.reproduction", "record"], workspace)
+    run(["python", "-m", "pipeline.reproduction", "record"], workspace)
     subprocess.run(["git", "add", "-A"], cwd=workspace, check=True)
     subprocess.run(["git", *GIT_IDENTITY, "commit", "-q", "-m", "the quick run"], cwd=workspace, check=True)
     return workspace
@@ -236,7 +236,7 @@ def test_pull_over_ssh_into_a_fresh_clone_reproduces_the_run(quick_run, ssh_serv
     assert "Running stage" not in dry.stdout, dry.stdout
 
     # ... and the reproduction check finds every recorded stage reproduced.
-    checked = run(["python", "-m", "stages.common.reproduction", "check"], clone)
+    checked = run(["python", "-m", "pipeline.reproduction", "check"], clone)
     digests = yaml.safe_load((clone / "dvc.digests.yaml").read_text())["stages"]
     assert len(digests) == len(yaml.safe_load((clone / "dvc.lock").read_text())["stages"])
     assert checked.stdout.strip().splitlines()[-1] == f"{len(digests)} reproduced", checked.stdout
@@ -277,7 +277,7 @@ def test_a_failed_pull_names_what_it_lacks_and_changes_nothing(quick_run, ssh_se
     assert files_under(clone) == before, "dvc pull changed the files already there"
 
     # The project's pull names every output it could not get, and the edited one it kept.
-    pulled = run(["python", "-m", "stages.common.pull"], clone, check=False, timeout=PULL_TIMEOUT_S)
+    pulled = run(["python", "-m", "pipeline.pull"], clone, check=False, timeout=PULL_TIMEOUT_S)
     said = pulled.stdout + pulled.stderr
     assert pulled.returncode == 1, said
     lacking = [path for path in recorded_outputs(clone) if path not in present]

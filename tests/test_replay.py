@@ -5,7 +5,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from stages.common.replay import PrioritizedReplayMemory, ReplayMemory, SumTree
+from stages.replay import PrioritizedReplayMemory, ReplayMemory, SumTree
 from stages.replay_benchmark.__main__ import RotatingList, stack_fields, synthetic_transitions
 
 

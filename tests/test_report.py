@@ -21,9 +21,9 @@ import pytest
 import yaml
 from dvc.repo import Repo
 
-from stages.common.book import book_experiments
-from stages.common.dag import read_dag
-from stages.common.policies import load_index
+from stages.core.book import book_experiments
+from stages.core.dag import read_dag
+from stages.policies.index import load_index
 from tests.conftest import DVC, SNAKEMAKE, run
 from tests.debian import BROWSER, ensure_installed
 from tests.test_dag import dvc_view

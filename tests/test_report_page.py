@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.common.html import VOLATILE_START, strip_volatile
-from stages.common.workspace import create_workspace
+from stages.core.html import VOLATILE_START, strip_volatile
+from pipeline.workspace import create_workspace
 from stages.report.summary import winners
 from tests.conftest import built_once
 
@@ -78,8 +78,8 @@ def render_twice(ws: Path) -> None:
     book.write_text(yaml.safe_dump(data, sort_keys=False))
     _evaluation(ws / "reports")
     _aggregate(ws / "reports")
-    from stages.common.settings import InputError
-    from stages.common.timings import write_timings
+    from stages.core.settings import InputError
+    from stages.core.timings import write_timings
     from stages.report.__main__ import main
 
     cwd = os.getcwd()

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common import reproduction
-from stages.common.html import volatile
-from stages.common.reproduction import (
+from pipeline import reproduction
+from stages.core.html import volatile
+from pipeline.reproduction import (
     DIGESTS, LOCK, check, file_digests, fingerprint, read_lock, reproducible_bytes)
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from dvc.repo import Repo
 
-from stages.common.dag import gathered_folders
-from stages.common.html import strip_volatile
+from stages.core.dag import gathered_folders
+from stages.core.html import strip_volatile
 from tests.conftest import DVC, repo_stages, run
 
 # Kinds of outputs that are results a reader and the gathering stages need: small, committed.
@@ -145,7 +145,7 @@ def test_the_aggregate_and_the_report_rebuild_from_committed_results_alone(clone
 def test_a_profile_workspace_leaves_the_committed_results_behind(tmp_path):
     """The committed results are the full profile's, like dvc.lock: a quick workspace starts
     without them (an engine would take them for its own), and keeps data/'s own files."""
-    from stages.common.workspace import create_workspace
+    from pipeline.workspace import create_workspace
 
     source = create_workspace(tmp_path / "source", profile=None)
     for result in ("reports/markov_chain/metrics.json", "data/dqn/dqn/s42/dvclive/metrics.json"):

@@ -13,10 +13,10 @@ import pydantic
 import pytest
 import yaml
 
-from stages.common.dag import dimension_params, gathered_folders, read_dag
-from stages.common.settings import ParamError, Params, environment_seed_start
-from stages.common.validation import SCHEMA_FILE, schema_text, stage_package, validate_pipeline
-from stages.common.workspace import REPO_ROOT, create_workspace, engine_env, merge
+from stages.core.dag import dimension_params, gathered_folders, read_dag
+from stages.core.settings import ParamError, Params, environment_seed_start
+from pipeline.validation import SCHEMA_FILE, schema_text, stage_package, validate_pipeline
+from pipeline.workspace import REPO_ROOT, create_workspace, engine_env, merge
 from tests.conftest import edited_params, repo_stages
 
 
@@ -140,7 +140,7 @@ def test_a_yaml_syntax_error_is_named_by_its_line_whichever_engine_reads_it(tmp_
     env = {**engine_env(), "PYTHONPATH": str(REPO_ROOT)}
     for command in ([str(Path(sys.executable).parent / "snakemake"), "--cores", "1", "--dry-run"],
                     [sys.executable, "-m", "stages.markov_chain"],
-                    [sys.executable, "-m", "stages.common.validation"]):
+                    [sys.executable, "-m", "pipeline.validation"]):
         result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
         assert result.returncode != 0, command
         assert where in result.stdout + result.stderr and problem in result.stdout + result.stderr, command
@@ -163,7 +163,7 @@ def test_every_stage_reads_exactly_the_params_dvc_yaml_declares(repo_root):
 def test_the_json_schema_of_params_yaml_is_current(repo_root):
     committed = (repo_root / SCHEMA_FILE).read_text()
     assert committed == schema_text(repo_stages()), \
-        "params.schema.json is stale: python -m stages.common.validation --write-schema"
+        "params.schema.json is stale: python -m pipeline.validation --write-schema"
     schema = json.loads(committed)
     assert {"profile", "seeds", "dqn", "atari_dqn", "pg_lunarlander"} <= set(schema["properties"])
     variant = schema["$defs"]["Variant"]["properties"]
@@ -197,8 +197,8 @@ def test_every_setting_says_what_it_is():
 
     from pydantic import BaseModel
 
-    modules = {"stages.common.settings", "stages.common.policy_gradient_settings",
-               "stages.common.tf_agents_settings", *(stage.module for stage in repo_stages())}
+    modules = {"stages.core.settings", "stages.policy_gradient.settings",
+               "stages.tf_agents_kit.settings", *(stage.module for stage in repo_stages())}
     undocumented = []
     for name in sorted(modules):
         module = importlib.import_module(name)
@@ -228,7 +228,7 @@ def _left_in(folder: Path) -> list[str]:
     ("typo", "profile sets mdp.runz, which params.yaml does not have"),
 ])
 def test_a_bad_profile_creates_nothing_and_the_corrected_command_then_works(tmp_path, profile, problem):
-    from stages.common import workspace
+    from pipeline import workspace
 
     source, parent = _project(tmp_path / "project"), tmp_path / "workspaces"
     parent.mkdir()
@@ -236,7 +236,7 @@ def test_a_bad_profile_creates_nothing_and_the_corrected_command_then_works(tmp_
         workspace.create_workspace(parent / "preview", profile, source=source)
     assert _left_in(parent) == []
     # The command line says the same in one line (exit status 2), and leaves nothing either.
-    result = subprocess.run([sys.executable, "-m", "stages.common.workspace", "--profile", "quik",
+    result = subprocess.run([sys.executable, "-m", "pipeline.workspace", "--profile", "quik",
                              "--dir", str(parent / "preview"), "--engine", "none"],
                             cwd=REPO_ROOT, env=engine_env(), capture_output=True, text=True)
     assert result.returncode == 2 and "error: no profile 'quik'" in result.stderr
@@ -249,7 +249,7 @@ def test_a_bad_profile_creates_nothing_and_the_corrected_command_then_works(tmp_
 def test_a_workspace_build_that_fails_midway_leaves_no_folder(tmp_path, monkeypatch):
     """The fault: a pre-commit hook that refuses the workspace's first commit (the last step);
     and a build killed earlier, whose temporary folder the next build removes."""
-    from stages.common import workspace
+    from pipeline import workspace
 
     source, parent = _project(tmp_path / "project"), tmp_path / "workspaces"
     template = tmp_path / "template"

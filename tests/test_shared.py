@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.common.cartpole import basic_policy
-from stages.common.evaluation import evaluate_policy
-from stages.common.frames import record_episode, write_gif
-from stages.common.io import atomic_path, write_json
-from stages.common.seeding import seed_everything
+from stages.policies.cartpole import basic_policy
+from stages.policies.evaluation import evaluate_policy
+from stages.core.frames import record_episode, write_gif
+from stages.core.io import atomic_path, write_json
+from stages.core.seeding import seed_everything
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -100,7 +100,7 @@ def test_a_training_log_is_a_dvclive_folder_and_nothing_else(tmp_path):
 
     import pandas as pd
 
-    from stages.common.live_log import TrainingLive, read_history
+    from stages.core.live_log import TrainingLive, read_history
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     rows = [{"iteration": 10, "mean_return": float("nan"), "loss": 0.5, "episodes": 0, "wall_time_s": 1.0},
@@ -134,7 +134,7 @@ def test_train_summaries_hold_tf_agents_tags_against_both_steps(tmp_path):
     import tensorflow as tf
     from tf_agents.metrics import tf_metrics
 
-    from stages.common.tf_summaries import STEPS_PER_SECOND, TrainSummaries, read_scalars
+    from stages.tf_agents_kit.summaries import STEPS_PER_SECOND, TrainSummaries, read_scalars
 
     step = tf.Variable(0, dtype=tf.int64)
     metrics = [tf_metrics.NumberOfEpisodes(), tf_metrics.EnvironmentSteps(),

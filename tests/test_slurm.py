@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from stages.common.dag import read_dag
-from stages.common.workspace import REPO_ROOT
+from stages.core.dag import read_dag
+from pipeline.workspace import REPO_ROOT
 from tests.conftest import file_digests, one_stage_of_every_kind, remove_outputs, run, with_downstream
 
 pytestmark = [pytest.mark.e2e, pytest.mark.system]

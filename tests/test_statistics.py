@@ -1,4 +1,4 @@
-"""Interval estimates across runs (stages/common/statistics.py) and the aggregate stage's tables,
+"""Interval estimates across runs (stages/policies/statistics.py) and the aggregate stage's tables,
 on synthetic data whose answers are known."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 import yaml
 from scipy import stats
 
-from stages.common.live_log import TrainingLive
-from stages.common.statistics import (
+from stages.core.live_log import TrainingLive
+from stages.policies.statistics import (
     Interval,
     curve_intervals,
     interval_estimates,
@@ -23,7 +23,7 @@ from stages.common.statistics import (
     probability_of_improvement,
     probability_of_improvement_interval,
 )
-from stages.common.workspace import REPO_ROOT, engine_env
+from pipeline.workspace import REPO_ROOT, engine_env
 
 
 def test_iqm_is_the_mean_of_the_middle_half():
@@ -91,7 +91,7 @@ def synthetic_workspace(root, seeds=(0, 1, 2, 3, 4)):
     dvc.yaml that declares the policies (one stage per training and seed)."""
     import tf_keras
 
-    from stages.common.policies import export_keras_policy
+    from stages.policies.index import export_keras_policy
 
     rng = np.random.default_rng(0)
     rows, policies = [], []

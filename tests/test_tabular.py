@@ -7,7 +7,7 @@ import pytest
 
 from stages import markov_chain
 from stages import mdp as mdp_stage
-from stages.common.settings import Params
+from stages.core.settings import Params
 from stages.markov_chain.__main__ import absorbing_states, expected_steps_to_absorption, sample_run
 from stages.mdp.__main__ import MDP, greedy_policy, q_learning, q_value_iteration
 

@@ -4,7 +4,7 @@ import numpy as np
 from tf_agents.environments import tf_py_environment, utils
 from tf_agents.trajectories import time_step as ts
 
-from stages.common.tf_env import make_py_environment
+from stages.tf_agents_kit.environment import make_py_environment
 
 
 def test_cartpole_passes_tf_agents_validation():

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from stages.common.settings import Params, Seed, StageSettings, argument_parser, parse_arguments
+from stages.core.settings import Params, Seed, StageSettings, argument_parser, parse_arguments
 
 
 class Settings(StageSettings):

@@ -5,7 +5,7 @@ Reads the gathered held-out evaluation (``reports/evaluate/returns.csv``: one ro
 (DVCLive's files): committed results all, so the tables rebuild from git alone. A run is one training seed; its score, at
 each step cap, is the mean return of its exported policy over the held-out episodes. Per
 algorithm and cap: mean, median and interquartile mean across runs, each with a 95% stratified
-bootstrap interval (stages/common/statistics.py); per pair of algorithms on the same environment
+bootstrap interval (stages/policies/statistics.py); per pair of algorithms on the same environment
 and cap: the probability of improvement P(X > Y) with its interval. A claim that X beats Y is made
 only when that interval lies above 1/2. Learning curves: the IQM across seeds of each training
 log's mean return, with its interval shaded.
@@ -21,17 +21,17 @@ import numpy as np
 import pandas as pd
 
 from stages.aggregate import Settings, settings
-from stages.common.io import write_csv, write_json, write_text
-from stages.common.live_log import read_history
-from stages.common.plotting import new_figure, save_figure
-from stages.common.settings import ParamError, Params, run_stage
-from stages.common.statistics import (
+from stages.core.io import write_csv, write_json, write_text
+from stages.core.live_log import read_history
+from stages.core.plotting import new_figure, save_figure
+from stages.core.settings import ParamError, Params, run_stage
+from stages.policies.statistics import (
     AGGREGATES,
     curve_intervals,
     interval_estimates,
     probability_of_improvement_interval,
 )
-from stages.common.timings import write_timings
+from stages.core.timings import write_timings
 
 NAME = "aggregate"
 RETURNS = "reports/evaluate/returns.csv"

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from stages.common.settings import (
+from stages.core.settings import (
     Block,
     Count,
     Discount,
@@ -27,7 +27,7 @@ from stages.common.settings import (
     member_of,
     parse_arguments,
 )
-from stages.common.tf_agents_settings import EpsilonGreedy, ReplayTraining
+from stages.tf_agents_kit.settings import EpsilonGreedy, ReplayTraining
 
 # Every action name the Arcade Learning Environment knows; each game has a subset.
 AtariAction = Literal["NOOP", "FIRE", "UP", "RIGHT", "LEFT", "DOWN", "UPRIGHT", "UPLEFT",

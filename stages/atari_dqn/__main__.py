@@ -15,7 +15,7 @@ The training history is DVCLive's, in ``data/atari_dqn/<game>/dvclive``, one ste
 ``average_episode_length`` (of the last 10 episodes), ``loss`` and ``epsilon``. A resumed run logs
 the checkpoint's rows again first, so the folder is the same whether or not training was
 interrupted. TensorBoard's view (``tensorboard --logdir data/atari_dqn``) is in
-``data/atari_dqn/<game>/tensorboard``, outside DVC's outputs (stages/common/tf_summaries.py).
+``data/atari_dqn/<game>/tensorboard``, outside DVC's outputs (stages/tf_agents_kit/summaries.py).
 """
 
 from __future__ import annotations
@@ -46,24 +46,24 @@ from tqdm import tqdm
 
 from pi.policy_contract import make_atari_env, preprocessing_description
 from stages.atari_dqn import Agent, Settings, settings
-from stages.common.checkpoints import TrainingCheckpoint, restore_trackables
-from stages.common.evaluation import evaluate_policy
-from stages.common.frames import record_episode, write_gif
-from stages.common.io import adopt, staged, temporary_name, write_json
-from stages.common.live_log import TrainingLive
-from stages.common.plotting import new_figure, save_figure
-from stages.common.policies import (
+from stages.atari_dqn.checkpoints import TrainingCheckpoint, restore_trackables
+from stages.policies.evaluation import evaluate_policy
+from stages.core.frames import record_episode, write_gif
+from stages.core.io import adopt, staged, temporary_name, write_json
+from stages.core.live_log import TrainingLive
+from stages.core.plotting import new_figure, save_figure
+from stages.policies.index import (
     PolicyEntry,
     export_saved_policy,
     load_policy,
     make_policy_env,
     read_entry,
 )
-from stages.common.seeding import seed_everything
-from stages.common.settings import ParamError, Params, run_stage
-from stages.common.tf_env import GymnasiumPyEnvironment
-from stages.common.tf_summaries import FOLDER as TENSORBOARD, TrainSummaries
-from stages.common.timings import write_timings
+from stages.core.seeding import seed_everything
+from stages.core.settings import ParamError, Params, run_stage
+from stages.tf_agents_kit.environment import GymnasiumPyEnvironment
+from stages.tf_agents_kit.summaries import FOLDER as TENSORBOARD, TrainSummaries
+from stages.core.timings import write_timings
 
 OPTIMIZER = "Keras RMSprop (epsilon added to the root)"
 MEMORY_HEADROOM_BYTES = 2 * 1024**3  # TensorFlow, the networks, the environment, a checkpoint's buffers
@@ -320,7 +320,7 @@ def export_policy(game: str, folder: str | None = None) -> None:
 def export_in_fresh_process(game: str, paths: Paths) -> PolicyEntry:
     """:func:`export_policy` in a new interpreter that imports this module (and runs no main). It
     exports under this process's temporary name of the policy folder, which then joins this
-    stage's output set (stages/common/io.py)."""
+    stage's output set (stages/core/io.py)."""
     staging = temporary_name(paths.policy, folder=True)
     code = f"from stages.atari_dqn.__main__ import export_policy; export_policy({game!r}, {str(staging)!r})"
     exported = subprocess.run([sys.executable, "-c", code])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stages.common.settings import (
+from stages.core.settings import (
     Count,
     Episodes,
     Gif,

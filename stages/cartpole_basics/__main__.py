@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 
 from stages.cartpole_basics import settings
-from stages.common.cartpole import RIGHT, basic_policy
-from stages.common.evaluation import evaluate_policy
-from stages.common.frames import record_episode, write_gif
-from stages.common.io import write_csv, write_json
-from stages.common.plotting import new_figure, save_figure
-from stages.common.seeding import seed_everything
-from stages.common.settings import Params, run_stage
+from stages.policies.cartpole import RIGHT, basic_policy
+from stages.policies.evaluation import evaluate_policy
+from stages.core.frames import record_episode, write_gif
+from stages.core.io import write_csv, write_json
+from stages.core.plotting import new_figure, save_figure
+from stages.core.seeding import seed_everything
+from stages.core.settings import Params, run_stage
 
 REPORTS = "reports/cartpole_basics"
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from pydantic import Field, model_validator
 
-from stages.common.settings import (
+from stages.core.settings import (
     Count,
     Discount,
     Optimizer,
@@ -15,7 +15,7 @@ from stages.common.settings import (
     argument_parser,
     parse_arguments,
 )
-from stages.common.tf_agents_settings import EpsilonGreedy, ReplayTraining
+from stages.tf_agents_kit.settings import EpsilonGreedy, ReplayTraining
 
 
 class Agent(EpsilonGreedy):

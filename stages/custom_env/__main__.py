@@ -9,7 +9,7 @@ a shortest path: 6 steps, return 10.
 The training history is DVCLive's, in ``data/custom_env/dvclive``, one step per iteration (a
 row every ``log_interval``): ``episodes``, ``environment_steps``, ``average_return``,
 ``average_episode_length`` (of the last 10 episodes), ``loss`` and ``epsilon``. TensorBoard's view
-of the same run is in ``data/custom_env/tensorboard`` (stages/common/tf_summaries.py).
+of the same run is in ``data/custom_env/tensorboard`` (stages/tf_agents_kit/summaries.py).
 """
 
 from __future__ import annotations
@@ -35,15 +35,15 @@ from tf_agents.trajectories import time_step as ts
 from tf_agents.utils import common
 from tqdm import tqdm
 
-from stages.common.io import write_json
-from stages.common.live_log import TrainingLive
-from stages.common.optimizers import make_optimizer
-from stages.common.plotting import new_figure, save_figure
-from stages.common.seeding import seed_everything
-from stages.common.settings import Params, run_stage
-from stages.common.tf_summaries import FOLDER, TrainSummaries
-from stages.common.tf_agents_settings import ReplayTraining
-from stages.common.timings import write_timings
+from stages.core.io import write_json
+from stages.core.live_log import TrainingLive
+from stages.core.optimizers import make_optimizer
+from stages.core.plotting import new_figure, save_figure
+from stages.core.seeding import seed_everything
+from stages.core.settings import Params, run_stage
+from stages.tf_agents_kit.summaries import FOLDER, TrainSummaries
+from stages.tf_agents_kit.settings import ReplayTraining
+from stages.core.timings import write_timings
 from stages.custom_env import Agent, Settings, settings
 
 DATA, REPORTS = "data/custom_env", "reports/custom_env"

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from stages.common.settings import (
+from stages.core.settings import (
     Block,
     Count,
     Discount,

@@ -35,23 +35,23 @@ import tensorflow as tf
 import tf_keras
 from tqdm import tqdm
 
-from stages.common.deep_q import DeepQLearner, build_q_network
-from stages.common.evaluation import evaluate_policy
-from stages.common.frames import record_episode, write_gif
-from stages.common.io import write_json
-from stages.common.live_log import TrainingLive
-from stages.common.plotting import new_figure, save_figure
-from stages.common.policies import (
+from stages.dqn.deep_q import DeepQLearner, build_q_network
+from stages.policies.evaluation import evaluate_policy
+from stages.core.frames import record_episode, write_gif
+from stages.core.io import write_json
+from stages.core.live_log import TrainingLive
+from stages.core.plotting import new_figure, save_figure
+from stages.policies.index import (
     INDEX_DIR,
     PolicyEntry,
     export_keras_policy,
     load_policy,
     seeded_policy_name,
 )
-from stages.common.replay import PrioritizedReplayMemory, ReplayMemory
-from stages.common.seeding import seed_everything
-from stages.common.settings import ParamError, Params, run_stage
-from stages.common.timings import write_timings
+from stages.replay import PrioritizedReplayMemory, ReplayMemory
+from stages.core.seeding import seed_everything
+from stages.core.settings import ParamError, Params, run_stage
+from stages.core.timings import write_timings
 from stages.dqn import Settings, Variant, settings
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from stages.common.settings import (
+from stages.core.settings import (
     Block,
     Bootstrap,
     Count,
@@ -68,6 +68,6 @@ def summary_path(policy: str) -> str:
 
 
 def timings_name(policy: str) -> str:
-    """A per-policy evaluation's entry in logs/timings/ (stages/common/timings.py): its wall time
+    """A per-policy evaluation's entry in logs/timings/ (stages/core/timings.py): its wall time
     is machine-dependent, so declared nowhere and committed nowhere; the report shows it as volatile."""
     return f"evaluate/{policy}"

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.common.dag import declared_policies
-from stages.common.io import write_csv, write_json
-from stages.common.plotting import new_figure, save_figure
-from stages.common.settings import InputError, ParamError, Params, run_stage
+from stages.core.dag import declared_policies
+from stages.core.io import write_csv, write_json
+from stages.core.plotting import new_figure, save_figure
+from stages.core.settings import InputError, ParamError, Params, run_stage
 from stages.evaluate import RESULTS, RETURN_COLUMNS, returns_path, settings, summary_path
 
 NAME = "evaluate"

@@ -10,7 +10,7 @@ likely action, or highest Q-value), one episode per seed, on seeds no training s
 against the seeds the policy records). CartPole policies are played at each step cap of
 ``cartpole_max_steps`` (the book's 200 and CartPole-v1's own 500); others to their environment's
 own limit; Atari policies, slow to play, for fewer episodes. The episodes of one policy run side
-by side with one batched policy call per step (stages/common/evaluation.py).
+by side with one batched policy call per step (stages/policies/evaluation.py).
 
 Per policy, in ``reports/evaluate/policies/<name>/`` (small, committed to git): every episode's
 return (returns.csv), and summary.json: what the gathering stages need of the policy's index entry
@@ -35,13 +35,13 @@ import gymnasium as gym
 import numpy as np
 import pandas as pd
 
-from stages.common.evaluation import evaluate_policy
-from stages.common.io import write_csv, write_json
-from stages.common.timings import write_timings
-from stages.common.policies import INDEX_DIR, PolicyEntry, load_policy, make_policy_env, read_entry
-from stages.common.seeding import seed_everything
-from stages.common.settings import InputError, ParamError, Params, parse_arguments, run_stage
-from stages.common.statistics import summarize_returns
+from stages.policies.evaluation import evaluate_policy
+from stages.core.io import write_csv, write_json
+from stages.core.timings import write_timings
+from stages.policies.index import INDEX_DIR, PolicyEntry, load_policy, make_policy_env, read_entry
+from stages.core.seeding import seed_everything
+from stages.core.settings import InputError, ParamError, Params, parse_arguments, run_stage
+from stages.policies.statistics import summarize_returns
 from stages.evaluate import RETURN_COLUMNS, Settings, returns_path, summary_path, timings_name
 
 SECTION = "evaluate"  # the settings of the evaluate section, as the gathering stage reads them

@@ -12,8 +12,8 @@ import sys
 
 import numpy as np
 
-from stages.common.io import write_json, write_text
-from stages.common.settings import Params, run_stage
+from stages.core.io import write_json, write_text
+from stages.core.settings import Params, run_stage
 from stages.markov_chain import settings
 
 OUT = "reports/markov_chain"

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from pydantic import Field, model_validator
 
-from stages.common.settings import (
+from stages.core.settings import (
     Block,
     Count,
     Discount,

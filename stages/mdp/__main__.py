@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages.common.io import write_csv, write_json, write_npy
-from stages.common.plotting import new_figure, save_figure
-from stages.common.settings import Params, run_stage
+from stages.core.io import write_csv, write_json, write_npy
+from stages.core.plotting import new_figure, save_figure
+from stages.core.settings import Params, run_stage
 from stages.mdp import settings
 
 DATA = "data/mdp"

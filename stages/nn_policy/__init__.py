@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stages.common.policy_gradient_settings import PolicyRun
-from stages.common.settings import (
+from stages.policy_gradient.settings import PolicyRun
+from stages.core.settings import (
     Count,
     Params,
     SeededTraining,

@@ -22,18 +22,18 @@ import tensorflow as tf
 import tf_keras
 from tqdm import tqdm
 
-from stages.common.assessment import assess_policy, record_policy_gif
-from stages.common.book import book_value
-from stages.common.cartpole import LEFT, basic_policy
-from stages.common.io import write_json
-from stages.common.live_log import TrainingLive
-from stages.common.optimizers import make_optimizer
-from stages.common.plotting import plot_learning_curve
-from stages.common.policies import INDEX_DIR, actions_from_outputs, export_keras_policy, seeded_policy_name
-from stages.common.policy_gradients import policy_network
-from stages.common.seeding import seed_everything
-from stages.common.settings import Params, run_stage
-from stages.common.timings import write_timings
+from stages.policies.assessment import assess_policy, record_policy_gif
+from stages.core.book import book_value
+from stages.policies.cartpole import LEFT, basic_policy
+from stages.core.io import write_json
+from stages.core.live_log import TrainingLive
+from stages.core.optimizers import make_optimizer
+from stages.core.plotting import plot_learning_curve
+from stages.policies.index import INDEX_DIR, actions_from_outputs, export_keras_policy, seeded_policy_name
+from stages.policy_gradient.training import policy_network
+from stages.core.seeding import seed_everything
+from stages.core.settings import Params, run_stage
+from stages.core.timings import write_timings
 from stages.nn_policy import settings
 
 NAME = "nn_policy"

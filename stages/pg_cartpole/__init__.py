@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stages.common.policy_gradient_settings import Reinforce
-from stages.common.settings import Params, argument_parser, env_family, parse_arguments, seeded
+from stages.policy_gradient.settings import Reinforce
+from stages.core.settings import Params, argument_parser, env_family, parse_arguments, seeded
 
 
 class Settings(Reinforce):

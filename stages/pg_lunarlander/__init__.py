@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from pydantic import RootModel
 
-from stages.common.policy_gradient_settings import Reinforce
-from stages.common.settings import Params, argument_parser, env_family, member_of, parse_arguments, seeded
+from stages.policy_gradient.settings import Reinforce
+from stages.core.settings import Params, argument_parser, env_family, member_of, parse_arguments, seeded
 
 
 class Settings(Reinforce):

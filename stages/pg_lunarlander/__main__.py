@@ -17,15 +17,15 @@ import sys
 
 import tensorflow as tf  # noqa: F401  (imported before seeding, so TensorFlow is seeded too)
 
-from stages.common.assessment import assess_policy, record_policy_gif
-from stages.common.book import book_value
-from stages.common.io import write_json
-from stages.common.plotting import plot_learning_curve
-from stages.common.policies import INDEX_DIR, export_keras_policy, seeded_policy_name
-from stages.common.policy_gradients import train_reinforce
-from stages.common.seeding import seed_everything
-from stages.common.settings import Params, run_stage
-from stages.common.timings import write_timings
+from stages.policies.assessment import assess_policy, record_policy_gif
+from stages.core.book import book_value
+from stages.core.io import write_json
+from stages.core.plotting import plot_learning_curve
+from stages.policies.index import INDEX_DIR, export_keras_policy, seeded_policy_name
+from stages.policy_gradient.training import train_reinforce
+from stages.core.seeding import seed_everything
+from stages.core.settings import Params, run_stage
+from stages.core.timings import write_timings
 from stages.pg_lunarlander import settings
 
 NAME = "pg_lunarlander"

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from stages.common.settings import (
+from stages.core.settings import (
     Block,
     Bootstrap,
     Count,
@@ -78,7 +78,7 @@ class FineTuning(Block):
 
 class ReturnInterval(Bootstrap):
     """The float32 policy's percentile-bootstrap interval of its mean held-out return
-    (stages.common.statistics.bootstrap_mean_interval): int8 runs by default only if its mean
+    (stages.policies.statistics.bootstrap_mean_interval): int8 runs by default only if its mean
     return lies inside."""
 
     confidence: Probability

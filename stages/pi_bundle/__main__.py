@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from pi.policy_runtime import FORMAT, MANIFEST, sha256, verify_bundle
-from stages.common.dag import StageSpec, policy_producers, read_dag
-from stages.common.io import atomic_folder, write_json
-from stages.common.settings import InputError, argument_parser, parse_arguments, run_stage
+from stages.core.dag import StageSpec, policy_producers, read_dag
+from stages.core.io import atomic_folder, write_json
+from stages.core.settings import InputError, argument_parser, parse_arguments, run_stage
 from stages.pi_bundle.archive import write_reproducible_tar_gz
 from stages.pi_bundle.records import CONVERTED, PRECISIONS, RESULTS, PolicyBenchmark, PolicyResult
 

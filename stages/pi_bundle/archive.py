@@ -13,7 +13,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from stages.common.io import atomic_path, staged
+from stages.core.io import atomic_path, staged
 
 EXECUTABLE = 0o755
 REGULAR = 0o644

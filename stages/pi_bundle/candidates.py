@@ -24,7 +24,7 @@ import numpy as np
 
 from pi.policy_contract import ACTION_RULES
 from pi.policy_runtime import TFLitePolicy
-from stages.common.policies import PolicyEntry
+from stages.policies.index import PolicyEntry
 from stages.pi_bundle import Settings
 from stages.pi_bundle.decision_network import XNNPACK_MULTIPLIER_LIMIT, NotFineTunable, decision_network
 from stages.pi_bundle.fine_tuning import (

@@ -13,9 +13,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from stages.common.evaluation import evaluate_policy
-from stages.common.policies import PolicyEntry, make_policy_env
-from stages.common.settings import ParamError
+from stages.policies.evaluation import evaluate_policy
+from stages.policies.index import PolicyEntry, make_policy_env
+from stages.core.settings import ParamError
 from stages.pi_bundle import EnvironmentEvaluation, ObservationSet, Settings
 
 

@@ -30,12 +30,12 @@ import numpy as np
 
 from pi.policy_contract import ACTION_RULES
 from pi.policy_runtime import TFLitePolicy, latency
-from stages.common.evaluation import evaluate_policy
-from stages.common.io import atomic_folder, write_json
-from stages.common.policies import INDEX_DIR, BatchPolicy, PolicyEntry, load_policy, read_entry
-from stages.common.seeding import seed_everything
-from stages.common.settings import InputError, Params, argument_parser, parse_arguments, run_stage
-from stages.common.statistics import bootstrap_mean_interval
+from stages.policies.evaluation import evaluate_policy
+from stages.core.io import atomic_folder, write_json
+from stages.policies.index import INDEX_DIR, BatchPolicy, PolicyEntry, load_policy, read_entry
+from stages.core.seeding import seed_everything
+from stages.core.settings import InputError, Params, argument_parser, parse_arguments, run_stage
+from stages.policies.statistics import bootstrap_mean_interval
 from stages.pi_bundle import EnvironmentEvaluation, Settings
 from stages.pi_bundle.archive import size_of
 from stages.pi_bundle.candidates import Inputs, choose_int8, held_out_agreement, int8_record, model_record

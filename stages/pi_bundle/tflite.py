@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.common.policies import PolicyEntry, load_model
+from stages.policies.index import PolicyEntry, load_model
 from stages.pi_bundle.decision_network import OUTPUT_KIND, DecisionNetwork, q_difference_layer
 from stages.pi_bundle.q_network_graph import QNetwork
 

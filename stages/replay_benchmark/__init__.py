@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from pydantic import model_validator
 
-from stages.common.settings import Count, Params, Seed, StageSettings, argument_parser, parse_arguments
+from stages.core.settings import Count, Params, Seed, StageSettings, argument_parser, parse_arguments
 
 
 class Settings(StageSettings):

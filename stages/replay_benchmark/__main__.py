@@ -3,7 +3,7 @@
 - ``deque``: ``collections.deque(maxlen=N)`` of transition tuples, the book's DQN memory. Appending
   is cheap, but indexing walks a linked list of blocks, so random sampling slows as it grows.
 - ``rotating_list``: the book's alternative, a NumPy object array with a moving index.
-- ``ring_buffer``: this project's memory (``stages/common/replay.py``), one preallocated array per
+- ``ring_buffer``: this project's memory (``stages/replay.py``), one preallocated array per
   field; a batch is one fancy-index per field instead of tuples restacked in Python.
 
 Each memory is timed appending one transition, sampling ``sample_size`` transitions (the book's
@@ -23,10 +23,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from stages.common.io import write_csv, write_json
-from stages.common.replay import ReplayMemory
-from stages.common.seeding import seed_everything
-from stages.common.settings import Params, run_stage
+from stages.core.io import write_csv, write_json
+from stages.replay import ReplayMemory
+from stages.core.seeding import seed_everything
+from stages.core.settings import Params, run_stage
 from stages.replay_benchmark import settings
 
 REPORTS = "reports/replay_benchmark"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stages.common.settings import (
+from stages.core.settings import (
     Bootstrap,
     Params,
     Pipeline,

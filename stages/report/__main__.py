@@ -22,7 +22,7 @@ none; an image not there shows its placeholder text. It holds, in order,
   game gets its section with no code here;
 - sections for the multi-seed aggregate and the Raspberry Pi bundle, from their files when present;
 - provenance: the DVC hashes of the exported policies (as their evaluation recorded them), package
-  versions from uv.lock, and (marked volatile, see stages/common/html.py) git commit, working-tree
+  versions from uv.lock, and (marked volatile, see stages/core/html.py) git commit, working-tree
   state, machine, date and the evaluation's wall times.
 
 A sidebar links to every section. ``reports/summary.md`` holds the summary's two tables in
@@ -47,12 +47,12 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup, escape
 
-from stages.common.book import BOOK_RESULTS, book_experiments
-from stages.common.dag import StageSpec, read_dag
-from stages.common.html import volatile
-from stages.common.io import write_text
-from stages.common.settings import Bootstrap, InputError, Params, run_stage
-from stages.common.timings import read_timings
+from stages.core.book import BOOK_RESULTS, book_experiments
+from stages.core.dag import StageSpec, read_dag
+from stages.core.html import volatile
+from stages.core.io import write_text
+from stages.core.settings import Bootstrap, InputError, Params, run_stage
+from stages.core.timings import read_timings
 from stages.report import settings
 from stages.report.figures import interval_figures
 from stages.report.results import (

@@ -20,8 +20,8 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from stages.common.io import atomic_folder
-from stages.common.plotting import new_figure, save_figure
+from stages.core.io import atomic_folder
+from stages.core.plotting import new_figure, save_figure
 
 FOLDER = "report"  # reports/report/: the report's own figures
 ROW_HEIGHT = 0.42  # inches per algorithm row

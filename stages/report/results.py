@@ -11,10 +11,10 @@ from typing import Any
 
 import pandas as pd
 
-from stages.common.dag import StageSpec, consumes_outputs, experiments
-from stages.common.settings import Bootstrap
-from stages.common.statistics import summarize_returns
-from stages.common.timings import read_timings
+from stages.core.dag import StageSpec, consumes_outputs, experiments
+from stages.core.settings import Bootstrap
+from stages.policies.statistics import summarize_returns
+from stages.core.timings import read_timings
 
 REPORTS = Path("reports")
 NOT_RUN = "not run yet"
@@ -92,7 +92,7 @@ def dotted(data: Any, key: str) -> Any:
 
 
 def wall_time_of(timings: Any) -> float | None:
-    """A stage's own training time, where its timings (logs/timings/, stages/common/timings.py)
+    """A stage's own training time, where its timings (logs/timings/, stages/core/timings.py)
     record one: a workspace filled by ``dvc pull`` has none."""
     if isinstance(timings, dict):
         training = timings.get("training")

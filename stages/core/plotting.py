@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from stages.common.io import atomic_path  # noqa: E402
+from stages.core.io import atomic_path  # noqa: E402
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -2,7 +2,7 @@
 
 dvc.lock records what each stage last ran from (command, parameter values, the hash of every
 dependency), whichever engine ran it: after a Snakemake run,
-:func:`stages.common.dag.record_in_dvc_lock` commits the stages to it. Snakemake keeps a record
+:func:`stages.core.dag.record_in_dvc_lock` commits the stages to it. Snakemake keeps a record
 only of the jobs it ran itself, so outputs made by ``dvc repro`` or brought by ``dvc pull`` carry
 none and a parameter change went unseen; and where it has one, it may be older than DVC's.
 
@@ -33,8 +33,8 @@ import dpath
 import yaml
 from dvc.utils.serialize import load_yaml
 
-from stages.common.dag import StageSpec
-from stages.common.reproduction import produced_by_a_stage
+from stages.core.dag import StageSpec
+from pipeline.reproduction import produced_by_a_stage
 
 STAMP_DIR = Path(".snakemake") / "dvc-lock"
 

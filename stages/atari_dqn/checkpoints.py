@@ -21,9 +21,9 @@ starts over; a run at its last iteration has nothing to train.
 
 Both engines keep the folder between runs: it is a ``persist: true`` output in dvc.yaml, and
 the Snakefile leaves it out of the rule's outputs (Snakemake deletes outputs before a job runs),
-see ``StageSpec.state`` in stages/common/dag.py. Nothing in a checkpoint holds a time stamp, and
+see ``StageSpec.state`` in stages/core/dag.py. Nothing in a checkpoint holds a time stamp, and
 the manifest's only wall-clock values are the log's ``*wall_time_s`` columns, which
-stages/common/reproduction.py leaves out: two identical runs write the same checkpoints.
+pipeline/reproduction.py leaves out: two identical runs write the same checkpoints.
 
 Test hook: with ``CHECKPOINT_TEST_HOLD_AT=<iteration>`` in the environment, writing that
 iteration's checkpoint stops after the TensorFlow files, before the manifest and the rename,
@@ -45,7 +45,7 @@ from typing import Any
 
 import pandas as pd
 
-from stages.common.settings import InputError
+from stages.core.settings import InputError
 
 MANIFEST = "checkpoint.json"
 TF_PREFIX = "ckpt"  # TensorFlow writes ckpt.index and ckpt.data-00000-of-00001
@@ -245,7 +245,7 @@ class TrainingCheckpoint:
         if self.current is None:
             return 0, None
         _restore(self.current, self.folder, False, **self._trackables)
-        # The resumed run's DVCLive history logs these rows again (stages/common/live_log.py);
+        # The resumed run's DVCLive history logs these rows again (stages/core/live_log.py);
         # JSON gives the floats back exactly as they were logged.
         return self.current.iteration, self.current.log
 

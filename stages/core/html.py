@@ -5,7 +5,7 @@ A rerun with the same inputs must give the same bytes, but a report also states 
 from run to run: wall-clock times, the date, the machine, the git commit. Those are wrapped in
 :func:`volatile`, i.e. between ``<!--volatile-->`` and ``<!--/volatile-->``, and
 :func:`strip_volatile` removes exactly those spans: the reproducibility tests compare what is left
-byte for byte (stages/common/reproduction.py). The Markdown
+byte for byte (pipeline/reproduction.py). The Markdown
 summary (reports/summary.md) uses the same spans: an HTML comment is invisible in Markdown too.
 """
 

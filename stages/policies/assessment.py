@@ -15,9 +15,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from stages.common.evaluation import evaluate_policy
-from stages.common.frames import record_episode, write_gif
-from stages.common.policies import PolicyEntry, load_policy
+from stages.policies.evaluation import evaluate_policy
+from stages.core.frames import record_episode, write_gif
+from stages.policies.index import PolicyEntry, load_policy
 
 
 def assess_policy(entry: PolicyEntry, eval_seeds: Sequence[int], max_steps: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 from PIL import Image
 
-from stages.common.io import atomic_path
+from stages.core.io import atomic_path
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,16 @@
 """Did a run reproduce the recorded one? Stage by stage, bit for bit, measured timings aside.
 
-    python -m stages.common.reproduction record   # after a run you commit: write dvc.digests.yaml
-    python -m stages.common.reproduction check    # after a rerun: one line per stage
+    python -m pipeline.reproduction record   # after a run you commit: write dvc.digests.yaml
+    python -m pipeline.reproduction check    # after a rerun: one line per stage
 
-A stage keeps how long it took out of its outputs (logs/timings/, stages/common/timings.py), so a
+A stage keeps how long it took out of its outputs (logs/timings/, stages/core/timings.py), so a
 rerun that reproduces writes the same bytes and leaves dvc.lock as it was. A few outputs still
 carry facts that differ between two identical runs, and DVC, which hashes whole files, cannot
 tell such a rerun from one that did not reproduce:
 
 - the stages whose result is a measurement of time (:data:`MEASURES_TIME`: the replay benchmark,
   the Pi bundle's latencies): their JSON keys and CSV or TSV columns ending in ``wall_time_s``;
-- the report's volatile spans (timings, date, host, commit: see stages/common/html.py);
+- the report's volatile spans (timings, date, host, commit: see stages/core/html.py);
 - outputs known to depend on the machine (:data:`MACHINE_DEPENDENT`: LunarLander's GIFs, see
   docs/reproducibility.md). These are compared all the same; when they are the only files that
   differ, the verdict says so (``differs (known)``) and does not fail the check.
@@ -49,7 +49,7 @@ from typing import Any
 
 import yaml
 
-from stages.common.html import strip_volatile
+from stages.core.html import strip_volatile
 
 LOCK = "dvc.lock"
 DIGESTS = "dvc.digests.yaml"
@@ -62,7 +62,7 @@ SEPARATORS = {".csv": ",", ".tsv": "\t"}  # tables whose timing columns are drop
 # Snakemake marks each directory output with this empty file; DVC ignores it (.dvcignore).
 SNAKEMAKE_DIRECTORY_MARKER = ".snakemake_timestamp"
 HEADER = ("# Timing-free digests of every stage's outputs, beside dvc.lock. Written by\n"
-          "# `python -m stages.common.reproduction record`; compare a rerun with `... check`.\n")
+          "# `python -m pipeline.reproduction record`; compare a rerun with `... check`.\n")
 
 
 # --- what two identical runs share --------------------------------------------------------------
@@ -204,7 +204,7 @@ def resumable_state(root: Path) -> set[str]:
     """The outputs of ``type: checkpoint`` that ``root``'s dvc.yaml declares (none without one)."""
     if not (root / "dvc.yaml").is_file() or not (root / ".dvc").is_dir():
         return set()
-    from stages.common.dag import read_dag
+    from stages.core.dag import read_dag
 
     return {path for stage in read_dag(root) for path in stage.state}
 
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not target.is_file():
         print(f"{target} is missing: record a run first "
-              "(python -m stages.common.reproduction record)", file=sys.stderr)
+              "(python -m pipeline.reproduction record)", file=sys.stderr)
         return 2
     verdicts = check(root, yaml.safe_load(target.read_text()) or {}, resumable_state(root))
     width = max((len(v.stage) for v in verdicts), default=5)

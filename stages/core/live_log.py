@@ -9,10 +9,10 @@ Every trainer writes its history the same way (see :class:`TrainingLive`):
 ``step`` is the run's own counter, named by ``step_name`` in metrics.json and in the stage's
 docstring: ``iteration`` (nn_policy, REINFORCE, the TF-Agents stages) or ``episode`` (dqn). The
 files hold no wall-clock time (no timestamps, no ``wall_time_s`` metric), so two identical runs
-write identical bytes (a stage's timings go to logs/timings/, stages/common/timings.py).
+write identical bytes (a stage's timings go to logs/timings/, stages/core/timings.py).
 
 The folder is one of the stage's outputs and is replaced with the others, as one set
-(stages/common/io.py): while the stage runs, the log grows in a temporary sibling folder,
+(stages/core/io.py): while the stage runs, the log grows in a temporary sibling folder,
 ``<data folder of the run>/.dvclive.tmp-<pid>/`` (printed when training starts), and it takes the
 place of ``dvclive`` only when the stage has written everything else. A killed run thus leaves the
 previous run's complete log beside the previous policy, figures and metrics; the next run of the
@@ -51,13 +51,13 @@ import numpy as np
 import pandas as pd
 from dvclive import Live
 
-from stages.common.io import atomic_folder
+from stages.core.io import atomic_folder
 
 FOLDER = "dvclive"
 STEP = "step"  # DVCLive's column
 STEP_NAME = "step_name"  # the summary key naming what a step counts
 METRICS_FILE = "metrics.json"
-WALL_TIME = "wall_time_s"  # the suffix of wall-clock values (see stages/common/reproduction.py)
+WALL_TIME = "wall_time_s"  # the suffix of wall-clock values (see pipeline/reproduction.py)
 PLOTS = Path("plots") / "metrics"
 
 
@@ -126,7 +126,7 @@ class TrainingLive:
 
     @property
     def wall_time_s(self) -> float:
-        """Seconds since the log was opened (for the stage's timings, stages/common/timings.py)."""
+        """Seconds since the log was opened (for the stage's timings, stages/core/timings.py)."""
         return round(time.perf_counter() - self._start, 3)
 
     def close(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from stages.common.settings import Block, Count, Probability, Seed
+from stages.core.settings import Block, Count, Probability, Seed
 
 
 class EpsilonGreedy(Block):

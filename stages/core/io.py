@@ -6,9 +6,9 @@ that pick a format from it, matplotlib, Pillow, NumPy, still do): ``.<stem>.tmp-
 for a file, ``.<name>.tmp-<pid>`` for a folder. Outside an output set a finished output replaces
 the old one at once, in one rename.
 
-Inside :func:`output_set` (every stage runs in one: :func:`stages.common.settings.run_stage`) a
+Inside :func:`output_set` (every stage runs in one: :func:`stages.core.settings.run_stage`) a
 finished output waits under its temporary name, and the set's outputs are renamed into place one
-after another when the stage has done all its work, the training log (stages/common/live_log.py)
+after another when the stage has done all its work, the training log (stages/core/live_log.py)
 included. A stage that fails or is killed before then replaces nothing: the previous run's set
 stays whole. (Only a kill within the renames themselves, after all the work, can leave part of the
 new set in place.) Code that reads back an output its own stage has just written finds it where

@@ -8,7 +8,7 @@ params.yaml, so editing one experiment's settings reruns only that experiment.
 A bad value raises :class:`ParamError` naming the dotted key, the value found and what pydantic
 says is allowed, so a typo stops the run with a sentence instead of a traceback an hour in.
 Whole-file checks (every stage's settings, and what one stage's seeds mean for another's) live
-in :mod:`stages.common.validation`, which the Snakefile runs before any job.
+in :mod:`pipeline.validation`, which the Snakefile runs before any job.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from stages.common.io import output_set
-from stages.common.stage_lock import StageBusy, holding, stage_command
+from stages.core.io import output_set
+from stages.core.stage_lock import StageBusy, holding, stage_command
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -186,7 +186,7 @@ def held_out(training: range, evaluation: range, what: str) -> None:
 
 class StageSettings(Block):
     """Settings of one stage run. ``training_seeds`` and ``environment_ids`` feed the whole-file
-    checks (stages/common/validation.py): evaluation seeds held out from every training run, and
+    checks (pipeline/validation.py): evaluation seeds held out from every training run, and
     bundle settings for every environment a policy plays."""
 
     def training_seeds(self) -> set[int]:
@@ -434,8 +434,8 @@ def member_of(params: Params, key: str, name: str, what: str) -> str:
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main() after the checks every stage shares; bad input exits with status 2
     and one clear message. The stage holds its lock while it runs: a second run of it in the
-    workspace stops with status 75, naming the first (stages/common/stage_lock.py). The stage's
-    outputs form one output set (stages/common/io.py): they replace the previous ones together once
+    workspace stops with status 75, naming the first (stages/core/stage_lock.py). The stage's
+    outputs form one output set (stages/core/io.py): they replace the previous ones together once
     main() returns, so a stage that fails or is killed writes nothing and leaves the previous run's
     outputs whole."""
     spec = main.__globals__.get("__spec__")

@@ -6,7 +6,7 @@ DVC's record (dvc.lock) and the results committed to git stay as they were. The 
 timings here instead, as JSON shaped like its metrics (``{"training": {"wall_time_s": ...}}``),
 keys ending in ``wall_time_s``. logs/ is ignored by git and by DVC, and no stage declares these
 files: nothing depends on them. The report shows them where present, in its volatile spans
-(stages/common/html.py), and leaves them out where they are not (a workspace filled by
+(stages/core/html.py), and leaves them out where they are not (a workspace filled by
 ``dvc pull`` has none).
 """
 
@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from stages.common.io import write_json
+from stages.core.io import write_json
 
 FOLDER = Path("logs/timings")
 
@@ -28,7 +28,7 @@ def timings_path(stage: str, folder: str | os.PathLike = FOLDER) -> Path:
 
 
 def write_timings(stage: str, timings: dict[str, Any], folder: str | os.PathLike = FOLDER) -> None:
-    """Record ``stage``'s timings; written with the stage's outputs (stages/common/io.py), so a
+    """Record ``stage``'s timings; written with the stage's outputs (stages/core/io.py), so a
     killed run leaves the previous run's."""
     write_json(timings_path(stage, folder), timings)
 

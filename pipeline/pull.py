@@ -1,7 +1,7 @@
 """Pull the recorded outputs from the DVC remote, naming every one that could not be had.
 
-    python -m stages.common.pull              # the default remote (.dvc/config, docs/remote.md)
-    python -m stages.common.pull -r NAME      # another remote
+    python -m pipeline.pull              # the default remote (.dvc/config, docs/remote.md)
+    python -m pipeline.pull -r NAME      # another remote
 
 ``dvc pull`` from an empty or unreachable remote fails with the hashes it misses or a count
 ("N files failed to download"), not with the outputs a user asked for. This command fetches

@@ -21,8 +21,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from stages.common.optimizers import make_optimizer
-from stages.common.replay import Batch
+from stages.core.optimizers import make_optimizer
+from stages.replay import Batch
 
 LOSSES = ("mse", "huber")
 

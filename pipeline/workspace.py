@@ -4,7 +4,7 @@ A workspace is a fresh git repository holding the project's files (as the workin
 them) with ``profiles/<profile>.yaml`` merged over params.yaml. DVC there records the merged
 values, i.e. the values actually used, and the outputs land in the workspace's data/ and reports/.
 
-    python -m stages.common.workspace --profile quick --dir preview --engine snakemake
+    python -m pipeline.workspace --profile quick --dir preview --engine snakemake
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCK_FILE = "dvc.lock"
 GIT_IDENTITY = ["-c", "user.name=rl-pipeline", "-c", "user.email=rl-pipeline@localhost"]
 

@@ -20,12 +20,12 @@ import tensorflow as tf
 import tf_keras
 from tqdm import tqdm
 
-from stages.common.optimizers import make_optimizer
-from stages.common.policies import actions_from_outputs
-from stages.common.live_log import TrainingLive
+from stages.core.optimizers import make_optimizer
+from stages.policies.index import actions_from_outputs
+from stages.core.live_log import TrainingLive
 
 if TYPE_CHECKING:
-    from stages.common.policy_gradient_settings import Reinforce
+    from stages.policy_gradient.settings import Reinforce
 
 BatchActor = Callable[[np.ndarray], np.ndarray]
 
@@ -204,7 +204,7 @@ def train_reinforce(cfg: Reinforce, output: str, rng: np.random.Generator,
                     desc: str, log_folder: str) -> tuple[tf_keras.Model, TrainingLive]:
     """REINFORCE: play a batch of episodes, weight each step by its normalised return, update.
 
-    ``cfg`` is a REINFORCE run's settings (stages/common/policy_gradient_settings.py), ``output`` the
+    ``cfg`` is a REINFORCE run's settings (stages/policy_gradient/settings.py), ``output`` the
     policy's output kind, and ``rng`` samples the actions. Environment ``i`` first resets with
     ``cfg.training.env_seeds[i]``, then continues its own random stream. The history goes to the
     DVCLive folder ``log_folder``, one step per iteration: the batch's mean return and the loss.

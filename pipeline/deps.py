@@ -1,7 +1,7 @@
 """The dependencies in dvc.yaml that are derived, not declared: regenerate them, or check them.
 
-    python -m stages.common.deps            # rewrite dvc.yaml (comments and layout kept)
-    python -m stages.common.deps --check    # exit 1 and list the differences
+    python -m pipeline.deps            # rewrite dvc.yaml (comments and layout kept)
+    python -m pipeline.deps --check    # exit 1 and list the differences
 
 Three kinds, each owned by this command (edit the rest of dvc.yaml by hand):
 
@@ -42,7 +42,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from stages.common.dag import (
+from stages.core.dag import (
     POLICY_INDEX,
     StageSpec,
     dimension_params,
@@ -51,7 +51,7 @@ from stages.common.dag import (
     read_dag,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DVC_YAML = "dvc.yaml"
 DERIVE = "derive"
 RULES = ("every_report", "training_logs")

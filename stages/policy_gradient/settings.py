@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from stages.common.settings import (
+from stages.core.settings import (
     Count,
     Discount,
     EnvId,

@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 
 from pi.policy_contract import actions_from_outputs
-from stages.common.io import atomic_folder, staged
-from stages.common.settings import InputError
+from stages.core.io import atomic_folder, staged
+from stages.core.settings import InputError
 
 INDEX_DIR = Path("data/policies")
 ENTRY_FILE = "policy.json"
@@ -351,13 +351,13 @@ def load_index(index_dir: str | os.PathLike = INDEX_DIR, declared: Mapping[str, 
     """Every exported policy, by name, in name order, each checked (:func:`read_entry`).
 
     ``declared`` (policy name -> the stage that exports it, from the DAG: see
-    ``stages.common.dag.declared_policies``) makes the index what dvc.yaml says it is: a declared
+    ``stages.core.dag.declared_policies``) makes the index what dvc.yaml says it is: a declared
     policy that is missing is an error naming its stage (left out with ``missing_ok``: the report
     shows it as not run yet), and a folder no stage declares (left by a seed, variant or game
     since removed from params.yaml) is left out, with a note.
     """
     index_dir = Path(index_dir)
-    # Hidden folders are policies being written, or a killed run's leftovers (stages/common/io.py).
+    # Hidden folders are policies being written, or a killed run's leftovers (stages/core/io.py).
     folders = sorted(p.parent for p in index_dir.glob(f"*/{ENTRY_FILE}")
                      if not p.parent.name.startswith(".")) if index_dir.is_dir() else []
     if declared is None:

@@ -1,1 +1,0 @@
-"""Machinery shared by every stage: parameters, files, seeds, plots, frames, evaluation, adapters."""
