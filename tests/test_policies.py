@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from stages.policies.evaluation import evaluate_policy
+from stages.policies.export import export_keras_policy
 from stages.policies.index import (
     PolicyEntry,
     PolicyIndexError,
     actions_from_outputs,
-    export_keras_policy,
     load_index,
     load_policy,
     read_entry,
@@ -248,7 +248,8 @@ def test_a_policysaver_export_plays_through_load_policy(tmp_path):
     from tf_agents.policies.policy_saver import PolicySaver
     from tf_agents.policies.q_policy import QPolicy
 
-    from stages.policies.index import export_saved_policy, make_policy_env
+    from stages.policies.export import export_saved_policy
+    from stages.policies.index import make_policy_env
     from stages.tf_agents_kit.environment import make_py_environment
 
     tf_env = TFPyEnvironment(make_py_environment("CartPole-v1"))

@@ -91,7 +91,7 @@ def synthetic_workspace(root, seeds=(0, 1, 2, 3, 4)):
     dvc.yaml that declares the policies (one stage per training and seed)."""
     import tf_keras
 
-    from stages.policies.index import export_keras_policy
+    from stages.policies.export import export_keras_policy
 
     rng = np.random.default_rng(0)
     rows, policies = [], []

@@ -52,13 +52,8 @@ from stages.core.frames import record_episode, write_gif
 from stages.core.io import adopt, staged, temporary_name, write_json
 from stages.core.live_log import TrainingLive
 from stages.core.plotting import new_figure, save_figure
-from stages.policies.index import (
-    PolicyEntry,
-    export_saved_policy,
-    load_policy,
-    make_policy_env,
-    read_entry,
-)
+from stages.policies.export import export_saved_policy
+from stages.policies.index import PolicyEntry, load_policy, make_policy_env, read_entry
 from stages.core.seeding import seed_everything
 from stages.core.settings import ParamError, Params, run_stage
 from stages.tf_agents_kit.environment import GymnasiumPyEnvironment

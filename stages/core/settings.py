@@ -1,9 +1,8 @@
 """Typed settings: the blocks every experiment's settings are made of, and how params.yaml is read.
 
 Each experiment declares its settings as pydantic models in its own package
-(``stages/<name>/__init__.py``), next to the ``__main__.py`` that reads them, and loads them with
-:func:`read_settings`. Only that package and this module describe an experiment's section of
-params.yaml, so editing one experiment's settings reruns only that experiment.
+(``stages/<name>/__init__.py``), beside the ``__main__.py`` that reads them: editing one
+experiment's settings reruns only that experiment.
 
 A bad value raises :class:`ParamError` naming the dotted key, the value found and what pydantic
 says is allowed, so a typo stops the run with a sentence instead of a traceback an hour in.
@@ -432,12 +431,10 @@ def member_of(params: Params, key: str, name: str, what: str) -> str:
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main() after the checks every stage shares; bad input exits with status 2
-    and one clear message. The stage holds its lock while it runs: a second run of it in the
-    workspace stops with status 75, naming the first (stages/core/stage_lock.py). The stage's
-    outputs form one output set (stages/core/io.py): they replace the previous ones together once
-    main() returns, so a stage that fails or is killed writes nothing and leaves the previous run's
-    outputs whole."""
+    """Run a stage's main() after the shared checks; bad input exits with status 2 and one clear
+    message. A second run of the stage in the workspace stops with status 75, naming the first
+    (stages/core/stage_lock.py). The outputs replace the previous ones together once main()
+    returns (stages/core/io.py): a stage that fails or is killed leaves the previous run's whole."""
     spec = main.__globals__.get("__spec__")
     module = spec.name.removesuffix(".__main__") if spec else main.__module__
     try:

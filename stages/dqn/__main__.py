@@ -41,13 +41,8 @@ from stages.core.frames import record_episode, write_gif
 from stages.core.io import write_json
 from stages.core.live_log import TrainingLive
 from stages.core.plotting import new_figure, save_figure
-from stages.policies.index import (
-    INDEX_DIR,
-    PolicyEntry,
-    export_keras_policy,
-    load_policy,
-    seeded_policy_name,
-)
+from stages.policies.export import export_keras_policy
+from stages.policies.index import INDEX_DIR, PolicyEntry, load_policy, seeded_policy_name
 from stages.replay import PrioritizedReplayMemory, ReplayMemory
 from stages.core.seeding import seed_everything
 from stages.core.settings import ParamError, Params, run_stage

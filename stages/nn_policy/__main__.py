@@ -29,7 +29,8 @@ from stages.core.io import write_json
 from stages.core.live_log import TrainingLive
 from stages.core.optimizers import make_optimizer
 from stages.core.plotting import plot_learning_curve
-from stages.policies.index import INDEX_DIR, actions_from_outputs, export_keras_policy, seeded_policy_name
+from stages.policies.export import export_keras_policy
+from stages.policies.index import INDEX_DIR, actions_from_outputs, seeded_policy_name
 from stages.policy_gradient.training import policy_network
 from stages.core.seeding import seed_everything
 from stages.core.settings import Params, run_stage

@@ -21,7 +21,8 @@ from stages.policies.assessment import assess_policy, record_policy_gif
 from stages.core.book import book_value
 from stages.core.io import write_json
 from stages.core.plotting import plot_learning_curve
-from stages.policies.index import INDEX_DIR, export_keras_policy, seeded_policy_name
+from stages.policies.export import export_keras_policy
+from stages.policies.index import INDEX_DIR, seeded_policy_name
 from stages.policy_gradient.training import train_reinforce
 from stages.core.seeding import seed_everything
 from stages.core.settings import Params, run_stage

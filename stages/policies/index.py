@@ -19,7 +19,8 @@ rebuild it. An entry without ``model_sha256`` (exported before digests were reco
 the same way: its model cannot be checked, and rerunning its stage writes the digest.
 
 Output kinds (``output`` in the entry) and their action rules (``actions_from_outputs`` in
-pi/policy_runtime.py, the one implementation the pipeline and the Pi runner share):
+pi/policy_contract.py, the one implementation the pipeline and the Pi runner share). Exporting
+is stages/policies/export.py's.
 
 - ``p_left``: one sigmoid unit, the probability of action 0 ("left"). Greedy: 0 when p >= 0.5.
   Sampled: 1 when a uniform draw exceeds p (the book's rule).
@@ -31,9 +32,7 @@ pi/policy_runtime.py, the one implementation the pipeline and the Pi runner shar
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import io
 import json
 import os
 import sys
@@ -47,7 +46,6 @@ from typing import Any
 import numpy as np
 
 from pi.policy_contract import actions_from_outputs
-from stages.core.io import atomic_folder, staged
 from stages.core.settings import InputError
 
 INDEX_DIR = Path("data/policies")
@@ -180,44 +178,7 @@ def seeded_policy_name(algorithm: str, seed: int) -> str:
     return f"{algorithm}_s{seed}"
 
 
-# --- export -----------------------------------------------------------------------------------
-
-
-def _normalise_keras_archive(path: Path) -> None:
-    """Drop the save date from a ``.keras`` archive so equal weights give equal bytes."""
-    with zipfile.ZipFile(path) as archive:
-        members = [(info.filename, archive.read(info)) for info in archive.infolist()]
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, content in members:
-            if name == "metadata.json":
-                metadata = json.loads(content)
-                metadata.pop("date_saved", None)
-                content = json.dumps(metadata, sort_keys=True).encode()
-            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), content)
-    path.write_bytes(buffer.getvalue())
-
-
-def _normalise_saved_model(directory: Path) -> None:
-    """Clear the random UUID TensorFlow writes into a SavedModel's fingerprint (its only varying byte)."""
-    from tensorflow.core.protobuf import fingerprint_pb2
-
-    path = directory / "fingerprint.pb"
-    if path.is_file():
-        fingerprint = fingerprint_pb2.FingerprintDef.FromString(path.read_bytes())
-        fingerprint.ClearField("uuid")
-        path.write_bytes(fingerprint.SerializeToString(deterministic=True))
-
-
-def _without_optimizer(model: Any) -> Any:
-    """A copy without training state: an exported policy is weights and architecture only."""
-    if getattr(model, "optimizer", None) is None:
-        return model
-    import tf_keras
-
-    copy = tf_keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
+# --- digests ----------------------------------------------------------------------------------
 
 
 def _file_sha256(path: Path) -> str:
@@ -240,50 +201,6 @@ def model_digest(path: str | os.PathLike) -> str:
     for name, file in files:
         digest.update(f"{name}\0{_file_sha256(file)}\n".encode())
     return digest.hexdigest()
-
-
-def _write_entry(folder: Path, entry: PolicyEntry) -> None:
-    """Write the entry with the digest of the model already in ``folder``."""
-    entry = dataclasses.replace(entry, model_sha256=model_digest(folder / entry.model))
-    text = json.dumps(entry.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    (folder / ENTRY_FILE).write_text(text)
-
-
-def export_keras_policy(model: Any, folder: str | os.PathLike, **entry_fields: Any) -> PolicyEntry:
-    """Save a Keras model and its index entry into ``folder`` (replaced as a whole).
-
-    ``entry_fields`` are :class:`PolicyEntry` fields except ``model``; observation shape and
-    action count default to what the model declares.
-    """
-    folder = Path(folder)
-    entry_fields.setdefault("name", folder.name)
-    entry_fields.setdefault("observation_shape", tuple(model.input_shape[1:]))
-    entry_fields.setdefault("observation_dtype", "float32")
-    if "n_actions" not in entry_fields:
-        units = int(model.output_shape[-1])
-        entry_fields["n_actions"] = 2 if entry_fields.get("output") == "p_left" else units
-    entry = PolicyEntry(model=KERAS_MODEL_FILE, **entry_fields)
-    PolicyEntry.from_json(entry.to_json())  # the same checks a reader applies
-    with atomic_folder(folder) as temporary:
-        _without_optimizer(model).save(temporary / KERAS_MODEL_FILE)
-        _normalise_keras_archive(temporary / KERAS_MODEL_FILE)
-        _write_entry(temporary, entry)
-    return read_entry(staged(folder))  # where it waits in the stage's output set
-
-
-def export_saved_policy(save: Callable[[Path], None], folder: str | os.PathLike,
-                        **entry_fields: Any) -> PolicyEntry:
-    """Export a policy saved by ``save(directory)`` (a TF-Agents ``PolicySaver``) with its entry."""
-    folder = Path(folder)
-    entry_fields.setdefault("name", folder.name)
-    entry_fields.setdefault("output", "tf_agents_policy")
-    entry = PolicyEntry(model="saved_policy", **entry_fields)
-    PolicyEntry.from_json(entry.to_json())
-    with atomic_folder(folder) as temporary:
-        save(temporary / entry.model)
-        _normalise_saved_model(temporary / entry.model)
-        _write_entry(temporary, entry)
-    return read_entry(staged(folder))  # where it waits in the stage's output set
 
 
 # --- reading ----------------------------------------------------------------------------------
