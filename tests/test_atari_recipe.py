@@ -15,7 +15,7 @@ from tf_agents.trajectories import time_step as ts
 from tf_agents.trajectories.trajectory import Trajectory
 
 from pi.policy_runtime import make_atari_env
-from stages.atari_dqn import settings
+from stages.atari_dqn import Section, settings
 from stages.atari_dqn.__main__ import (
     AtariQNetwork,
     build_agent,
@@ -44,6 +44,7 @@ DRQ = {
 def params_with(recipe: dict, name: str = "drq_eps") -> Params:
     data = copy.deepcopy(Params.load().data)
     data["atari_dqn"]["recipes"] = {name: recipe}
+    data["atari_dqn"]["runs"] = {f"breakout_{name}_s0": {"game": "breakout", "recipe": name, "seed": 0}}
     return Params(data)
 
 
@@ -66,7 +67,7 @@ def test_a_recipe_changes_only_its_keys_and_the_book_reads_none_of_them():
     assert book.run == "breakout" and book.recipe is None
     assert not book.network.dueling and not book.agent.double and book.agent.n_step_update == 1
     assert book.agent.adam is None and book.augmentation is None and book.network.precision == "float32"
-    assert not any("recipes" in key for key in params.read_keys)
+    assert not any("recipes" in key or "runs" in key for key in params.read_keys)
 
     drq = recipe_settings(DRQ, "--seed", "3")
     assert drq.run == "breakout_drq_eps_s3" and drq.training.seed == 3
@@ -74,6 +75,17 @@ def test_a_recipe_changes_only_its_keys_and_the_book_reads_none_of_them():
     assert drq.agent.adam.epsilon == 1.5e-4 and drq.augmentation.pad == 4
     assert drq.network.conv_layers == book.network.conv_layers  # not changed: the book's
     assert drq.agent.discount == book.agent.discount
+
+
+def test_runs_name_a_game_a_recipe_and_a_seed():
+    section = params_with(DRQ).raw("atari_dqn")
+    assert Section.model_validate(section).runs["breakout_drq_eps_s0"].seed == 0
+    with pytest.raises(ValueError, match="runs.breakout_drq_eps_s0 must be named breakout_drq_eps_s1"):
+        Section.model_validate({**section, "runs": {"breakout_drq_eps_s0": {
+            "game": "breakout", "recipe": "drq_eps", "seed": 1}}})
+    with pytest.raises(ValueError, match="recipe 'other' is not in"):
+        Section.model_validate({**section, "runs": {"breakout_other_s0": {
+            "game": "breakout", "recipe": "other", "seed": 0}}})
 
 
 def test_bad_recipes_are_named():

@@ -210,6 +210,21 @@ class Shared(Block):
         return self
 
 
+class Run(Block):
+    """One run of a recipe (dvc.yaml: one stage per run, named <game>_<recipe>_s<seed>)."""
+
+    game: str
+    """A game of atari_dqn.games."""
+    recipe: str
+    """A recipe of atari_dqn.recipes."""
+    seed: Seed
+    """Its training seed (the environment and TensorFlow)."""
+
+
+def run_name(game: str, recipe: str, seed: int) -> str:
+    return f"{game}_{recipe}_s{seed}"
+
+
 class Section(Shared):
     """The whole ``atari_dqn`` section: what the games share, and the games by name."""
 
@@ -217,6 +232,19 @@ class Section(Shared):
     """Each game's id and start rule, by name (dvc.yaml: one stage per game)."""
     recipes: dict[str, dict[str, Any]] = {}
     """Other recipes by name: the keys each changes, merged over the shared ones."""
+    runs: dict[str, Run] = {}
+    """The recipes' runs by name, <game>_<recipe>_s<seed> (a dvc.yaml foreach can make one stage
+    each, reading atari_dqn.recipes.<recipe>: adding a run leaves the others and the book's be)."""
+
+    @model_validator(mode="after")
+    def _runs_known(self) -> Section:
+        for name, run in self.runs.items():
+            if run.game not in self.games or run.recipe not in self.recipes:
+                raise ValueError(f"runs.{name}: game '{run.game}' or recipe '{run.recipe}' is not in "
+                                 f"games ({', '.join(self.games)}) or recipes ({', '.join(self.recipes)})")
+            if name != run_name(run.game, run.recipe, run.seed):
+                raise ValueError(f"runs.{name} must be named {run_name(run.game, run.recipe, run.seed)}")
+        return self
 
 
 class Settings(Shared, StageSettings):
@@ -235,13 +263,16 @@ class Settings(Shared, StageSettings):
         folders and policy as they always were), else <game>_<recipe>_s<seed>."""
         if self.recipe is None:
             return self.name
-        return f"{self.name}_{self.recipe}_s{self.training.seed}"
+        return run_name(self.name, self.recipe, self.training.seed)
 
     def training_seeds(self) -> set[int]:
         return {self.training.seed}
 
     def environment_ids(self) -> set[str]:
         return {self.game.env_id}
+
+
+NOT_SHARED = ("games", "recipes", "runs")  # atari_dqn's keys that are not settings of every run
 
 
 def merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -267,14 +298,14 @@ def settings(argv: Sequence[str], params: Params) -> Settings:
     if args.recipe is None:
         if args.seed is not None:
             raise ParamError("--seed needs --recipe: the book's runs train with atari_dqn.training.seed")
-        shared = params.read(Shared, "atari_dqn", without=("games", "recipes"))
+        shared = params.read(Shared, "atari_dqn", without=NOT_SHARED)
         return Settings(**dict(shared), name=name, game=game)
     recipe = member_of(params, "atari_dqn.recipes", args.recipe, "recipe")
     key = f"atari_dqn.recipes.{recipe}"
     changes = params.raw(key)
     if not isinstance(changes, Mapping):
         raise ParamError(f"{params.path}: {key} must be a mapping of the keys the recipe changes")
-    base = {k: v for k, v in params.raw("atari_dqn").items() if k not in ("games", "recipes")}
+    base = {k: v for k, v in params.raw("atari_dqn").items() if k not in NOT_SHARED}
     params.read_keys += [f"atari_dqn.{k}" for k in base if k not in changes or isinstance(changes[k], Mapping)]
     params.read_keys.append(key)
     value = merged(base, changes)
