@@ -216,15 +216,18 @@ def random_shift(observations: tf.Tensor, pad: int, rng: tf.random.Generator) ->
 
 
 def augmented(experience: Trajectory, pad: int, rng: tf.random.Generator) -> Trajectory:
-    """The training batch with every observation randomly shifted (:func:`random_shift`).
+    """The training batch ([batch, steps, ...]) with its first and last observations randomly
+    shifted (:func:`random_shift`): the only ones the n-step loss reads (the state and the
+    bootstrapped state), each with its own shift, as Dopamine's DrQ augments states and next
+    states with separate keys. The steps between are left as they are.
 
     Applied to the experience handed to ``agent.train``, not inside the network or the agent:
     the policies (collecting, greedy, exported) call the network on the frames as they are, so
-    acting and evaluation never see a shift, and TF-Agents' agents stay as they are. Each step's
-    frames get their own shift, the first observation's and the bootstrapped one's
-    independently, as Dopamine's DrQ augments states and next states with separate keys.
+    acting and evaluation never see a shift, and TF-Agents' agents stay as they are.
     """
-    return experience._replace(observation=random_shift(experience.observation, pad, rng))
+    frames = experience.observation
+    ends = random_shift(tf.concat([frames[:, :1], frames[:, -1:]], axis=1), pad, rng)
+    return experience._replace(observation=tf.concat([ends[:, :1], frames[:, 1:-1], ends[:, 1:]], axis=1))
 
 
 # --- the agent --------------------------------------------------------------------------------
