@@ -24,6 +24,7 @@ from stages.atari_dqn.__main__ import (
     describe_preprocessing,
     random_shift,
     select_precision,
+    shaping_settings,
     training_batch,
 )
 from stages.common.settings import ParamError, Params
@@ -75,6 +76,22 @@ def test_a_recipe_changes_only_its_keys_and_the_book_reads_none_of_them():
     assert drq.agent.adam.epsilon == 1.5e-4 and drq.augmentation.pad == 4
     assert drq.network.conv_layers == book.network.conv_layers  # not changed: the book's
     assert drq.agent.discount == book.agent.discount
+
+
+def test_the_book_checkpoint_settings_are_as_before_and_a_recipe_adds_its_own():
+    # The keys the book's checkpoints were written with: they must still match, so a book run
+    # stopped before this code came resumes after it.
+    book = shaping_settings(settings(["--game", "breakout"], params_with(DRQ)), "float32")
+    assert set(book) == {"game", "environment", "network", "agent", "training"}
+    assert set(book["network"]) == {"conv_layers", "fc_layers"}
+    assert set(book["agent"]) == {"learning_rate", "rmsprop_rho", "rmsprop_momentum", "rmsprop_epsilon",
+                                  "rmsprop_centered", "epsilon_start", "epsilon_end", "epsilon_decay_env_steps",
+                                  "target_update_period", "discount", "optimizer"}
+    drq = shaping_settings(recipe_settings({**DRQ, "network": {"dueling": True, "precision": "mixed_bfloat16"}}),
+                           "float32")
+    assert drq["network"]["precision"] == "float32" and drq["network"]["dueling"]  # what ran
+    assert drq["augmentation"] == {"pad": 4} and drq["agent"]["n_step_update"] == 10
+    assert drq["agent"]["optimizer"] == "Keras Adam (legacy)"
 
 
 def test_runs_name_a_game_a_recipe_and_a_seed():

@@ -557,13 +557,8 @@ def main() -> None:
           f"peak resident memory so far {peak_rss_mib():.0f} MiB")
     metrics = training_metrics()
 
-    # Everything that shapes the trained state; a checkpoint made otherwise is not resumed.
-    shaping = cfg.model_dump(include={"game", "environment", "network", "agent", "training"})
-    for how_long in ("iterations", "log_interval", "checkpoint_interval"):
-        del shaping["training"][how_long]
-    shaping["agent"]["optimizer"] = optimizer_name(cfg.agent)  # TF1's RMSprop's checkpoints start over
-    shaping = recipe_shaping(shaping, cfg, precision)
-    checkpoint = TrainingCheckpoint(paths.data / "checkpoints", shaping, cfg.training.iterations)
+    checkpoint = TrainingCheckpoint(paths.data / "checkpoints", shaping_settings(cfg, precision),
+                                    cfg.training.iterations)
     rng = augmentation_rng(cfg)
     for note in checkpoint.notes:
         print(note)
@@ -633,10 +628,16 @@ def main() -> None:
           f"random play {random_play.mean:.1f} +/- {random_play.std:.1f}")
 
 
-def recipe_shaping(shaping: dict, cfg: Settings, precision: str) -> dict:
-    """The checkpoint's settings: the book's keys as they always were; a recipe's own keys, the
-    augmentation and the precision that ran only where they differ from the book's (a run that
-    started in bfloat16 and resumes where float32 runs starts over)."""
+def shaping_settings(cfg: Settings, precision: str) -> dict:
+    """Everything that shapes the trained state; a checkpoint made otherwise is not resumed.
+
+    The book's keys are as they always were, so its checkpoints stay resumable; a recipe's own
+    keys, the augmentation and the precision that ran are there only where they differ from the
+    book's (a run that started in bfloat16 and resumes where float32 runs starts over)."""
+    shaping = cfg.model_dump(include={"game", "environment", "network", "agent", "training"})
+    for how_long in ("iterations", "log_interval", "checkpoint_interval"):
+        del shaping["training"][how_long]
+    shaping["agent"]["optimizer"] = optimizer_name(cfg.agent)  # TF1's RMSprop's checkpoints start over
     book = {"network": {"dueling": False, "precision": "float32"},
             "agent": {"double": False, "n_step_update": 1, "adam": None}}
     for block, defaults in book.items():
