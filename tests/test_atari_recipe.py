@@ -261,7 +261,7 @@ def test_precision_follows_the_cpu_and_says_why(tmp_path):
     assert cpu_flags(tmp_path / "absent") == set()
 
 
-def test_bfloat16_network_computes_in_bfloat16_and_answers_in_float32():
+def test_bfloat16_network_computes_in_bfloat16_and_answers_in_float32(tmp_path):
     cfg = recipe_settings({**DRQ, "network": {"dueling": True, "precision": "mixed_bfloat16"}})
     tf_env = atari_env(cfg)
     network = AtariQNetwork(tf_env.observation_spec(), tf_env.action_spec(),
@@ -273,3 +273,13 @@ def test_bfloat16_network_computes_in_bfloat16_and_answers_in_float32():
     features, _ = network._encoder(observations)
     assert features.dtype == tf.bfloat16 and q_values.dtype == tf.float32
     assert all(variable.dtype == tf.float32 for variable in network.variables)
+    # The export rebuilds the network in float32 (TFLite has no bfloat16 convolutions) and
+    # restores the same variables into it.
+    float32 = AtariQNetwork(tf_env.observation_spec(), tf_env.action_spec(),
+                            conv_layers=[tuple(layer) for layer in cfg.network.conv_layers],
+                            fc_layers=tuple(cfg.network.fc_layers), dueling=True, precision="float32")
+    float32.create_variables()
+    saved = tf.train.Checkpoint(network=network).save(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(network=float32).restore(saved).assert_existing_objects_matched()
+    for ours, theirs in zip(float32.variables, network.variables, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())

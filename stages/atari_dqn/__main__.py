@@ -237,11 +237,13 @@ def build_agent(tf_env: TFPyEnvironment, cfg: Settings, precision: str = "float3
                 ) -> tuple[DqnAgent, Callable[[], float]]:
     """The Nature DQN (pixels / 255 -> three convolutions -> dense 512 -> one Q-value per action),
     and the exploration rate it currently uses. The book's recipe is TF-Agents' QNetwork and
-    DqnAgent with RMSprop; a dueling head or bfloat16 (``precision``: what runs, see
-    :func:`precision_of`) takes :class:`AtariQNetwork`, ``double`` DdqnAgent, ``adam`` Adam."""
+    DqnAgent with RMSprop; a dueling head or a bfloat16 setting takes :class:`AtariQNetwork`
+    (computing in ``precision``, what runs: see :func:`precision_of`), ``double`` DdqnAgent,
+    ``adam`` Adam. The network's class follows the settings alone, so the variables are the same
+    whatever precision computes with them."""
     agent_cfg, training, network = cfg.agent, cfg.training, cfg.network
     conv_layers = [tuple(layer) for layer in network.conv_layers]
-    if network.dueling or precision != "float32":
+    if network.dueling or network.precision != "float32":
         q_net = AtariQNetwork(tf_env.observation_spec(), tf_env.action_spec(), conv_layers=conv_layers,
                               fc_layers=tuple(network.fc_layers), dueling=network.dueling,
                               precision=precision)
@@ -484,8 +486,9 @@ def export_policy(arguments: list[str], folder: str | None = None) -> None:
     paths = Paths(cfg.run)
     preprocessing = describe_preprocessing(cfg)
     tf_env = TFPyEnvironment(GymnasiumPyEnvironment(make_atari_env(cfg.game.env_id, preprocessing)))
-    precision, _ = precision_of(cfg)
-    agent, _ = build_agent(tf_env, cfg, precision)
+    # The exported policy computes in float32: its weights are float32 whatever precision
+    # trained them, and TFLite (the Pi's runtime) has no bfloat16 convolutions.
+    agent, _ = build_agent(tf_env, cfg, "float32")
     restore_trackables(paths.data / "checkpoints", policy=agent.policy, global_step=agent.train_step_counter)
     saver = PolicySaver(agent.policy, batch_size=None, train_step=agent.train_step_counter)
     export_saved_policy(
@@ -497,7 +500,8 @@ def export_policy(arguments: list[str], folder: str | None = None) -> None:
         training_max_steps=cfg.environment.max_episode_steps, training_seeds=(cfg.training.seed,),
         preprocessing=preprocessing,
         details={"algorithm": algorithm(cfg), "iterations": int(agent.train_step_counter.numpy()),
-                 **({} if cfg.recipe is None else {"recipe": cfg.recipe, "precision": precision})})
+                 **({} if cfg.recipe is None else {"recipe": cfg.recipe,
+                                                   "training_precision": precision_of(cfg)[0]})})
 
 
 def algorithm(cfg: Settings) -> str:
