@@ -10,6 +10,14 @@ epsilon-greedy policy and trains on 64 pairs of consecutive steps. Training chec
 The greedy policy is exported (PolicySaver) and evaluated, through the export, against random
 play on seeds that training never used.
 
+    python -m stages.atari_dqn --game breakout --recipe drq_eps --seed 0
+
+runs another recipe of params.yaml's ``atari_dqn.recipes`` (stages/atari_dqn/__init__.py): its
+settings can make the agent a double DQN with n-step targets, its network dueling and bfloat16,
+its optimizer Adam, and shift the frames of every training batch at random. Its folders and
+policy are named ``<game>_<recipe>_s<seed>``. With none of those settings, the agent, network and
+optimizer are built exactly as the book's (the same graph, the same bytes).
+
 The training history is DVCLive's, in ``data/atari_dqn/<game>/dvclive``, one step per iteration
 (a row every ``log_interval``): ``episodes``, ``environment_steps``, ``average_return``,
 ``average_episode_length`` (of the last 10 episodes), ``loss`` and ``epsilon``. A resumed run logs
@@ -32,15 +40,18 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 import tf_keras
-from tf_agents.agents.dqn.dqn_agent import DqnAgent
+from tf_agents.agents.dqn.dqn_agent import DdqnAgent, DqnAgent
 from tf_agents.drivers.dynamic_step_driver import DynamicStepDriver
 from tf_agents.environments.tf_py_environment import TFPyEnvironment
 from tf_agents.eval.metric_utils import MetricsGroup
 from tf_agents.metrics import tf_metrics
+from tf_agents.networks.encoding_network import EncodingNetwork
+from tf_agents.networks.network import Network
 from tf_agents.networks.q_network import QNetwork
 from tf_agents.policies.policy_saver import PolicySaver
 from tf_agents.policies.random_tf_policy import RandomTFPolicy
 from tf_agents.replay_buffers.tf_uniform_replay_buffer import TFUniformReplayBuffer
+from tf_agents.trajectories.trajectory import Trajectory
 from tf_agents.utils import common
 from tqdm import tqdm
 
@@ -64,9 +75,13 @@ OPTIMIZER = "Keras RMSprop (epsilon added to the root)"
 MEMORY_HEADROOM_BYTES = 2 * 1024**3  # TensorFlow, the networks, the environment, a checkpoint's buffers
 
 
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bfloat16 arithmetic
+
+
 @dataclass(frozen=True)
 class Paths:
     game: str
+    """The run's name (Settings.run): the game's for the book's recipe."""
 
     @property
     def data(self) -> Path:
@@ -81,30 +96,171 @@ class Paths:
         return Path("data/policies") / f"{self.game}_dqn"
 
 
+def stage_name(cfg: Settings) -> str:
+    """The dvc.yaml stage that makes the run: atari_dqn@<game> for the book's recipe."""
+    return f"atari_dqn@{cfg.name}" if cfg.recipe is None else f"atari_dqn_recipes@{cfg.run}"
+
+
+def run_arguments(cfg: Settings) -> list[str]:
+    """The command-line arguments that select this run (for the export's fresh interpreter)."""
+    if cfg.recipe is None:
+        return ["--game", cfg.name]
+    return ["--game", cfg.name, "--recipe", cfg.recipe, "--seed", str(cfg.training.seed)]
+
+
+# --- precision --------------------------------------------------------------------------------
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo is not there or has none)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags")
+            for flag in line.split(":", 1)[1].split()}
+
+
+def select_precision(requested: str, flags: set[str]) -> tuple[str, str]:
+    """The precision that runs and a sentence saying why: mixed_bfloat16 only where the CPU has
+    bfloat16 instructions (elsewhere TensorFlow emulates it, slower than float32)."""
+    if requested == "float32":
+        return "float32", "precision: float32 (network.precision)"
+    found = [flag for flag in BF16_FLAGS if flag in flags]
+    if found:
+        return requested, f"precision: {requested} (network.precision; this CPU has {', '.join(found)})"
+    return "float32", (f"precision: float32, not the requested {requested}: this CPU has no bfloat16 "
+                       f"instructions (none of {', '.join(BF16_FLAGS)} in /proc/cpuinfo)")
+
+
+def precision_of(cfg: Settings) -> tuple[str, str]:
+    return select_precision(cfg.network.precision, cpu_flags())
+
+
+# --- the network ------------------------------------------------------------------------------
+
+
+def scaled_pixels() -> tf_keras.layers.Layer:
+    return tf_keras.layers.Lambda(lambda obs: tf.cast(obs, tf.float32) / 255.0)
+
+
+class AtariQNetwork(Network):
+    """The Nature DQN stack with a dueling head or a plain one, in float32 or mixed bfloat16.
+
+    TF-Agents' QNetwork has neither: its last layer is one Q-value per action and its layers
+    take one dtype. This network reuses TF-Agents' EncodingNetwork for the convolutions and dense
+    layers (the same layers and initializers as QNetwork's, with a Keras mixed-precision policy
+    when asked) and implements TF-Agents' Network interface, so DqnAgent and DdqnAgent, their
+    target-network copy, the policies and PolicySaver take it as they take QNetwork. The heads
+    compute in float32 (the loss and the greedy choice never see bfloat16 rounding); with
+    ``dueling`` they are a value V(s) and advantages A(s, a), and
+    Q(s, a) = V(s) + A(s, a) - mean over a' of A(s, a'): the mean, not the max, as Dopamine's
+    FullRainbowNetwork (and Wang et al.'s experiments) have it.
+    """
+
+    def __init__(self, observation_spec, action_spec, *, conv_layers: list[tuple[int, int, int]],
+                 fc_layers: tuple[int, ...], dueling: bool, precision: str,
+                 name: str = "AtariQNetwork") -> None:
+        super().__init__(input_tensor_spec=observation_spec, state_spec=(), name=name)
+        n_actions = int(action_spec.maximum - action_spec.minimum + 1)
+        dtype = tf.float32 if precision == "float32" else tf_keras.mixed_precision.Policy(precision)
+        self._encoder = EncodingNetwork(
+            observation_spec, preprocessing_layers=scaled_pixels(), conv_layer_params=conv_layers,
+            fc_layer_params=fc_layers, activation_fn=tf_keras.activations.relu, dtype=dtype,
+            batch_squash=True)
+
+        def head(units: int, name: str) -> tf_keras.layers.Dense:  # QNetwork's last layer
+            return tf_keras.layers.Dense(
+                units, kernel_initializer=tf.random_uniform_initializer(minval=-0.03, maxval=0.03),
+                bias_initializer=tf.constant_initializer(-0.2), dtype=tf.float32, name=name)
+
+        self._dueling = dueling
+        if dueling:
+            self._value, self._advantage = head(1, "value"), head(n_actions, "advantage")
+        else:
+            self._q_values = head(n_actions, "q_values")
+
+    def call(self, observation, step_type=None, network_state=(), training=False):
+        features, network_state = self._encoder(observation, step_type=step_type,
+                                                network_state=network_state, training=training)
+        features = tf.cast(features, tf.float32)
+        if not self._dueling:
+            return self._q_values(features, training=training), network_state
+        advantage = self._advantage(features, training=training)
+        value = self._value(features, training=training)
+        return value + advantage - tf.reduce_mean(advantage, axis=-1, keepdims=True), network_state
+
+
+# --- augmentation -----------------------------------------------------------------------------
+
+
+def random_shift(observations: tf.Tensor, pad: int, rng: tf.random.Generator) -> tf.Tensor:
+    """Each image of ``observations`` ([..., height, width, channels]) padded by ``pad`` pixels
+    repeating its edge pixels, then cropped back at a random offset: shifted by -pad .. +pad
+    pixels in each direction, its own shift per image. Done by gathering clipped row and column
+    indices, which is the pad-and-crop without building the padded copy (tf.pad has no "edge"
+    mode). The dtype stays (uint8 frames stay uint8)."""
+    height, width, channels = observations.shape[-3:]
+    images = tf.reshape(observations, [-1, height, width, channels])
+    count = tf.shape(images)[0]
+    offsets = rng.uniform([2, count], minval=-pad, maxval=pad + 1, dtype=tf.int32)
+    rows = tf.clip_by_value(tf.range(height)[None, :] + offsets[0][:, None], 0, height - 1)
+    columns = tf.clip_by_value(tf.range(width)[None, :] + offsets[1][:, None], 0, width - 1)
+    shifted = tf.gather(tf.gather(images, rows, axis=1, batch_dims=1), columns, axis=2, batch_dims=1)
+    return tf.reshape(shifted, tf.shape(observations))
+
+
+def augmented(experience: Trajectory, pad: int, rng: tf.random.Generator) -> Trajectory:
+    """The training batch ([batch, steps, ...]) with its first and last observations randomly
+    shifted (:func:`random_shift`): the only ones the n-step loss reads (the state and the
+    bootstrapped state), each with its own shift, as Dopamine's DrQ augments states and next
+    states with separate keys. The steps between are left as they are.
+
+    Applied to the experience handed to ``agent.train``, not inside the network or the agent:
+    the policies (collecting, greedy, exported) call the network on the frames as they are, so
+    acting and evaluation never see a shift, and TF-Agents' agents stay as they are.
+    """
+    frames = experience.observation
+    ends = random_shift(tf.concat([frames[:, :1], frames[:, -1:]], axis=1), pad, rng)
+    return experience._replace(observation=tf.concat([ends[:, :1], frames[:, 1:-1], ends[:, 1:]], axis=1))
+
+
 # --- the agent --------------------------------------------------------------------------------
 
 
-def build_agent(tf_env: TFPyEnvironment, cfg: Settings) -> tuple[DqnAgent, Callable[[], float]]:
+def build_agent(tf_env: TFPyEnvironment, cfg: Settings, precision: str = "float32"
+                ) -> tuple[DqnAgent, Callable[[], float]]:
     """The Nature DQN (pixels / 255 -> three convolutions -> dense 512 -> one Q-value per action),
-    and the exploration rate it currently uses."""
-    agent_cfg, training = cfg.agent, cfg.training
-    q_net = QNetwork(
-        tf_env.observation_spec(), tf_env.action_spec(),
-        preprocessing_layers=tf_keras.layers.Lambda(lambda obs: tf.cast(obs, tf.float32) / 255.0),
-        conv_layer_params=[tuple(layer) for layer in cfg.network.conv_layers],
-        fc_layer_params=tuple(cfg.network.fc_layers),
-    )
-    optimizer = rmsprop(agent_cfg)
+    and the exploration rate it currently uses. The book's recipe is TF-Agents' QNetwork and
+    DqnAgent with RMSprop; a dueling head or a bfloat16 setting takes :class:`AtariQNetwork`
+    (computing in ``precision``, what runs: see :func:`precision_of`), ``double`` DdqnAgent,
+    ``adam`` Adam. The network's class follows the settings alone, so the variables are the same
+    whatever precision computes with them."""
+    agent_cfg, training, network = cfg.agent, cfg.training, cfg.network
+    conv_layers = [tuple(layer) for layer in network.conv_layers]
+    if network.dueling or network.precision != "float32":
+        q_net = AtariQNetwork(tf_env.observation_spec(), tf_env.action_spec(), conv_layers=conv_layers,
+                              fc_layers=tuple(network.fc_layers), dueling=network.dueling,
+                              precision=precision)
+    else:
+        q_net = QNetwork(
+            tf_env.observation_spec(), tf_env.action_spec(),
+            preprocessing_layers=scaled_pixels(),
+            conv_layer_params=conv_layers,
+            fc_layer_params=tuple(network.fc_layers),
+        )
+    optimizer = adam(agent_cfg) if agent_cfg.adam else rmsprop(agent_cfg)
     train_step = tf.Variable(0, dtype=tf.int64, name="train_step")
     epsilon = tf_keras.optimizers.schedules.PolynomialDecay(
         initial_learning_rate=agent_cfg.epsilon_start,
         decay_steps=agent_cfg.epsilon_decay_env_steps // training.collect_steps_per_iteration,
         end_learning_rate=agent_cfg.epsilon_end)
-    agent = DqnAgent(
+    agent = (DdqnAgent if agent_cfg.double else DqnAgent)(
         tf_env.time_step_spec(), tf_env.action_spec(), q_network=q_net, optimizer=optimizer,
         target_update_period=agent_cfg.target_update_period,
         td_errors_loss_fn=common.element_wise_huber_loss, gamma=agent_cfg.discount,
-        train_step_counter=train_step, epsilon_greedy=lambda: epsilon(train_step))
+        train_step_counter=train_step, epsilon_greedy=lambda: epsilon(train_step),
+        **({"n_step_update": agent_cfg.n_step_update} if agent_cfg.n_step_update != 1 else {}))
     agent.initialize()
     return agent, lambda: float(epsilon(train_step))
 
@@ -120,6 +276,17 @@ def rmsprop(agent_cfg: Agent) -> tf_keras.optimizers.legacy.RMSprop:
         learning_rate=agent_cfg.learning_rate, rho=agent_cfg.rmsprop_rho,
         momentum=agent_cfg.rmsprop_momentum, epsilon=agent_cfg.rmsprop_epsilon,
         centered=agent_cfg.rmsprop_centered)
+
+
+def adam(agent_cfg: Agent) -> tf_keras.optimizers.legacy.Adam:
+    """Keras' Adam with the recipe's learning rate, epsilon and betas (settings: Adam)."""
+    return tf_keras.optimizers.legacy.Adam(
+        learning_rate=agent_cfg.learning_rate, beta_1=agent_cfg.adam.beta_1,
+        beta_2=agent_cfg.adam.beta_2, epsilon=agent_cfg.adam.epsilon)
+
+
+def optimizer_name(agent_cfg: Agent) -> str:
+    return "Keras Adam (legacy)" if agent_cfg.adam else OPTIMIZER
 
 
 def buffer_bytes(agent: DqnAgent, capacity: int) -> int:
@@ -173,10 +340,28 @@ def log_row(iteration: int, metrics: list, losses: list[float], epsilon: float,
             "loss": float(np.mean(losses)), "epsilon": epsilon, **times}
 
 
+def training_batch(replay_buffer: TFUniformReplayBuffer, cfg: Settings,
+                   rng: tf.random.Generator | None) -> Trajectory:
+    """A batch of ``batch_size`` samples of ``n_step_update + 1`` consecutive steps, randomly
+    shifted when the recipe has ``augmentation`` (``rng`` then draws the shifts)."""
+    experience, _ = replay_buffer.get_next(sample_batch_size=cfg.training.batch_size,
+                                           num_steps=cfg.agent.n_step_update + 1)
+    if cfg.augmentation is not None:
+        experience = augmented(experience, cfg.augmentation.pad, rng)
+    return experience
+
+
+def augmentation_rng(cfg: Settings) -> tf.random.Generator | None:
+    """The shifts' generator, seeded by the training seed and checkpointed with the agent."""
+    if cfg.augmentation is None:
+        return None
+    return tf.random.Generator.from_seed(cfg.training.seed)
+
+
 def train(agent: DqnAgent, tf_env: TFPyEnvironment, replay_buffer: TFUniformReplayBuffer,
           metrics: list, epsilon: Callable[[], float], checkpoint: TrainingCheckpoint,
           cfg: Settings, start: int, log: list[dict], live: TrainingLive,
-          summaries: TrainSummaries) -> list[dict]:
+          summaries: TrainSummaries, rng: tf.random.Generator | None = None) -> list[dict]:
     """Iterations ``start`` .. ``iterations``: collect, train, log (DVCLive, TensorBoard), checkpoint."""
     training = cfg.training
     driver = DynamicStepDriver(tf_env, agent.collect_policy, observers=[replay_buffer.add_batch, *metrics],
@@ -185,8 +370,7 @@ def train(agent: DqnAgent, tf_env: TFPyEnvironment, replay_buffer: TFUniformRepl
 
     @common.function
     def train_step() -> tf.Tensor:
-        experience, _ = replay_buffer.get_next(sample_batch_size=training.batch_size, num_steps=2)
-        return agent.train(experience).loss
+        return agent.train(training_batch(replay_buffer, cfg, rng)).loss
 
     time_step, policy_state = None, agent.collect_policy.get_initial_state(tf_env.batch_size)
     previous_wall = log[-1]["wall_time_s"] if log else 0.0
@@ -285,7 +469,7 @@ def first_frames(env_id: str, preprocessing: dict, seed: int, steps: int) -> tup
 # --- export -----------------------------------------------------------------------------------
 
 
-def export_policy(game: str, folder: str | None = None) -> None:
+def export_policy(arguments: list[str], folder: str | None = None) -> None:
     """Save the checkpoint's greedy policy with PolicySaver, with its entry in the policy index
     (into ``folder`` if given, else the policy's own folder).
 
@@ -293,34 +477,44 @@ def export_policy(game: str, folder: str | None = None) -> None:
     so only a process that traced nothing else writes the same bytes whether the policy was
     trained a minute ago or restored from a finished run's checkpoint.
     """
-    cfg = settings(["--game", game], Params.load())
-    paths = Paths(game)
+    cfg = settings(arguments, Params.load())
+    paths = Paths(cfg.run)
     preprocessing = describe_preprocessing(cfg)
     tf_env = TFPyEnvironment(GymnasiumPyEnvironment(make_atari_env(cfg.game.env_id, preprocessing)))
-    agent, _ = build_agent(tf_env, cfg)
+    # The exported policy computes in float32: its weights are float32 whatever precision
+    # trained them, and TFLite (the Pi's runtime) has no bfloat16 convolutions.
+    agent, _ = build_agent(tf_env, cfg, "float32")
     restore_trackables(paths.data / "checkpoints", policy=agent.policy, global_step=agent.train_step_counter)
     saver = PolicySaver(agent.policy, batch_size=None, train_step=agent.train_step_counter)
     export_saved_policy(
         lambda folder: saver.save(str(folder)), folder or paths.policy, name=paths.policy.name,
-        stage=f"atari_dqn@{game}",
+        stage=stage_name(cfg),
         env_id=cfg.game.env_id, observation_shape=tuple(tf_env.observation_spec().shape),
         observation_dtype=tf_env.observation_spec().dtype.name,
         n_actions=int(tf_env.action_spec().maximum) + 1,
         training_max_steps=cfg.environment.max_episode_steps, training_seeds=(cfg.training.seed,),
         preprocessing=preprocessing,
-        details={"algorithm": "DQN (TF-Agents DqnAgent), greedy policy",
-                 "iterations": int(agent.train_step_counter.numpy())})
+        details={"algorithm": algorithm(cfg), "iterations": int(agent.train_step_counter.numpy()),
+                 **({} if cfg.recipe is None else {"recipe": cfg.recipe,
+                                                   "training_precision": precision_of(cfg)[0]})})
 
 
-def export_in_fresh_process(game: str, paths: Paths) -> PolicyEntry:
+def algorithm(cfg: Settings) -> str:
+    if cfg.agent.double:
+        return "double DQN (TF-Agents DdqnAgent), greedy policy"
+    return "DQN (TF-Agents DqnAgent), greedy policy"
+
+
+def export_in_fresh_process(cfg: Settings, paths: Paths) -> PolicyEntry:
     """:func:`export_policy` in a new interpreter that imports this module (and runs no main). It
     exports under this process's temporary name of the policy folder, which then joins this
     stage's output set (stages/core/io.py)."""
     staging = temporary_name(paths.policy, folder=True)
-    code = f"from stages.atari_dqn.__main__ import export_policy; export_policy({game!r}, {str(staging)!r})"
+    code = ("from stages.atari_dqn.__main__ import export_policy; "
+            f"export_policy({run_arguments(cfg)!r}, {str(staging)!r})")
     exported = subprocess.run([sys.executable, "-c", code])
     if exported.returncode != 0:
-        raise RuntimeError(f"exporting the {game} policy failed (exit code {exported.returncode})")
+        raise RuntimeError(f"exporting the {cfg.run} policy failed (exit code {exported.returncode})")
     adopt(staging, paths.policy)
     return read_entry(staged(paths.policy))
 
@@ -341,13 +535,15 @@ def describe_preprocessing(cfg: Settings) -> dict:
 def main() -> None:
     cfg = settings(sys.argv[1:], Params.load())
     game = cfg.name
-    paths = Paths(game)
+    paths = Paths(cfg.run)
     seed_everything(cfg.training.seed)
+    precision, why = precision_of(cfg)
+    print(why)
 
     preprocessing = describe_preprocessing(cfg)
     py_env = GymnasiumPyEnvironment(make_atari_env(cfg.game.env_id, preprocessing), seed=cfg.training.seed)
     tf_env = TFPyEnvironment(py_env)
-    agent, epsilon = build_agent(tf_env, cfg)
+    agent, epsilon = build_agent(tf_env, cfg, precision)
     needed = buffer_bytes(agent, cfg.training.replay_buffer_capacity)
     check_buffer_fits(needed, cfg.training.replay_buffer_capacity)
 
@@ -360,19 +556,17 @@ def main() -> None:
           f"peak resident memory so far {peak_rss_mib():.0f} MiB")
     metrics = training_metrics()
 
-    # Everything that shapes the trained state; a checkpoint made otherwise is not resumed.
-    shaping = cfg.model_dump(include={"game", "environment", "network", "agent", "training"})
-    for how_long in ("iterations", "log_interval", "checkpoint_interval"):
-        del shaping["training"][how_long]
-    shaping["agent"]["optimizer"] = OPTIMIZER  # checkpoints trained with TF1's RMSprop start over
-    checkpoint = TrainingCheckpoint(paths.data / "checkpoints", shaping, cfg.training.iterations)
+    checkpoint = TrainingCheckpoint(paths.data / "checkpoints", shaping_settings(cfg, precision),
+                                    cfg.training.iterations)
+    rng = augmentation_rng(cfg)
     for note in checkpoint.notes:
         print(note)
     if checkpoint.reset_reason:
         print(f"starting over: {checkpoint.reset_reason}")
     start, saved_log = checkpoint.restore(agent.train_step_counter, agent=agent, policy=agent.policy,
                                           replay_buffer=replay_buffer,
-                                          metrics=MetricsGroup(metrics, "training_metrics"))
+                                          metrics=MetricsGroup(metrics, "training_metrics"),
+                                          **({"augmentation_rng": rng} if rng is not None else {}))
     log = saved_log.to_dict("records") if saved_log is not None else []
     if start:
         print(f"resuming from the checkpoint at iteration {start} of {cfg.training.iterations} "
@@ -384,19 +578,20 @@ def main() -> None:
     live = TrainingLive(paths.data / "dvclive", "iteration", history=log)
     summaries = TrainSummaries(paths.data / TENSORBOARD, agent.train_step_counter, metrics,
                                cfg.training.log_interval, fresh=not start)
-    log = train(agent, tf_env, replay_buffer, metrics, epsilon, checkpoint, cfg, start, log, live, summaries)
+    log = train(agent, tf_env, replay_buffer, metrics, epsilon, checkpoint, cfg, start, log, live, summaries,
+                rng)
     live.close()
     summaries.close()
     print(f"peak resident memory {peak_rss_mib():.0f} MiB")
     log = pd.DataFrame(log)
-    plot_learning_curve(log, game, paths.reports / "learning_curve.png")
+    plot_learning_curve(log, cfg.run, paths.reports / "learning_curve.png")
 
     tf.random.set_seed(cfg.pictures.seed)  # the same sample whether training ran now or earlier
     sample, _ = replay_buffer.get_next(sample_batch_size=cfg.pictures.sub_episodes,
                                        num_steps=cfg.pictures.sub_episode_steps)
     plot_sub_episodes(sample.observation.numpy(), paths.reports / "sub_episodes_plot.png")
 
-    entry = export_in_fresh_process(game, paths)
+    entry = export_in_fresh_process(cfg, paths)
 
     policy = load_policy(entry)
     seeds = list(cfg.evaluation.seeds)
@@ -413,8 +608,10 @@ def main() -> None:
     write_gif(paths.reports / "trained_agent.gif", episode.frames, fps=cfg.pictures.gif_fps)
 
     last = log.iloc[-1]
+    recipe = {} if cfg.recipe is None else {"recipe": cfg.recipe, "precision": precision,
+                                            "seed": cfg.training.seed}
     write_json(paths.reports / "metrics.json", {
-        "game": game, "env_id": cfg.game.env_id,
+        "game": game, "env_id": cfg.game.env_id, **recipe,
         "training": {"iterations": int(last["iteration"]), "episodes": int(last["episodes"]),
                      "environment_steps": int(last["environment_steps"]),
                      "average_return": float(last["average_return"]),
@@ -425,9 +622,32 @@ def main() -> None:
         "gif_episode": {"seed": cfg.pictures.gif_seed, "frames": len(episode.frames),
                         "return": episode.total_reward},
     })
-    write_timings(f"atari_dqn@{game}", {"training": {"wall_time_s": float(last["wall_time_s"])}})
+    write_timings(stage_name(cfg), {"training": {"wall_time_s": float(last["wall_time_s"])}})
     print(f"{game}: greedy policy {trained.mean:.1f} +/- {trained.std:.1f} over {len(seeds)} episodes, "
           f"random play {random_play.mean:.1f} +/- {random_play.std:.1f}")
+
+
+def shaping_settings(cfg: Settings, precision: str) -> dict:
+    """Everything that shapes the trained state; a checkpoint made otherwise is not resumed.
+
+    The book's keys are as they always were, so its checkpoints stay resumable; a recipe's own
+    keys, the augmentation and the precision that ran are there only where they differ from the
+    book's (a run that started in bfloat16 and resumes where float32 runs starts over)."""
+    shaping = cfg.model_dump(include={"game", "environment", "network", "agent", "training"})
+    for how_long in ("iterations", "log_interval", "checkpoint_interval"):
+        del shaping["training"][how_long]
+    shaping["agent"]["optimizer"] = optimizer_name(cfg.agent)  # TF1's RMSprop's checkpoints start over
+    book = {"network": {"dueling": False, "precision": "float32"},
+            "agent": {"double": False, "n_step_update": 1, "adam": None}}
+    for block, defaults in book.items():
+        for key, default in defaults.items():
+            if shaping[block][key] == default:
+                del shaping[block][key]
+    if cfg.network.precision != "float32":
+        shaping["network"]["precision"] = precision
+    if cfg.augmentation is not None:
+        shaping["augmentation"] = cfg.augmentation.model_dump()
+    return shaping
 
 
 def peak_rss_mib() -> float:
