@@ -2,7 +2,7 @@
 
     python -m benchmarks.atari_precision [--rounds 5] [--steps 20]
 
-Each configuration is the Atari stage's own agent (stages/atari_dqn/__main__.py: build_agent,
+Each configuration is the Atari stage's own agent (stages/atari_dqn: build_agent,
 training_batch) on Breakout, from a replay buffer filled with random play: the book's recipe
 (TF-Agents' QNetwork and DqnAgent, RMSprop, pairs of steps) in float32, and the data-efficient
 recipe (dueling Nature network, double DQN, 10-step targets, Adam, random shifts) in float32 and
@@ -25,19 +25,17 @@ from tf_agents.environments.tf_py_environment import TFPyEnvironment
 from tf_agents.replay_buffers.tf_uniform_replay_buffer import TFUniformReplayBuffer
 from tf_agents.utils import common
 
-from pi.policy_runtime import make_atari_env
+from pi.policy_contract import make_atari_env
 from stages.atari_dqn import settings
+from stages.atari_dqn.agent import build_agent, cpu_flags, select_precision
 from stages.atari_dqn.__main__ import (
     augmentation_rng,
-    build_agent,
     collect_randomly,
-    cpu_flags,
     describe_preprocessing,
-    select_precision,
     training_batch,
 )
-from stages.common.settings import Params
-from stages.common.tf_env import GymnasiumPyEnvironment
+from stages.core.settings import Params
+from stages.tf_agents_kit.environment import GymnasiumPyEnvironment
 
 DRQ = {
     "network": {"dueling": True},

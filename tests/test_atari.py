@@ -161,7 +161,7 @@ def test_bad_atari_settings_fail_before_any_work(tmp_path):
 
 
 def test_a_buffer_that_does_not_fit_is_refused():
-    from stages.atari_dqn.__main__ import check_buffer_fits
+    from stages.atari_dqn.agent import check_buffer_fits
 
     frame_stack_bytes = 84 * 84 * 4 + 32
     with pytest.raises(ParamError, match=r"replay_buffer_capacity = 1000000000 is not allowed: the buffer needs"):

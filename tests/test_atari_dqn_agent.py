@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from stages.atari_dqn import settings
-from stages.atari_dqn.__main__ import rmsprop
+from stages.atari_dqn.agent import rmsprop
 from stages.core.settings import Params
 
 

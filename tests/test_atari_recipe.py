@@ -14,21 +14,23 @@ from tf_agents.replay_buffers.tf_uniform_replay_buffer import TFUniformReplayBuf
 from tf_agents.trajectories import time_step as ts
 from tf_agents.trajectories.trajectory import Trajectory
 
-from pi.policy_runtime import make_atari_env
+from pi.policy_contract import make_atari_env
 from stages.atari_dqn import Section, settings
-from stages.atari_dqn.__main__ import (
+from stages.atari_dqn.agent import (
     AtariQNetwork,
     build_agent,
-    collect_randomly,
     cpu_flags,
-    describe_preprocessing,
     random_shift,
     select_precision,
+)
+from stages.atari_dqn.__main__ import (
+    collect_randomly,
+    describe_preprocessing,
     shaping_settings,
     training_batch,
 )
-from stages.common.settings import ParamError, Params
-from stages.common.tf_env import GymnasiumPyEnvironment
+from stages.core.settings import ParamError, Params
+from stages.tf_agents_kit.environment import GymnasiumPyEnvironment
 
 # DrQ(epsilon)'s changes (Dopamine, labs/atari_100k/configs/DrQ_eps.gin), small where it is only
 # about time.
