@@ -92,7 +92,7 @@ def render_twice(ws: Path) -> None:
         (ws / "refused.txt").write_text(str(refused.value))
         for run in (1, 2):
             if run == 2:
-                write_timings("evaluate", {"policies": {"alpha_s42": {"max_steps_200": {"wall_time_s": 4321.0}}}})
+                write_timings("evaluate/alpha_s42", {"wall_time_s": {"max_steps_200": 4321.0}})
             main(["--partial"])
             for name in ("index.html", "summary.md"):
                 stem, suffix = name.split(".")
@@ -190,7 +190,7 @@ def test_the_leader_per_environment_is_in_the_page_and_the_markdown(workspace):
 def test_the_reports_command_refuses_missing_inputs_and_names_them(workspace):
     message = (workspace / "refused.txt").read_text()
     assert message.startswith("the report's inputs are missing, nothing was written: ")
-    assert "data/policies (made by nn_policy@" in message and "reports/nn_policy (made by" in message
+    assert "reports/nn_policy (made by nn_policy@" in message and "data/policies" not in message
     assert "python -m stages.report --partial" in message
 
 
@@ -200,7 +200,7 @@ def test_a_rerun_gives_the_same_bytes_but_for_volatile_spans(workspace):
         suffix = "html" if name == "index" else "md"
         first, second = [(reports / f"{name}_{run}.{suffix}").read_text() for run in (1, 2)]
         assert strip_volatile(first) == strip_volatile(second)
-    # The evaluation's timing (logs/timings/evaluate.json) is shown, in a volatile span only.
+    # A policy's evaluation time (logs/timings/evaluate/<policy>.json) is shown, in a volatile span only.
     timed = "<!--volatile-->72.0 min<!--/volatile-->"
     assert timed not in (reports / "index_1.html").read_text() and timed in (reports / "index_2.html").read_text()
     assert VOLATILE_START in (reports / "index_1.html").read_text()
