@@ -9,7 +9,7 @@ carry facts that differ between two identical runs, and DVC, which hashes whole 
 tell such a rerun from one that did not reproduce:
 
 - the stages whose result is a measurement of time (:data:`MEASURES_TIME`: the replay benchmark,
-  the Pi bundle's latencies): their JSON keys and CSV or TSV columns ending in ``wall_time_s``;
+  the Pi conversions' and the bundle's latencies): their JSON keys and CSV or TSV columns ending in ``wall_time_s``;
 - the report's volatile spans (timings, date, host, commit: see stages/core/html.py);
 - outputs known to depend on the machine (:data:`MACHINE_DEPENDENT`: LunarLander's GIFs, see
   docs/reproducibility.md). These are compared all the same; when they are the only files that
@@ -56,6 +56,7 @@ DIGESTS = "dvc.digests.yaml"
 TIMING_SUFFIX = "wall_time_s"
 # Stages whose results are measured times: their ``wall_time_s`` values are left out of digests.
 MEASURES_TIME = ("replay_benchmark", "pi_bundle")
+PER_POLICY_PI = "pi_"  # the Pi conversion of each training stage's policies: they time the models too
 # Outputs known to differ between machines (docs/reproducibility.md), as glob patterns.
 MACHINE_DEPENDENT = ("reports/pg_lunarlander/*/policy.gif",)
 SEPARATORS = {".csv": ",", ".tsv": "\t"}  # tables whose timing columns are dropped
@@ -77,7 +78,8 @@ def _without_timings(value: Any) -> Any:
 
 
 def measures_time(stage: str) -> bool:
-    return stage.split("@")[0] in MEASURES_TIME
+    group = stage.split("@")[0]
+    return group in MEASURES_TIME or group.startswith(PER_POLICY_PI)
 
 
 def machine_dependent(path: str) -> bool:

@@ -208,3 +208,10 @@ def test_help_names_the_file(action, capsys):
     with pytest.raises(SystemExit):
         reproduction.main([action, "--help"])
     assert "dvc.digests.yaml" in capsys.readouterr().out
+
+
+def test_the_stages_that_measure_time_are_the_benchmark_and_the_pi_conversions():
+    from pipeline.reproduction import measures_time
+
+    assert all(measures_time(s) for s in ("replay_benchmark", "pi_bundle", "pi_dqn@dqn-42", "pi_atari_dqn@breakout"))
+    assert not any(measures_time(s) for s in ("pg_cartpole@42", "dqn@dqn-42", "evaluate_dqn@dqn-42", "markov_chain"))
