@@ -64,7 +64,7 @@ def build_index(index: Path) -> None:
     from tf_agents.policies.policy_saver import PolicySaver
     from tf_agents.policies.q_policy import QPolicy
 
-    from stages.policies.index import export_keras_policy, export_saved_policy
+    from stages.policies.export import export_keras_policy, export_saved_policy
     from stages.tf_agents_kit.environment import make_py_environment
 
     cartpole = {"stage": MAKER, "env_id": "CartPole-v1", "training_seeds": (0,)}
