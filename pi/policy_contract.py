@@ -47,6 +47,7 @@ ACTION_RULES = {
     "q_values": "the action with the highest Q-value (argmax, lowest index on ties)",
     "action_preferences": "the action with the highest preference (argmax, lowest index on ties)",
     "action": "the output is the action index (the greedy Q-policy's argmax is inside the model)",
+    "continuous_action": "the output is the action vector itself (a deterministic continuous action)",
 }
 
 
@@ -61,7 +62,11 @@ def actions_from_outputs(output: str, outputs: np.ndarray,
     - ``action_preferences``: one score per action (a fine-tuned int8 model's output: only their
       order carries meaning). Greedy: argmax, as for Q-values.
     - ``action``: the action itself (a model with the greedy choice inside).
+    - ``continuous_action``: the action vector itself, float32 (a deterministic policy: ``rng``
+      changes nothing).
     """
+    if output == "continuous_action":
+        return np.asarray(outputs, dtype=np.float32).reshape(len(outputs), -1)
     if output == "action":
         return np.asarray(outputs).reshape(len(outputs)).astype(np.int64)
     outputs = np.asarray(outputs, dtype=np.float64)

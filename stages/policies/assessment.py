@@ -42,8 +42,14 @@ def record_policy_gif(entry: PolicyEntry, path: str | os.PathLike, seed: int, ma
     env = gym.make(entry.env_id, render_mode="rgb_array", max_episode_steps=max_steps,
                    **entry.env_kwargs)
     try:
-        episode = record_episode(env, lambda obs: int(policy(obs[np.newaxis])[0]), seed, max_steps)
+        episode = record_episode(env, lambda obs: _one_action(policy(obs[np.newaxis])), seed, max_steps)
     finally:
         env.close()
     write_gif(path, episode.frames, fps=fps)
     return {"seed": seed, "return": episode.total_reward, "frames": len(episode.frames)}
+
+
+def _one_action(actions: np.ndarray) -> Any:
+    """The single row of a batch of actions: an int (a discrete action) or a vector (continuous)."""
+    first = actions[0]
+    return first if np.ndim(first) else int(first)

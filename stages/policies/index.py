@@ -26,6 +26,8 @@ is stages/policies/export.py's.
   Sampled: 1 when a uniform draw exceeds p (the book's rule).
 - ``action_probabilities``: a softmax over actions. Greedy: argmax. Sampled: categorical draw.
 - ``q_values``: one value per action. Greedy: argmax (ties to the lowest action).
+- ``continuous_action``: the action itself, a vector within a Box action space (SAC's
+  deterministic action); ``n_actions`` is its length. Greedy and sampled alike: the output.
 - ``tf_agents_policy``: a TF-Agents ``PolicySaver`` directory whose ``action`` already returns
   the action; its entry describes the observation it expects (for Atari, the preprocessing).
 """
@@ -51,7 +53,7 @@ from stages.core.settings import InputError
 INDEX_DIR = Path("data/policies")
 ENTRY_FILE = "policy.json"
 KERAS_MODEL_FILE = "model.keras"
-OUTPUT_KINDS = ("p_left", "action_probabilities", "q_values", "tf_agents_policy")
+OUTPUT_KINDS = ("p_left", "action_probabilities", "q_values", "tf_agents_policy", "continuous_action")
 REQUIRED_FIELDS = ("name", "stage", "env_id", "model", "observation_shape", "observation_dtype",
                    "output", "n_actions")
 # Version 2: entries record ``model_sha256``.

@@ -1,0 +1,38 @@
+"""PPO (TF-Agents' PPOClipAgent), one run per configuration and training seed: its settings.
+
+``ppo`` in params.yaml maps configuration names (an environment each) to PPO settings. The starting values are RL Baselines3
+Zoo's published ones (hyperparams/ppo.yml); the proposed sections, with their sources, are in
+docs/experiments/actor_critic.params.yaml."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import RootModel
+
+from stages.common.actor_critic_settings import PpoRun
+from stages.common.settings import EnvId, Params, argument_parser, member_of, parse_arguments, seeded
+
+
+class Settings(PpoRun):
+    env_id: EnvId
+    """A Gymnasium environment with discrete actions (CartPole-v1, LunarLander-v3)."""
+
+
+class Section(RootModel[dict[str, Settings]]):
+    """Every configuration (dvc.yaml: one stage per configuration and training seed)."""
+
+
+class Run(Settings):
+    """One configuration's run, with the configuration's name."""
+
+    config: str
+    """The configuration's name in params.yaml."""
+
+
+def settings(argv: Sequence[str], params: Params) -> Run:
+    """``--config NAME --seed S``: configuration NAME's run for training seed S."""
+    args = parse_arguments(argument_parser(__doc__, member="config", seed=True), argv)
+    config = member_of(params, "ppo", args.config, "configuration")
+    run = seeded(Settings, params, f"ppo.{config}", args.seed)
+    return Run(**dict(run), config=config)
