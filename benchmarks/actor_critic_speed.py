@@ -10,7 +10,7 @@ round by round in turn so that load from other processes hits each alike:
   with ``common.function``;
 - ``tf_agents_batched``: the same driver over a ``BatchedPyEnvironment`` of ``--environments``
   environments;
-- ``tf_call_batched``: stages/common/rollouts.py's NumPy loop over ``--environments``
+- ``tf_call_batched``: stages/policy_gradient/rollouts.py's NumPy loop over ``--environments``
   environments, with one compiled TensorFlow call of both networks per step;
 - ``numpy_batched``: the same loop with the networks evaluated by a NumPy copy of their weights
   (``NumpyMlp``: what the a2c and ppo stages do).
@@ -33,9 +33,9 @@ from tf_agents.environments.batched_py_environment import BatchedPyEnvironment
 from tf_agents.environments.tf_py_environment import TFPyEnvironment
 from tf_agents.utils import common
 
-from stages.common.policies import actions_from_outputs
-from stages.common.rollouts import NumpyMlp, SteppedEnvs, advantages, collect, softmax
-from stages.common.tf_env import make_py_environment
+from stages.policies.index import actions_from_outputs
+from stages.policy_gradient.rollouts import NumpyMlp, SteppedEnvs, advantages, collect, softmax
+from stages.tf_agents_kit.environment import make_py_environment
 from stages.ppo import Run
 from stages.ppo.__main__ import build_agent, make_epoch, minibatch_experience
 

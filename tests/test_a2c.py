@@ -7,8 +7,8 @@ import numpy as np
 
 from stages.a2c import Run
 from stages.a2c.__main__ import train_a2c
-from stages.common.policies import load_index, load_policy
-from stages.common.seeding import seed_everything
+from stages.policies.index import load_index, load_policy
+from stages.core.seeding import seed_everything
 from tests.test_actor_critic import proposed_sections, run_tiny
 
 

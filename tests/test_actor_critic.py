@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from stages.common.rollouts import SteppedEnvs, advantages, collect
-from stages.common.workspace import engine_env
+from stages.policy_gradient.rollouts import SteppedEnvs, advantages, collect
+from pipeline.workspace import engine_env
 from tests.conftest import REPO_ROOT
 
 PROPOSED = REPO_ROOT / "docs/experiments/actor_critic.params.yaml"
@@ -114,8 +114,8 @@ def test_the_numpy_forward_pass_matches_the_networks(activation):
     from tf_agents.networks.value_network import ValueNetwork
     from tf_agents.specs import tensor_spec
 
-    from stages.common.policy_gradients import policy_network
-    from stages.common.rollouts import NumpyMlp, softmax
+    from stages.policy_gradient.training import policy_network
+    from stages.policy_gradient.rollouts import NumpyMlp, softmax
 
     tf.keras.utils.set_random_seed(0)
     observations = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)

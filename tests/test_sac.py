@@ -10,8 +10,8 @@ import tensorflow as tf
 from tf_agents.policies.greedy_policy import GreedyPolicy
 from tf_agents.trajectories import time_step as ts
 
-from stages.common.policies import load_index, load_policy
-from stages.common.seeding import seed_everything
+from stages.policies.index import load_index, load_policy
+from stages.core.seeding import seed_everything
 from stages.sac import Run
 from stages.sac.__main__ import train_sac
 from tests.test_actor_critic import proposed_sections, run_tiny

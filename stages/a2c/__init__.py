@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from pydantic import RootModel
 
-from stages.common.actor_critic_settings import ActorCriticRun
-from stages.common.settings import EnvId, Params, argument_parser, member_of, parse_arguments, seeded
+from stages.policy_gradient.actor_critic_settings import ActorCriticRun
+from stages.core.settings import EnvId, Params, argument_parser, member_of, parse_arguments, seeded
 
 
 class Settings(ActorCriticRun):

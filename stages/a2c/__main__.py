@@ -2,7 +2,7 @@
 
     python -m stages.a2c --config cartpole --seed 0
 
-Built on the project's batched policy-gradient machinery (stages/common/policy_gradients.py)
+Built on the project's batched policy-gradient machinery (stages/policy_gradient/training.py)
 rather than on TF-Agents: A2C is REINFORCE with two changes, and written this way the two
 changes are all that is new. The policy is the same softmax network (so it exports, evaluates
 and converts for the Pi exactly as REINFORCE's does) and actions are drawn by the same rule;
@@ -10,7 +10,7 @@ what changes is that (1) a second network learns the state value V(s), and (2) e
 weight is no longer its normalised return over a whole episode but its n-step bootstrapped
 advantage, ``r_t + g r_{t+1} + ... + g^n V(s_{t+n}) - V(s_t)``, computed every
 ``steps_per_rollout`` steps of ``environments`` environments stepped together
-(stages/common/rollouts.py; the networks are evaluated there by a NumPy copy of their weights,
+(stages/policy_gradient/rollouts.py; the networks are evaluated there by a NumPy copy of their weights,
 refreshed after each update, as a TensorFlow call per step would cost more than the arithmetic). TF-Agents has no A2C agent; assembling one from its parts would
 hide those two changes behind its trajectory plumbing.
 
@@ -35,14 +35,14 @@ import tf_keras
 from tqdm import tqdm
 
 from stages.a2c import Run, settings
-from stages.common.actor_critic import STEP, export_and_report
-from stages.common.live_log import TrainingLive
-from stages.common.optimizers import make_optimizer
-from stages.common.policies import actions_from_outputs
-from stages.common.policy_gradients import entropy, negative_log_likelihood, policy_network
-from stages.common.rollouts import NumpyMlp, SteppedEnvs, advantages, collect, softmax
-from stages.common.seeding import seed_everything
-from stages.common.settings import Params, run_stage
+from stages.policy_gradient.actor_critic import STEP, export_and_report
+from stages.core.live_log import TrainingLive
+from stages.core.optimizers import make_optimizer
+from stages.policies.index import actions_from_outputs
+from stages.policy_gradient.training import entropy, negative_log_likelihood, policy_network
+from stages.policy_gradient.rollouts import NumpyMlp, SteppedEnvs, advantages, collect, softmax
+from stages.core.seeding import seed_everything
+from stages.core.settings import Params, run_stage
 
 NAME = "a2c"
 OUTPUT = "action_probabilities"

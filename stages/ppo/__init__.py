@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from pydantic import RootModel
 
-from stages.common.actor_critic_settings import PpoRun
-from stages.common.settings import EnvId, Params, argument_parser, member_of, parse_arguments, seeded
+from stages.policy_gradient.actor_critic_settings import PpoRun
+from stages.core.settings import EnvId, Params, argument_parser, member_of, parse_arguments, seeded
 
 
 class Settings(PpoRun):

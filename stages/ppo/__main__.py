@@ -6,7 +6,7 @@ An actor network (a softmax over actions) and a separate value network, both TF-
 trained by ``PPOClipAgent``'s clipped objective. What is not TF-Agents' is the collection:
 ``environments`` Gymnasium environments are stepped together by a NumPy loop, and both networks
 are evaluated per step by a NumPy copy of their weights taken after each update
-(stages/common/rollouts.py), instead of a ``TFPyEnvironment``, a driver and a TensorFlow call
+(stages/policy_gradient/rollouts.py), instead of a ``TFPyEnvironment``, a driver and a TensorFlow call
 per step, whose fixed costs outweigh a small network's arithmetic many times over.
 The rollout's advantages are computed here too (generalised advantage estimation, with a time
 limit bootstrapped from the value of the state it cut), and handed to the agent in the
@@ -38,14 +38,14 @@ from tf_agents.trajectories import time_step as ts
 from tf_agents.trajectories import trajectory
 from tqdm import tqdm
 
-from stages.common.actor_critic import STEP, export_and_report
-from stages.common.live_log import TrainingLive
-from stages.common.optimizers import make_optimizer
-from stages.common.policies import actions_from_outputs
-from stages.common.rollouts import NumpyMlp, SteppedEnvs, advantages, collect, softmax
-from stages.common.seeding import seed_everything
-from stages.common.settings import Params, run_stage
-from stages.common.tf_env import spec_from_space
+from stages.policy_gradient.actor_critic import STEP, export_and_report
+from stages.core.live_log import TrainingLive
+from stages.core.optimizers import make_optimizer
+from stages.policies.index import actions_from_outputs
+from stages.policy_gradient.rollouts import NumpyMlp, SteppedEnvs, advantages, collect, softmax
+from stages.core.seeding import seed_everything
+from stages.core.settings import Params, run_stage
+from stages.tf_agents_kit.environment import spec_from_space
 from stages.ppo import Run, settings
 
 NAME = "ppo"

@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import RootModel, model_validator
 
-from stages.common.policy_gradient_settings import PolicyRun
-from stages.common.settings import (
+from stages.policy_gradient.settings import PolicyRun
+from stages.core.settings import (
     Count,
     Discount,
     EnvId,

@@ -4,7 +4,7 @@
 
 A tanh-squashed Gaussian actor and two critics (TF-Agents' ``ActorDistributionNetwork`` with a
 ``TanhNormalProjectionNetwork``, and ``CriticNetwork``), the entropy temperature learned. The
-environments are stepped together by a NumPy loop (stages/common/rollouts.py) and transitions go
+environments are stepped together by a NumPy loop (stages/policy_gradient/rollouts.py) and transitions go
 to a NumPy replay buffer; each step is followed by ``gradient_steps`` compiled ``agent.train``
 calls on uniformly sampled batches, each a batch of two-step trajectories (a transition). A time
 limit is not a terminal state: its transition keeps discount 1 and the observation it reached.
@@ -33,13 +33,13 @@ from tf_agents.trajectories import trajectory
 from tf_agents.utils import common
 from tqdm import tqdm
 
-from stages.common.actor_critic import STEP, export_and_report
-from stages.common.live_log import TrainingLive
-from stages.common.optimizers import make_optimizer
-from stages.common.rollouts import SteppedEnvs
-from stages.common.seeding import seed_everything
-from stages.common.settings import Params, run_stage
-from stages.common.tf_env import spec_from_space
+from stages.policy_gradient.actor_critic import STEP, export_and_report
+from stages.core.live_log import TrainingLive
+from stages.core.optimizers import make_optimizer
+from stages.policy_gradient.rollouts import SteppedEnvs
+from stages.core.seeding import seed_everything
+from stages.core.settings import Params, run_stage
+from stages.tf_agents_kit.environment import spec_from_space
 from stages.sac import Run, settings
 
 NAME = "sac"
