@@ -118,7 +118,7 @@ def test_no_page_cites_the_specification(page):
 def test_no_code_or_data_cites_the_specification():
     """Docstrings, templates, the book's numbers and the figures' labels say where in the chapter a
     result comes from, never a section of a document the repository does not hold."""
-    files = [path for folder in ("stages", "pi", "data", "benchmarks", "tests")
+    files = [path for folder in ("stages", "pipeline", "pi", "data", "benchmarks", "tests")
              for path in sorted((ROOT / folder).rglob("*"))
              if path.suffix in {".py", ".yaml", ".html", ".md", ".j2"} and path.name != "test_docs.py"]
     assert len(files) > 50, "the code tree was not found"

@@ -38,7 +38,8 @@ MARKOV_OUTPUTS = ["reports/markov_chain/metrics.json", "reports/markov_chain/run
 def cheap_workspace(tmp_path) -> Path:
     """A DVC repository (no git) with the project's code and only the cheap stages."""
     ws = tmp_path / "ws"
-    shutil.copytree(REPO_ROOT / "stages", ws / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for code in ("stages", "pipeline"):  # the stages, and the tooling the Snakefile runs
+        shutil.copytree(REPO_ROOT / code, ws / code, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("Snakefile", ".dvcignore"):
         shutil.copy(REPO_ROOT / name, ws / name)
     dvc_yaml = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())

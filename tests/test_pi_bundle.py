@@ -92,7 +92,7 @@ def build_a_bundle(ws: Path) -> None:
     """A workspace where the policies above were converted by a per-policy stage (as a pi_<trainer>
     stage does) and packed by the pi_bundle stage (quick-profile settings)."""
     ws.mkdir(parents=True)
-    for name in ("stages", "pi"):
+    for name in ("stages", "pipeline", "pi"):
         (ws / name).symlink_to(REPO_ROOT / name)
     params = merge(read_params_file(REPO_ROOT / "params.yaml"),
                    yaml.safe_load((REPO_ROOT / "profiles/quick.yaml").read_text()))
