@@ -45,7 +45,7 @@ def test_a_new_variant_configuration_and_game_need_only_params_yaml(clone_of_qui
     new_stages = {f"dqn@{VARIANT}-{s}" for s in seeds} | {f"pg_lunarlander@{CONFIG}-{s}" for s in seeds} \
         | {f"atari_dqn@{GAME}"}
     assert new_stages <= set(view)
-    assert disagreements(snakemake_view(ws), view) == []
+    assert disagreements(snakemake_view(ws), view, ws) == []
 
     ran = {line.split("'")[1] for line in run([DVC, "repro"], ws).stdout.splitlines()
            if line.startswith("Running stage '")}

@@ -220,15 +220,15 @@ def _swap(ws):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("fault", [_truncate, _swap], ids=["truncated", "swapped"])
-@pytest.mark.parametrize("consumer", ["evaluation", "pi_bundle"])
+@pytest.mark.parametrize("consumer", ["evaluate", "pi"])
 def test_every_consumer_refuses_a_broken_policy_by_name(clone_of_quick_run, consumer, fault):
     """A truncated model, or one copied over another policy's, stops the policy's own evaluation
-    (evaluate_<trainer>) and the bundle alike, with one sentence that names the policy and the
-    command that rebuilds it; their outputs stay as they were. (The gathering stages and the
-    report read no model.)"""
+    (evaluate_<trainer>) and its Pi conversion (pi_<trainer>) alike, with one sentence that names
+    the policy and the command that rebuilds it; their outputs stay as they were. (The gathering
+    stages and the report read no model.)"""
     ws = clone_of_quick_run()
     policy, maker = fault(ws)
-    stage = f"evaluate_{maker}" if consumer == "evaluation" else consumer
+    stage = f"{consumer}_{maker}"
     view = dvc_view(ws)[stage]
     outputs = list(view["outs"])
     before = file_digests(ws, outputs)
