@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.reproduction import measures_time
 from stages.core.dag import read_dag, rule_name
 from tests.conftest import (
     SNAKEMAKE,
@@ -97,8 +98,10 @@ def test_dvc_repro_reproduces_snakemakes_outputs_byte_for_byte(quick_run, clone_
            if line.startswith("Running stage '")]
     assert sorted(ran) == sorted(stage.name for stage in chosen)
     assert dvc_changed_stages(ws) == set()
-    outputs = sorted(o for stage in chosen for o in stage.outs)
-    assert file_digests(ws, outputs) == file_digests(quick_run, outputs)
+    # (Stages whose results are measured times are compared without them.)
+    for stage in chosen:
+        timed = measures_time(stage.name)
+        assert file_digests(ws, stage.outs, timed) == file_digests(quick_run, stage.outs, timed), stage.name
     rerun = run([PYTHON, "-m", "pipeline.reproduction", "check"], ws).stdout
     assert set(verdicts(rerun).values()) == {"reproduced"}, rerun
 
