@@ -237,3 +237,27 @@ def test_the_mirror_check_catches_every_kind_of_drift(tmp_path):
     assert any(p.startswith("pi_dqn@dqn-42: reads ['data/policies/dqn_s42']") for p in problems)
     assert any(p.startswith("evaluate_pg_cartpole@42: reads ['data/policies/nn_policy_s42', "
                             "'data/policies/pg_cartpole_s42']") for p in problems)
+
+
+def _definitions(stages) -> dict:
+    """Each stage's resolved definition: what DVC compares to decide it is out of date."""
+    return {s.name: (s.cmd, tuple(s.deps), tuple(s.outs), json.dumps(s.params, sort_keys=True, default=str))
+            for s in stages}
+
+
+@pytest.mark.parametrize("growth", ["a training seed", "a DQN variant"])
+def test_growing_the_pipeline_changes_only_the_gathering_stages(tmp_path, growth):
+    """A new seed or DQN variant adds stages; of the existing ones only those that gather every
+    policy's results change (seconds of work): no training, evaluation or Pi conversion."""
+    def grow(params):
+        if growth == "a training seed":
+            params["seeds"] = [*params["seeds"], 7]
+        else:
+            params["dqn"]["variants"]["double_dqn_copy"] = copy.deepcopy(params["dqn"]["variants"]["double_dqn"])
+
+    before = _definitions(repo_stages())
+    edited_params(tmp_path, grow)
+    after = _definitions(read_dag(tmp_path))
+    assert set(after) > set(before)
+    changed = {name for name in before if after[name] != before[name]}
+    assert changed == {"evaluate", "aggregate", "pi_bundle", "report"}

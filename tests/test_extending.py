@@ -54,7 +54,7 @@ def test_a_new_variant_configuration_and_game_need_only_params_yaml(clone_of_qui
     # Of the stages there before, no training stage and no evaluation reruns. The Pi conversions
     # do, for the new game alone: each declares the whole pi_bundle section, and the game's entry
     # in pi_bundle.evaluation (its environment's seeds) is part of it. (A new seed or DQN variant
-    # adds no such entry: tests/test_dag.py.)
+    # adds no such entry: test_growing_the_pipeline_changes_only_the_gathering_stages.)
     rerun = sorted(name for name in ran & existing if "@" in name)
     assert all(name.startswith("pi_") for name in rerun), rerun
 
