@@ -123,6 +123,14 @@ def file_digests(root: Path, paths: Iterable[str], timings: bool = False) -> dic
             for path in paths for file in files_of(root, path)}
 
 
+def stage_digests(root: Path, stage: str, outputs: list[str], state: set[str]) -> dict[str, str]:
+    """A stage's output digests: measured times left out where the stage measures time, and in
+    its resumable state (a checkpoint's log rows carry the wall time of the run that wrote them)."""
+    timed = measures_time(stage)
+    return {**file_digests(root, [o for o in outputs if o not in state], timed),
+            **file_digests(root, [o for o in outputs if o in state], True)}
+
+
 # --- dvc.lock -------------------------------------------------------------------------------------
 
 
@@ -179,6 +187,7 @@ def record(root: Path) -> tuple[dict[str, Any], list[str]]:
         raise SystemExit(f"{root / LOCK}: no recorded run to take digests of; run the pipeline first")
     changed = dvc_changed_stages(root)
     produced = _produced(lock)
+    state = resumable_state(root)
     stages, skipped = {}, []
     for name, entry in sorted(lock.items()):
         outputs = _outputs(entry)
@@ -186,7 +195,7 @@ def record(root: Path) -> tuple[dict[str, Any], list[str]]:
             skipped.append(name)
             continue
         stages[name] = {"inputs": fingerprint(entry, produced),
-                        "files": file_digests(root, outputs, measures_time(name))}
+                        "files": stage_digests(root, name, outputs, state)}
     return {"stages": stages}, skipped
 
 
@@ -229,7 +238,7 @@ def check(root: Path, recorded: dict[str, Any], resumable: Iterable[str] = ()) -
             outputs = [path for path in outputs if path not in absent_state]
             want = {path: digest for path, digest in want.items()
                     if not produced_by_a_stage(path, absent_state)}
-        have = file_digests(root, outputs, measures_time(name))
+        have = stage_digests(root, name, outputs, set(resumable))
         if not have:
             verdicts.append(Verdict(name, "not run"))
         elif name in lock and fingerprint(lock[name], produced) != digests[name]["inputs"]:
