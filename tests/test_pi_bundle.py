@@ -99,16 +99,19 @@ def build_a_bundle(ws: Path) -> None:
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
     policies = [f"data/policies/{name}" for name in POLICIES]
-    convert = ["-m", "stages.pi_bundle.policy", *POLICIES]
+    # One conversion per environment, as a pi_<trainer> stage converts its environment's policies.
+    converts = [["-m", "stages.pi_bundle.policy", "--env", "CartPole-v1", CARTPOLE, "random_q_values", "tf_agents_q"],
+                ["-m", "stages.pi_bundle.policy", "--env", "LunarLander-v3", "random_lander"]]
     dvc_yaml = {"stages": {MAKER: {"cmd": "python -m tests.test_pi_bundle", "outs": policies},
-                           f"pi_{MAKER}": {"cmd": "python " + " ".join(convert), "deps": policies,
+                           f"pi_{MAKER}": {"cmd": " && ".join("python " + " ".join(c) for c in converts),
+                                           "deps": policies,
                                            "outs": [f"data/pi_policies/{name}" for name in POLICIES]
                                            + [f"reports/pi_bundle/policies/{name}.json" for name in POLICIES]},
                            "pi_bundle": stages["pi_bundle"]}}
     (ws / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=ws, check=True)
     build_index(ws / "data/policies")
-    for command in (convert, ["-m", "stages.pi_bundle"]):
+    for command in (*converts, ["-m", "stages.pi_bundle"]):
         result = subprocess.run([sys.executable, *command], cwd=ws, capture_output=True, text=True,
                                 env=engine_env())
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -600,7 +603,8 @@ def test_each_trainer_has_a_pi_stage_that_mirrors_it_and_pi_bundle_only_gathers(
             converter = converters.pop(trained.name.removeprefix(trainer))
             names = [Path(folder).name for folder in trained.policies]
             assert [d for d in converter.deps if not d.endswith(".py")] == trained.policies, converter.name
-            assert converter.module == "stages.pi_bundle.policy" and converter.argv == names, converter.name
+            assert converter.module == "stages.pi_bundle.policy" and converter.argv[2:] == names, converter.name
+            assert converter.argv[0] == "--env" and f"pi_bundle.evaluation.{converter.argv[1]}" in converter.param_keys
             assert converter.outs == [*(f"data/pi_policies/{p}" for p in names),
                                       *(f"reports/pi_bundle/policies/{p}.json" for p in names)], converter.name
         assert not converters, f"{name} has stages no {trainer} stage matches: {sorted(converters)}"

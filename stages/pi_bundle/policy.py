@@ -1,4 +1,5 @@
-"""Policies converted for a Raspberry Pi, one at a time: ``python -m stages.pi_bundle.policy NAME...``.
+"""Policies converted for a Raspberry Pi, one at a time:
+``python -m stages.pi_bundle.policy --env ENV_ID NAME...``.
 
 For each named policy of the index: observations are recorded from its own greedy episodes on
 seeds no training or evaluation uses (one set calibrates the int8 quantization, one teaches the
@@ -15,6 +16,10 @@ float32 otherwise, and the int8 model is marked unsafe (the runner refuses it un
 Outputs per policy: data/pi_policies/<policy>/ (the two models and the sample observations, laid
 out as in the bundle) and reports/pi_bundle/policies/<policy>.json (its manifest entry and its
 benchmark, :class:`stages.pi_bundle.records.PolicyResult`). The pi_bundle stage packs them.
+
+A stage converts the policies of one environment (``--env``) and reads ``pi_bundle`` less its
+``evaluation`` table, plus that environment's row of it: a row added for another environment
+(a new game, a new algorithm's environment) leaves the conversions already made up to date.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from stages.policies.evaluation import evaluate_policy
 from stages.core.io import atomic_folder, write_json
 from stages.policies.index import INDEX_DIR, BatchPolicy, PolicyEntry, load_policy, read_entry
 from stages.core.seeding import seed_everything
-from stages.core.settings import InputError, Params, argument_parser, parse_arguments, run_stage
+from stages.core.settings import InputError, Params, argument_parser, parse_arguments, run_stage, validate
 from stages.policies.statistics import bootstrap_mean_interval
 from stages.pi_bundle import EnvironmentEvaluation, Settings
 from stages.pi_bundle.archive import size_of
@@ -81,16 +86,22 @@ from stages.pi_bundle.tflite import Int8Model, convert_float32, convert_int8, lo
 SECTION = "pi_bundle"  # the settings this module reads (Settings), for the pipeline's validation
 
 
-def arguments(argv: Sequence[str]) -> list[str]:
-    """The policy names on the command line."""
+def arguments(argv: Sequence[str]) -> Any:
+    """The environment and the policy names on the command line."""
     parser = argument_parser(__doc__)
+    parser.add_argument("--env", required=True, metavar="ENV_ID",
+                        help="the environment the policies play (its pi_bundle.evaluation entry is read)")
     parser.add_argument("policies", nargs="+", metavar="POLICY", help="a policy of the index (data/policies)")
-    return parse_arguments(parser, argv).policies
+    return parse_arguments(parser, argv)
 
 
 def settings(argv: Sequence[str], params: Params) -> Settings:
-    arguments(argv)
-    return params.read(Settings, SECTION)
+    """``pi_bundle`` with ``evaluation`` cut down to ``--env``'s entry: the keys dvc.yaml declares."""
+    env_id = arguments(argv).env
+    shared = {key: value for key, value in params.raw(SECTION).items() if key != "evaluation"}
+    row = params.raw(f"{SECTION}.evaluation.{env_id}")
+    params.read_keys += [f"{SECTION}.{key}" for key in shared] + [f"{SECTION}.evaluation.{env_id}"]
+    return validate(Settings, {**shared, "evaluation": {env_id: row}}, SECTION, params.path)
 
 
 def model_file(policy: str, precision: str) -> str:
@@ -270,10 +281,14 @@ def main() -> None:
     cfg = settings(sys.argv[1:], Params.load())
     seed_everything(cfg.seed)
     entries = []
-    for name in arguments(sys.argv[1:]):
+    env_id = arguments(sys.argv[1:]).env
+    for name in arguments(sys.argv[1:]).policies:
         if not (INDEX_DIR / name).is_dir():
             raise InputError(f"no policy {name!r} in {INDEX_DIR}: run the stage that exports it first")
         entries.append(read_entry(INDEX_DIR / name))
+        if entries[-1].env_id != env_id:
+            raise InputError(f"policy {name!r} plays {entries[-1].env_id}, not --env {env_id}: the stage's "
+                             f"declaration in dvc.yaml names the wrong environment")
     for entry in entries:  # every policy's settings, before the first conversion
         environment_settings(cfg, entry)
         check_seeds_unseen(cfg, entry)
