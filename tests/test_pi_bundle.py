@@ -603,8 +603,10 @@ def test_each_trainer_has_a_pi_stage_that_mirrors_it_and_pi_bundle_only_gathers(
             converter = converters.pop(trained.name.removeprefix(trainer))
             names = [Path(folder).name for folder in trained.policies]
             assert [d for d in converter.deps if not d.endswith(".py")] == trained.policies, converter.name
-            assert converter.module == "stages.pi_bundle.policy" and converter.argv[2:] == names, converter.name
-            assert converter.argv[0] == "--env" and f"pi_bundle.evaluation.{converter.argv[1]}" in converter.param_keys
+            argv = converter.argv  # --env ENV_ID [--env ENV_ID ...] POLICY...
+            envs = [argv[i + 1] for i in range(0, len(argv) - 1, 2) if argv[i] == "--env"]
+            assert converter.module == "stages.pi_bundle.policy" and argv[2 * len(envs):] == names, converter.name
+            assert envs and {f"pi_bundle.evaluation.{env}" for env in envs} <= set(converter.param_keys), converter.name
             assert converter.outs == [*(f"data/pi_policies/{p}" for p in names),
                                       *(f"reports/pi_bundle/policies/{p}.json" for p in names)], converter.name
         assert not converters, f"{name} has stages no {trainer} stage matches: {sorted(converters)}"

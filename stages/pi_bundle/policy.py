@@ -17,8 +17,9 @@ Outputs per policy: data/pi_policies/<policy>/ (the two models and the sample ob
 out as in the bundle) and reports/pi_bundle/policies/<policy>.json (its manifest entry and its
 benchmark, :class:`stages.pi_bundle.records.PolicyResult`). The pi_bundle stage packs them.
 
-A stage converts the policies of one environment (``--env``) and reads ``pi_bundle`` less its
-``evaluation`` table, plus that environment's row of it: a row added for another environment
+A stage converts policies of the environments named by ``--env`` (one or more: a trainer whose
+configurations play different environments names each) and reads ``pi_bundle`` less its
+``evaluation`` table, plus those environments' rows of it: a row added for another environment
 (a new game, a new algorithm's environment) leaves the conversions already made up to date.
 """
 
@@ -89,19 +90,20 @@ SECTION = "pi_bundle"  # the settings this module reads (Settings), for the pipe
 def arguments(argv: Sequence[str]) -> Any:
     """The environment and the policy names on the command line."""
     parser = argument_parser(__doc__)
-    parser.add_argument("--env", required=True, metavar="ENV_ID",
-                        help="the environment the policies play (its pi_bundle.evaluation entry is read)")
+    parser.add_argument("--env", required=True, action="append", metavar="ENV_ID",
+                        help="an environment the policies play (its pi_bundle.evaluation entry is read); "
+                             "repeat it for a stage whose policies play several")
     parser.add_argument("policies", nargs="+", metavar="POLICY", help="a policy of the index (data/policies)")
     return parse_arguments(parser, argv)
 
 
 def settings(argv: Sequence[str], params: Params) -> Settings:
-    """``pi_bundle`` with ``evaluation`` cut down to ``--env``'s entry: the keys dvc.yaml declares."""
-    env_id = arguments(argv).env
+    """``pi_bundle`` with ``evaluation`` cut down to the ``--env`` entries: the keys dvc.yaml declares."""
+    env_ids = list(dict.fromkeys(arguments(argv).env))
     shared = {key: value for key, value in params.raw(SECTION).items() if key != "evaluation"}
-    row = params.raw(f"{SECTION}.evaluation.{env_id}")
-    params.read_keys += [f"{SECTION}.{key}" for key in shared] + [f"{SECTION}.evaluation.{env_id}"]
-    return validate(Settings, {**shared, "evaluation": {env_id: row}}, SECTION, params.path)
+    rows = {env_id: params.raw(f"{SECTION}.evaluation.{env_id}") for env_id in env_ids}
+    params.read_keys += [f"{SECTION}.{key}" for key in shared] + [f"{SECTION}.evaluation.{e}" for e in env_ids]
+    return validate(Settings, {**shared, "evaluation": rows}, SECTION, params.path)
 
 
 def model_file(policy: str, precision: str) -> str:
@@ -281,14 +283,14 @@ def main() -> None:
     cfg = settings(sys.argv[1:], Params.load())
     seed_everything(cfg.seed)
     entries = []
-    env_id = arguments(sys.argv[1:]).env
+    env_ids = arguments(sys.argv[1:]).env
     for name in arguments(sys.argv[1:]).policies:
         if not (INDEX_DIR / name).is_dir():
             raise InputError(f"no policy {name!r} in {INDEX_DIR}: run the stage that exports it first")
         entries.append(read_entry(INDEX_DIR / name))
-        if entries[-1].env_id != env_id:
-            raise InputError(f"policy {name!r} plays {entries[-1].env_id}, not --env {env_id}: the stage's "
-                             f"declaration in dvc.yaml names the wrong environment")
+        if entries[-1].env_id not in env_ids:
+            raise InputError(f"policy {name!r} plays {entries[-1].env_id}, not --env {' or '.join(env_ids)}: "
+                             f"the stage's declaration in dvc.yaml names the wrong environment")
     for entry in entries:  # every policy's settings, before the first conversion
         environment_settings(cfg, entry)
         check_seeds_unseen(cfg, entry)
