@@ -9,7 +9,7 @@ from stages.a2c import Run
 from stages.a2c.__main__ import train_a2c
 from stages.policies.index import load_index, load_policy
 from stages.core.seeding import seed_everything
-from tests.test_actor_critic import proposed_sections, run_tiny
+from tests.test_actor_critic import actor_critic_sections, run_tiny
 
 
 def test_a_short_run_exports_a_policy_that_loads_from_the_index(tmp_path):
@@ -26,7 +26,7 @@ def test_a_short_run_exports_a_policy_that_loads_from_the_index(tmp_path):
 
 def test_a2c_learns_cartpole_on_a_short_run(tmp_path):
     """RL Zoo's CartPole settings over 40,000 steps: random play lasts about 22 steps."""
-    section = proposed_sections()["a2c"]["cartpole"]
+    section = actor_critic_sections()["a2c"]["cartpole"]
     cfg = Run.model_validate({**section, "config": "cartpole",
                               "training": {**section["training"], "total_steps": 40_000, "log_every": 100}})
     seed_everything(42)

@@ -1,5 +1,5 @@
 """What A2C, PPO and SAC share: the advantage estimate against hand-computed cases, the batched
-stepping's bootstrap values at time limits, and the proposed params sections (which must load)."""
+stepping's bootstrap values at time limits, and their params.yaml sections (which must load)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from stages.policy_gradient.rollouts import SteppedEnvs, advantages, collect
 from pipeline.workspace import engine_env
 from tests.conftest import REPO_ROOT
 
-PROPOSED = REPO_ROOT / "docs/experiments/actor_critic.params.yaml"
 
 # One environment, three steps: rewards 1, 2, 3; V(s_t) 0.5, 1.0, 1.5; V(s_{t+1}) 1.0, 1.5, 2.0.
 REWARDS = np.array([[1.0], [2.0], [3.0]])
@@ -74,23 +73,25 @@ def test_collect_bootstraps_a_truncated_episode_from_its_final_observation():
     assert envs.episode_lengths == [3] and envs.steps == 5
 
 
-def proposed_sections() -> dict:
-    return yaml.safe_load(PROPOSED.read_text())
+def actor_critic_sections() -> dict:
+    """params.yaml's a2c, ppo and sac sections (the full profile's values)."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    return {stage: params[stage] for stage in ("a2c", "ppo", "sac")}
 
 
 @pytest.mark.parametrize("stage", ["a2c", "ppo", "sac"])
-def test_the_proposed_sections_load_as_the_stages_settings(stage):
+def test_the_params_sections_load_as_the_stages_settings(stage):
     import importlib
 
     module = importlib.import_module(f"stages.{stage}")
-    section = module.Section.model_validate(proposed_sections()[stage])
+    section = module.Section.model_validate(actor_critic_sections()[stage])
     assert section.root
 
 
 def tiny_params(stage: str, config: str, edit) -> dict:
-    """The repository's params.yaml with one proposed section of ``stage``, as ``tiny``, edited."""
+    """The repository's params.yaml with one configuration of ``stage``, as ``tiny``, edited."""
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    section = copy.deepcopy(proposed_sections()[stage][config])
+    section = copy.deepcopy(actor_critic_sections()[stage][config])
     edit(section)
     params[stage] = {"tiny": section}
     return params

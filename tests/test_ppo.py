@@ -13,11 +13,11 @@ from stages.policies.index import load_index, load_policy
 from stages.core.seeding import seed_everything
 from stages.ppo import Run
 from stages.ppo.__main__ import train_ppo
-from tests.test_actor_critic import proposed_sections, run_tiny
+from tests.test_actor_critic import actor_critic_sections, run_tiny
 
 
 def cartpole(**training) -> Run:
-    section = proposed_sections()["ppo"]["cartpole"]
+    section = actor_critic_sections()["ppo"]["cartpole"]
     return Run.model_validate({**section, "config": "cartpole",
                                "training": {**section["training"], **training}})
 

@@ -14,7 +14,7 @@ from stages.policies.index import load_index, load_policy
 from stages.core.seeding import seed_everything
 from stages.sac import Run
 from stages.sac.__main__ import train_sac
-from tests.test_actor_critic import proposed_sections, run_tiny
+from tests.test_actor_critic import actor_critic_sections, run_tiny
 
 
 def tiny(section):
@@ -36,7 +36,7 @@ def test_a_short_run_exports_a_continuous_policy_that_loads_and_plays(tmp_path):
 
 
 def test_the_exported_model_plays_the_agents_deterministic_action(tmp_path):
-    section = proposed_sections()["sac"]["lunarlander"]
+    section = actor_critic_sections()["sac"]["lunarlander"]
     tiny(section)
     seed_everything(0)
     agent, model, _ = train_sac(Run.model_validate({**section, "config": "tiny"}), np.random.default_rng(0),

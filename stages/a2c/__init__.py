@@ -1,7 +1,7 @@
 """Advantage actor-critic (A2C), one run per configuration and training seed: its settings.
 ``a2c`` in params.yaml maps configuration names (an environment each) to A2C settings. The starting values are RL Baselines3
-Zoo's published ones (hyperparams/a2c.yml); the proposed sections, with their sources, are in
-docs/experiments/actor_critic.params.yaml."""
+Zoo's published ones (hyperparams/a2c.yml), each with its source in params.yaml's ``a2c``
+section."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """PPO (TF-Agents' PPOClipAgent), one run per configuration and training seed: its settings.
 
 ``ppo`` in params.yaml maps configuration names (an environment each) to PPO settings. The starting values are RL Baselines3
-Zoo's published ones (hyperparams/ppo.yml); the proposed sections, with their sources, are in
-docs/experiments/actor_critic.params.yaml."""
+Zoo's published ones (hyperparams/ppo.yml), each with its source in params.yaml's ``ppo``
+section."""
 
 from __future__ import annotations
 

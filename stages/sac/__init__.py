@@ -2,8 +2,8 @@
 configuration and training seed: its settings.
 
 ``sac`` in params.yaml maps configuration names to SAC settings. The starting values are RL
-Baselines3 Zoo's published ones (hyperparams/sac.yml); the proposed section, with its sources and
-the network chosen for this machine's budget, is in docs/experiments/actor_critic.params.yaml."""
+Baselines3 Zoo's published ones (hyperparams/sac.yml), each with its source in params.yaml's
+``sac`` section (and the network chosen for this machine's budget: docs/experiments/actor_critic.md)."""
 
 from __future__ import annotations
 
