@@ -13,6 +13,9 @@ none; an image not there shows its placeholder text. It holds, in order,
   interval, a verdict by the rule stated on the page and the wall time; then, per environment and
   step cap, the algorithm leading across training seeds (IQM with its interval, from the aggregate
   stage) and what the probability of improvement says of its lead (stages/report/summary.py);
+  and per environment and step cap, every algorithm in one table: IQM with its interval, P(X > Y)
+  against each other one, and a published result where data/anchors.yaml has one
+  (stages/report/comparison.py);
 - the held-out evaluation of every policy, with one interval figure per environment drawn here
   (stages/report/figures.py, into reports/report/);
 - a section per stage package (its anchor is the package name: ``#dqn``), with a subsection per
@@ -25,7 +28,7 @@ none; an image not there shows its placeholder text. It holds, in order,
   versions from uv.lock, and (marked volatile, see stages/core/html.py) git commit, working-tree
   state, machine, date and the evaluation's wall times.
 
-A sidebar links to every section. ``reports/summary.md`` holds the summary's two tables in
+A sidebar links to every section. ``reports/summary.md`` holds the summary's tables in
 Markdown, for documentation to link to. What is not there yet (an Atari game not trained, a stage
 not run) is shown as "not run yet".
 """
@@ -54,6 +57,7 @@ from stages.core.io import write_text
 from stages.core.settings import Bootstrap, InputError, Params, run_stage
 from stages.core.timings import read_timings
 from stages.report import settings
+from stages.report.comparison import Anchor, comparisons, read_anchors
 from stages.report.figures import interval_figures
 from stages.report.results import (
     NOT_RUN,
@@ -168,10 +172,20 @@ def measurement_view(m: Measurement) -> dict[str, Any]:
             "verdict_class": VERDICT_CLASSES.get(m.verdict, ""), "notes": m.notes, "wall_time_s": m.wall_time_s}
 
 
+def anchors_of(layout: Layout, anchors: dict[tuple[str, str, int], Anchor]) -> list[dict[str, Any]]:
+    """The published results of the algorithms an experiment exports (``<algorithm>_s<seed>``)."""
+    algorithms = {policy.rsplit("_s", 1)[0] for policy in layout.policies}
+    return [{"algorithm": algorithm, "env_id": env_id, "max_steps": cap, "text": anchor.text(),
+             "source": anchor.source, "target": anchor.target}
+            for (algorithm, env_id, cap), anchor in sorted(anchors.items()) if algorithm in algorithms]
+
+
 def experiment_view(layout: Layout, entry: dict[str, Any] | None, m: Measurement,
-                    summary: pd.DataFrame | None) -> dict[str, Any]:
+                    summary: pd.DataFrame | None,
+                    anchors: dict[tuple[str, str, int], Anchor] | None = None) -> dict[str, Any]:
     return {
         "name": layout.name, "module": layout.module, "desc": layout.desc, "book": book_view(entry),
+        "anchors": anchors_of(layout, anchors or {}),
         "result": measurement_view(m), "seeds": list(layout.seeds),
         "settings": yaml.safe_dump(layout.settings, sort_keys=False, default_flow_style=None)
         if layout.settings else "",
@@ -273,15 +287,19 @@ def context(stages: list[StageSpec], profile: str, bootstrap: Bootstrap, partial
     returns, summary = read_csv(EVALUATION / "returns.csv"), read_csv(EVALUATION / "summary.csv")
     # Policy -> algorithm, for the policies evaluated (one not evaluated yet is shown as not run yet).
     algorithms = {} if summary is None else dict(zip(summary["policy"], summary["algorithm"]))
+    anchors = read_anchors()
     experiments = [experiment_view(layout, book.get(name),
-                                   measure(layout, book.get(name), returns, algorithms, bootstrap), summary)
+                                   measure(layout, book.get(name), returns, algorithms, bootstrap), summary,
+                                   anchors)
                    for name, layout in layouts.items()]
     aggregate_summary = read_csv(AGGREGATE / "summary.csv")
+    pairs = read_csv(AGGREGATE / "probability_of_improvement.csv")
     evaluation = read_json(EVALUATION / "metrics.json")
     return {
         "profile": profile, "quick": profile == "quick", "policy_count": len(algorithms),
         "experiments": experiments, "sections": sections(experiments),
-        "winners": winners(aggregate_summary, read_csv(AGGREGATE / "probability_of_improvement.csv")),
+        "winners": winners(aggregate_summary, pairs),
+        "comparisons": comparisons(aggregate_summary, pairs, anchors),
         "aggregate_present": aggregate_summary is not None,
         "evaluation": {
             "present": summary is not None, "rows": evaluation_rows(summary),
