@@ -226,3 +226,67 @@ def test_the_leader_is_the_highest_iqm_and_beats_only_what_the_intervals_allow()
     assert leader.over_runner_up.text(2) == "0.50 [0.20, 1.00]"
     assert leader.support == "beats 1 of 2 others; not shown better than the rest"
     assert winners(None, None) == [] and winners(summary.iloc[:1], None)[0].support.startswith("the only")
+
+
+def test_every_algorithm_of_an_environment_is_one_table_in_the_page_and_the_markdown(workspace):
+    page = (workspace / "reports/index.html").read_text()
+    summary = (workspace / "reports/summary.md").read_text()
+    assert 'href="#comparison"' in page and 'id="comparison"' in page
+    tables = page.split('class="comparison"')[1:]
+    assert len(tables) == 2  # CartPole at its two caps (the Atari policy has no training seeds)
+    first = tables[0].split("</table>")[0]
+    assert "CartPole-v1, 200-step cap: 2 algorithms" in page
+    assert first.index("beta&lt;script&gt;") < first.index("<td>alpha</td>")  # best IQM first
+    assert "1.00 [1.00, 1.00]" in first and "0.00 [0.00, 0.00]" in first and "<b>" not in first
+    section = summary.split("## Per environment: every algorithm across training seeds")[1]
+    assert "### CartPole-v1, 200-step cap" in section and "### CartPole-v1, 500-step cap" in section
+    rows = [line for line in section.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert rows[0].startswith('| 1 | beta&lt;script&gt;alert("x")&lt;/script&gt; | 3 | 180.0 [175.0, 185.0] |')
+    assert rows[1].endswith("| 0.00 [0.00, 0.00] | - |")
+
+
+def test_the_comparison_orders_by_iqm_marks_supported_claims_and_sets_anchors_beside(tmp_path):
+    from stages.core.settings import InputError
+    from stages.report.comparison import comparisons, read_anchors
+
+    summary = pd.DataFrame([
+        {"algorithm": a, "env_id": env, "max_steps": 1000, "runs": 5,
+         **{f"{name}{suffix}": iqm + shift for name in ("mean", "iqm")
+            for suffix, shift in (("", 0), ("_ci_low", -1), ("_ci_high", 1))}}
+        for a, env, iqm in (("ppo_x", "E", 250.0), ("reinforce", "E", 240.0), ("sac_x", "F", 200.0))])
+    pairs = pd.DataFrame([
+        {"env_id": "E", "max_steps": 1000, "algorithm_x": x, "algorithm_y": y, "probability_x_beats_y": p,
+         "ci_low": low, "ci_high": high, "x_better": better}
+        for x, y, p, low, high, better in (("ppo_x", "reinforce", 0.9, 0.6, 1.0, True),
+                                           ("reinforce", "ppo_x", 0.1, 0.0, 0.4, False))])
+    (tmp_path / "anchors.yaml").write_text(yaml.safe_dump({
+        "ppo_x": {"env_id": "E", "max_steps": 1000, "source": "a benchmark", "mean": 242.1, "std": 31.8,
+                  "environment_steps": 1000000, "target": "IQM at least 250"},
+        "sac_x": {"env_id": "F", "max_steps": 1000, "source": "a benchmark", "mean": 260.4, "std": None,
+                  "environment_steps": 500000}}))
+    anchors = read_anchors(tmp_path / "anchors.yaml")
+    on_e, on_f = comparisons(summary, pairs, anchors)
+    assert on_e.algorithms == ("ppo_x", "reinforce") and on_f.algorithms == ("sac_x",)
+    assert on_e.header() == ["#", "algorithm", "runs", "IQM [95% CI]", "mean [95% CI]", "published",
+                             "P(> 1)", "P(> 2)"]
+    assert on_e.markdown_rows() == [
+        ["1", "ppo_x", "5", "250.0 [249.0, 251.0]", "250.0 [249.0, 251.0]",
+         "242.1 +/- 31.8 at 1,000,000 steps (a benchmark)", "-", "**0.90 [0.60, 1.00]**"],
+        ["2", "reinforce", "5", "240.0 [239.0, 241.0]", "240.0 [239.0, 241.0]", "-", "0.10 [0.00, 0.40]", "-"]]
+    assert on_f.rows[0].anchor.text() == "260.4 at 500,000 steps"  # alone on its environment: still a table
+    assert comparisons(None, None) == []
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"ppo_x": {"env_id": "E", "mean": 1.0}}))
+    with pytest.raises(InputError, match="ppo_x lacks max_steps, source, std, environment_steps"):
+        read_anchors(tmp_path / "bad.yaml")
+
+
+def test_the_published_anchors_name_algorithms_and_environments_of_the_pipeline():
+    from stages.core.settings import read_params_file
+    from stages.report.comparison import ANCHORS, read_anchors
+    from tests.conftest import REPO_ROOT
+
+    params = read_params_file(REPO_ROOT / "params.yaml")
+    algorithms = {f"{stage}_{config}": run["env_id"] for stage in ("a2c", "ppo", "sac")
+                  for config, run in params[stage].items()}
+    anchors = read_anchors(REPO_ROOT / ANCHORS)
+    assert anchors and {(a, env) for a, env, _ in anchors} <= set(algorithms.items())
