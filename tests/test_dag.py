@@ -210,7 +210,7 @@ def test_each_training_stage_has_a_per_policy_evaluation_that_mirrors_it(repo_ro
     document = yaml.safe_load((repo_root / "dvc.yaml").read_text())
     assert per_policy_problems(document, stages) == []
     trainers = {stage.group for stage in stages if stage.policies}
-    assert {"nn_policy", "pg_cartpole", "pg_lunarlander", "dqn", "atari_dqn"} <= trainers
+    assert {"nn_policy", "pg_cartpole", "pg_lunarlander", "dqn", "atari_dqn", "a2c", "ppo", "sac"} <= trainers
     by_name = {stage.name: stage for stage in stages}
     for trainer in (s for s in stages if s.policies):
         evaluation = by_name[f"evaluate_{trainer.name}"]

@@ -663,7 +663,7 @@ def test_each_trainer_has_a_pi_stage_that_mirrors_it_and_pi_bundle_only_gathers(
     for stage in read_dag(REPO_ROOT):
         groups.setdefault(stage.group, []).append(stage)
     trainers = [group for group, members in groups.items() if any(s.policies for s in members)]
-    assert {"nn_policy", "pg_cartpole", "pg_lunarlander", "dqn", "atari_dqn"} <= set(trainers)
+    assert {"nn_policy", "pg_cartpole", "pg_lunarlander", "dqn", "atari_dqn", "a2c", "ppo", "sac"} <= set(trainers)
     for trainer in trainers:
         name = f"pi_{trainer}"
         assert name in declarations, f"{trainer} exports policies but has no {name}"
