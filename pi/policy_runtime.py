@@ -214,8 +214,10 @@ def play(policy: TFLitePolicy, env: Any, seed: int) -> float:
     """One episode from ``env.reset(seed=seed)``; the sum of its rewards."""
     observation, _ = env.reset(seed=seed)
     total, done = 0.0, False
+    continuous = policy.output == "continuous_action"  # the action vector itself, else an index
     while not done:
-        action = int(policy.actions(observation[None])[0])
+        action = policy.actions(observation[None])[0]
+        action = action if continuous else int(action)
         observation, reward, terminated, truncated, _ = env.step(action)
         total += float(reward)
         done = terminated or truncated

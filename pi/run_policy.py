@@ -7,7 +7,8 @@
     python3 run_policy.py time NAME [--calls 1000]
 
 ``play`` needs Gymnasium (and ale-py for Atari games) and prints one return per episode; ``act``
-needs only NumPy and LiteRT and prints one action per observation; ``time`` times one action of
+needs only NumPy and LiteRT and prints one action per observation (a continuous action: its
+components on one line, separated by spaces); ``time`` times one action of
 each bundled model of the policy on its first sample observation (median and 99th percentile, on
 this machine) beside its size and measured agreement. Before anything is loaded,
 every file of the bundle is checked against the sha256 in manifest.json; a bundle that does not
@@ -49,6 +50,16 @@ class UnsafeModelError(Exception):
 # --- which model ------------------------------------------------------------------------------
 
 
+def agreement_text(measured: dict) -> str | None:
+    """A model's measured action agreement as a percentage (a continuous action's: within its
+    tolerance), or None where it was not measured."""
+    agreement = measured.get("action_agreement")
+    if agreement is None:
+        return None
+    tolerance = measured.get("action_tolerance")
+    return f"{agreement:.2%}" + ("" if tolerance is None else f" within {tolerance:g}")
+
+
 def choose_precision(spec: dict, name: str, requested: str | None = None,
                      allow_unsafe_int8: bool = False) -> tuple[str, str]:
     """The precision to load for policy ``name`` and why, in words.
@@ -65,8 +76,7 @@ def choose_precision(spec: dict, name: str, requested: str | None = None,
         raise BundleError(f"policy {name} has no {requested} model; it has {', '.join(spec['models'])}")
     int8 = spec["models"].get("int8", {})
     if requested == "int8" and not int8.get("safe", False):
-        agreement = int8.get("measured", {}).get("action_agreement")
-        agreement = "not measured" if agreement is None else f"{agreement:.2%}"
+        agreement = agreement_text(int8.get("measured", {})) or "not measured"
         problem = (f"policy {name}: the manifest marks its int8 model unsafe (action agreement with the "
                    f"float policy {agreement} on held-out observations; {int8.get('unsafe_reason', 'no reason given')})")
         if not allow_unsafe_int8:
@@ -87,8 +97,8 @@ def time_models(bundle: Path, name: str, spec: dict, calls: int) -> list[str]:
     lines = [f"{name}: one action on its first sample observation, {calls} calls after a warm-up"]
     for precision, model in spec["models"].items():
         measured = latency(TFLitePolicy(bundle, spec, precision).actions, observation, calls)
-        agreement = model.get("measured", {}).get("action_agreement")
-        notes = [f"action agreement {agreement:.2%}" if agreement is not None else "agreement not measured"]
+        agreement = agreement_text(model.get("measured", {}))
+        notes = [f"action agreement {agreement}" if agreement is not None else "agreement not measured"]
         if spec.get("default_precision", "float32") == precision:
             notes.append("the default")
         if precision == "int8":
@@ -197,16 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     except UnsafeModelError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_UNSAFE_MODEL
-    agreement = spec["models"][precision].get("measured", {}).get("action_agreement")
-    measured = "" if agreement is None else f"; action agreement with the original {agreement:.2%}"
+    agreement = agreement_text(spec["models"][precision].get("measured", {}))
+    measured = "" if agreement is None else f"; action agreement with the original {agreement}"
     print(f"{args.policy}: loaded the {precision} model {spec['models'][precision]['file']} ({why}{measured})",
           file=sys.stderr, flush=True)
     try:
         if args.command == "act":
             observations = load_observations(args.observations, policy.observation_shape,
                                              spec["observation_dtype"])
-            for action in policy.actions(observations):
-                print(int(action))
+            for action in policy.actions(observations):  # an index, or a continuous action's vector
+                print(" ".join(repr(float(x)) for x in action) if np.ndim(action) else int(action))
             return 0
         env = make_env(spec, args.max_steps)
     except ImportError as error:

@@ -32,7 +32,8 @@ from tests.conftest import built_once
 
 PI = REPO_ROOT / "pi"
 CARTPOLE = "balance_p_left"
-POLICIES = (CARTPOLE, "random_q_values", "random_lander", "tf_agents_q")
+CONTINUOUS = "random_continuous_lander"
+POLICIES = (CARTPOLE, "random_q_values", "random_lander", "tf_agents_q", CONTINUOUS)
 MAKER = "test_policies"  # the workspace's stage that declares them
 EXIT_BAD_BUNDLE, EXIT_BAD_INPUT, EXIT_UNSAFE_MODEL = 3, 4, 5
 # The runner, in a process where TensorFlow cannot be imported (the Pi has none).
@@ -79,6 +80,12 @@ def build_index(index: Path) -> None:
                      tf_keras.layers.Dense(4, activation="softmax")], 2)
     export_keras_policy(lander, index / "random_lander", output="action_probabilities", stage=MAKER,
                         env_id="LunarLander-v3")
+    # SAC's kind: the action vector itself, tanh-squashed and scaled to the bounds (stages/sac).
+    continuous = _keras([tf_keras.Input((8,)), tf_keras.layers.Dense(16, activation="relu"),
+                         tf_keras.layers.Dense(2, activation="tanh"),
+                         tf_keras.layers.Rescaling(scale=[1.0, 1.0], offset=[0.0, 0.0])], 3)
+    export_keras_policy(continuous, index / CONTINUOUS, output="continuous_action", stage=MAKER,
+                        env_id="LunarLanderContinuous-v3")
 
     tf_env = TFPyEnvironment(make_py_environment("CartPole-v1"))
     q_net = QNetwork(tf_env.observation_spec(), tf_env.action_spec(), fc_layer_params=(8,))
@@ -101,7 +108,8 @@ def build_a_bundle(ws: Path) -> None:
     policies = [f"data/policies/{name}" for name in POLICIES]
     # One conversion per environment, as a pi_<trainer> stage converts its environment's policies.
     converts = [["-m", "stages.pi_bundle.policy", "--env", "CartPole-v1", CARTPOLE, "random_q_values", "tf_agents_q"],
-                ["-m", "stages.pi_bundle.policy", "--env", "LunarLander-v3", "random_lander"]]
+                ["-m", "stages.pi_bundle.policy", "--env", "LunarLander-v3", "--env", "LunarLanderContinuous-v3",
+                 "random_lander", CONTINUOUS]]
     dvc_yaml = {"stages": {MAKER: {"cmd": "python -m tests.test_pi_bundle", "outs": policies},
                            f"pi_{MAKER}": {"cmd": " && ".join("python " + " ".join(c) for c in converts),
                                            "deps": policies,
@@ -130,6 +138,14 @@ def manifest_of(bundle: Path) -> dict:
 
 def copy_of(bundle: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(bundle, tmp_path / "pi_bundle"))
+
+
+def printed_actions(stdout: str, expected: list) -> list:
+    """The runner's ``act`` output as the manifest lists actions: ints, or a continuous action's
+    components (one line each, written with repr: the float32 values exactly)."""
+    if expected and isinstance(expected[0], list):
+        return [[float(x) for x in line.split()] for line in stdout.splitlines()]
+    return [int(a) for a in stdout.split()]
 
 
 # --- the bundle -------------------------------------------------------------------------------
@@ -184,6 +200,8 @@ def test_fine_tuning_brings_the_int8_models_closer_to_the_float_policies(bundled
     report = json.loads((bundled / "reports/pi_bundle/benchmark.json").read_text())
     manifest = manifest_of(bundle)
     for name, policy in report.items():
+        if name == CONTINUOUS:  # quantized after training only (its own test)
+            continue
         tuning, int8 = policy["int8"]["fine_tuning"], manifest["policies"][name]["models"]["int8"]
         assert tuning["applied"], (name, tuning)
         assert int8["fine_tuned"] is tuning["shipped"].startswith("fine_tuned"), name
@@ -256,7 +274,11 @@ def test_float32_matches_the_original_and_int8_agreement_is_measured(bundled):
         assert policy["float32"]["max_scaled_diff"] <= 1e-5, name
         assert policy["float32"]["action_agreement_without_ties"] == 1.0, name
         assert 0.0 <= policy["int8"]["action_agreement"] <= 1.0
-        assert policy["evaluation"]["float32"]["mean"] == policy["evaluation"]["original"]["mean"], name
+        # A continuous action a few ulps away moves the lander a few ulps away: the same episodes,
+        # returns equal to a few parts in a million. A discrete action is the original's exactly.
+        original = policy["evaluation"]["original"]["mean"]
+        assert policy["evaluation"]["float32"]["mean"] == (pytest.approx(original, rel=1e-4) if name == CONTINUOUS
+                                                           else original), name
         for variant in ("original", "float32", "int8"):
             assert policy["latency"][variant]["median_wall_time_s"] > 0
     # This rule sits on its decision boundary (it balances by switching): int8 flips some choices.
@@ -333,7 +355,7 @@ def test_the_runner_acts_as_the_manifest_expects_without_tensorflow(bundled):
             result = runner(bundle, "act", name, bundle / spec["sample"]["file"], "--precision", precision,
                             "--allow-unsafe-int8")
             assert result.returncode == 0, result.stderr
-            assert [int(a) for a in result.stdout.split()] == expected, (name, precision)
+            assert printed_actions(result.stdout, expected) == expected, (name, precision)
             assert f"{name}: loaded the {precision} model models/{name}.{precision}.tflite" in result.stderr
 
 
@@ -393,6 +415,55 @@ def test_the_runner_plays_episodes(bundled):
         refused = runner(bundle, "play", CARTPOLE, option, value)
         assert refused.returncode == EXIT_BAD_INPUT and refused.stdout == ""
         assert f"error: {option} {value}: at least 1 is needed" in refused.stderr
+
+
+def test_a_continuous_action_agrees_within_a_tolerance_and_the_runner_plays_it(bundled):
+    """SAC's kind: float32 parity as a tolerance on the action vector, int8 judged by the
+    environment's action_tolerance (quantized after training), vectors in the manifest, played."""
+    benchmark = json.loads((bundled / "reports/pi_bundle/benchmark.json").read_text())[CONTINUOUS]
+    tolerance = bundle_settings([], Params.load(bundled / "params.yaml")).evaluation[
+        "LunarLanderContinuous-v3"].action_tolerance
+    assert benchmark["output"] == "continuous_action" and tolerance == 0.1
+    assert benchmark["float32"]["action_tolerance"] == 1e-5 and benchmark["float32"]["max_abs_diff"] <= 1e-5
+    assert benchmark["float32"]["action_agreement"] == 1.0 and benchmark["float32"]["ties"] == 0
+    assert benchmark["int8"]["action_tolerance"] == tolerance and benchmark["int8"]["ties"] == 0
+    # A random network: int8 within 0.1 of its action on most observations, not necessarily all.
+    assert 0.5 <= benchmark["int8"]["action_agreement"] <= 1.0
+    assert benchmark["int8"]["fine_tuning"]["applied"] is False
+    assert "continuous action" in benchmark["int8"]["fine_tuning"]["why"]
+    spec = manifest_of(bundled / "data/pi_bundle")["policies"][CONTINUOUS]
+    assert spec["models"]["int8"]["measured"]["action_tolerance"] == tolerance
+    assert f"within {tolerance:g} of the original's" in spec["default_reason"]
+    for actions in spec["sample"]["expected_actions"].values():
+        assert len(actions) == 8 and all(len(a) == 2 and all(-1 <= x <= 1 for x in a) for a in actions)
+    played = runner(bundled / "data/pi_bundle", "play", CONTINUOUS, "--episodes", "2", "--max-steps", "50")
+    assert played.returncode == 0, played.stderr
+    assert "episode 1 seed 1 return" in played.stdout and "mean return" in played.stdout
+    timed = runner(bundled / "data/pi_bundle", "time", CONTINUOUS, "--calls", "20")
+    assert timed.returncode == 0 and f"within {tolerance:g}" in timed_models(timed.stdout)["int8"][2]
+
+
+def test_continuous_actions_agree_within_the_tolerance_and_need_one():
+    from types import SimpleNamespace
+
+    from stages.pi_bundle.parity import parity, same_actions
+    from stages.pi_bundle.policy import action_tolerances
+
+    reference = np.array([[0.5, -0.5], [0.0, 1.0], [0.2, 0.2]], np.float32)
+    actions = reference + np.array([[0.05, -0.05], [0.0, 0.11], [0.09, 0.0]], np.float32)
+    assert same_actions(actions, reference, 0.1).tolist() == [True, False, True]
+    assert same_actions(np.array([1, 0, 2]), np.array([1, 1, 2])).tolist() == [True, False, True]
+    measured = parity(reference, reference, actions, actions, np.zeros(3, bool), 0.1)
+    assert measured.action_agreement == 2 / 3 and measured.action_tolerance == 0.1
+    assert "action_tolerance" not in parity(reference, reference, reference, reference, np.zeros(3, bool)).to_json()
+    cfg = SimpleNamespace(float32_tolerance=1e-5)
+    entry = SimpleNamespace(output="continuous_action", env_id="LunarLanderContinuous-v3", name="sac_x_s0")
+    with pytest.raises(ParamError, match="LunarLanderContinuous-v3 has no action_tolerance: policy sac_x_s0"):
+        action_tolerances(cfg, entry, SimpleNamespace(action_tolerance=None))
+    tolerances = action_tolerances(cfg, entry, SimpleNamespace(action_tolerance=0.1))
+    assert (tolerances.float32, tolerances.int8) == (1e-5, 0.1)
+    discrete = action_tolerances(cfg, SimpleNamespace(output="q_values"), SimpleNamespace(action_tolerance=None))
+    assert (discrete.float32, discrete.int8) == (None, None)
 
 
 TIMED = re.compile(r"^  (float32|int8) +median +([\d.]+) us +p99 +([\d.]+) us +([\d.]+) KiB +\((.*)\)$")
@@ -684,7 +755,8 @@ def test_the_bundle_runs_on_an_emulated_raspberry_pi(bundled, emulated_root):
                                        f"/opt/pi_bundle/{spec['sample']['file']}", "--precision", "int8",
                                        "--allow-unsafe-int8"])
             assert acted.returncode == 0, acted.stderr
-            assert [int(a) for a in acted.stdout.split()] == spec["sample"]["expected_actions"]["int8"], name
+            expected = spec["sample"]["expected_actions"]["int8"]
+            assert printed_actions(acted.stdout, expected) == expected, name
         # Each precision timed on the emulated CPU: qemu's speed, not a Pi's; the command works.
         timed = run_in_root(root, ["python3", "/opt/pi_bundle/run_policy.py", "time", CARTPOLE, "--calls", "20"])
         assert timed.returncode == 0, timed.stderr

@@ -90,6 +90,9 @@ class EnvironmentEvaluation(Episodes):
 
     max_steps: Count
     """Episode cap (also the runner's default)."""
+    action_tolerance: PositiveFloat | None = None
+    """Continuous actions (``continuous_action`` policies) only, and needed for them: the int8
+    model's action agrees with the original's when no component is farther from it than this."""
 
 
 class Settings(StageSettings):

@@ -8,7 +8,8 @@ point of ``fine_tuning.initializations``; for a TF-Agents Q-network (Atari), rea
 saved graph, the pairwise model (:func:`stages.pi_bundle.tflite.convert_pairwise`) with its
 pairwise layer as it is and fine-tuned. The candidate that chooses the original's action on most
 of the fine-tuning observations ships (the held-out observations then measure the choice), and a
-candidate LiteRT's default delegate would abort on is refused.
+candidate LiteRT's default delegate would abort on is refused. A continuous action (SAC's) is
+quantized after training only.
 """
 
 from __future__ import annotations
@@ -73,10 +74,11 @@ def scratch_policy(folder: Path, spec: PolicyManifest, model: Int8Model) -> TFLi
 
 
 def held_out_agreement(spec: PolicyManifest, model: Int8Model, observations: np.ndarray,
-                       reference: np.ndarray) -> float:
-    """Share of ``observations`` on which ``model`` (run by the runner's class) chooses ``reference``."""
+                       reference: np.ndarray, tolerance: float | None = None) -> float:
+    """Share of ``observations`` on which ``model`` (run by the runner's class) chooses ``reference``
+    (within ``tolerance``, for continuous actions)."""
     with tempfile.TemporaryDirectory() as scratch:
-        return agreement(scratch_policy(Path(scratch), spec, model).actions, observations, reference)
+        return agreement(scratch_policy(Path(scratch), spec, model).actions, observations, reference, tolerance)
 
 
 class KeepPostTraining(Exception):
@@ -129,6 +131,9 @@ def check_read_back(actions: np.ndarray, reference: np.ndarray, what: str, obser
 def keras_candidates(inputs: Inputs) -> Made:
     """A Keras policy's network read as dense layers, fine-tuned from each starting point."""
     entry, calibration = inputs.entry, inputs.calibration
+    if entry.output == "continuous_action":
+        raise KeepPostTraining("a continuous action: fine-tuning distils the choice among discrete actions, "
+                               "not an action vector; quantized after training")
     normalization = normalization_of(calibration.astype(entry.observation_dtype))
     if normalization is None:
         raise KeepPostTraining("integer observations: quantized after training")

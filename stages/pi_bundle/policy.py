@@ -11,7 +11,10 @@ time, all through the runner's own class, so what is measured here is what runs 
 
 The runner loads int8 by default only where it keeps ``int8_agreement_target`` of the held-out
 actions and its mean return lies inside the float32 policy's interval (``return_interval``);
-float32 otherwise, and the int8 model is marked unsafe (the runner refuses it unless told).
+float32 otherwise, and the int8 model is marked unsafe (the runner refuses it unless told). A
+continuous action (SAC's ``continuous_action``) agrees within a tolerance instead of exactly:
+``float32_tolerance`` for float32, the environment's ``evaluation.<env>.action_tolerance`` for int8
+(:mod:`stages.pi_bundle.parity`).
 
 Outputs per policy: data/pi_policies/<policy>/ (the two models and the sample observations, laid
 out as in the bundle) and reports/pi_bundle/policies/<policy>.json (its manifest entry and its
@@ -141,9 +144,34 @@ class HeldOut:
     margins: np.ndarray  # how far each output is from choosing another action
     ties: np.ndarray  # closer than float32_tolerance: either action is the original's
 
-    def parity(self, expected: np.ndarray, policy: TFLitePolicy) -> Parity:
+    def parity(self, expected: np.ndarray, policy: TFLitePolicy, tolerance: float | None = None) -> Parity:
         return parity(expected, self.actions, batched(policy.outputs, self.observations),
-                      batched(policy.actions, self.observations), self.ties)
+                      batched(policy.actions, self.observations), self.ties, tolerance)
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """How far a continuous action may be from the original's and still agree, per precision
+    (None for both: discrete actions agree when equal)."""
+
+    float32: float | None = None
+    int8: float | None = None
+
+
+def action_tolerances(cfg: Settings, entry: PolicyEntry, settings: EnvironmentEvaluation) -> Tolerances:
+    if entry.output != "continuous_action":
+        return Tolerances()
+    if settings.action_tolerance is None:
+        raise ParamError(f"pi_bundle.evaluation.{entry.env_id} has no action_tolerance: policy {entry.name} "
+                         "has a continuous action, whose int8 model agrees within that tolerance")
+    return Tolerances(float32=cfg.float32_tolerance, int8=settings.action_tolerance)
+
+
+def listed(actions: np.ndarray) -> list:
+    """Actions as the manifest lists them: ints, or one list of floats per continuous action."""
+    if actions.ndim == 1:
+        return [int(a) for a in actions]
+    return [[float(x) for x in action] for action in actions]
 
 
 def held_out_set(cfg: Settings, entry: PolicyEntry, model: Any, original: BatchPolicy, observations: np.ndarray,
@@ -155,23 +183,25 @@ def held_out_set(cfg: Settings, entry: PolicyEntry, model: Any, original: BatchP
 
 
 def int8_parity(cfg: Settings, held: HeldOut, policy: TFLitePolicy, record: Model, int8: Int8Model,
-                post_training_agreement: float | None, fine_tuning: FineTuning, original: BatchPolicy) -> Int8Parity:
+                post_training_agreement: float | None, fine_tuning: FineTuning, original: BatchPolicy,
+                tolerance: float | None = None) -> Int8Parity:
     """The int8 model against the original: outputs and actions, the actions where the original's
     choice is clearer than one int8 output step, and what rounding only the input would cost.
-    ``post_training_agreement``: that of the post-training model, None where it is this one."""
-    measured = held.parity(expected_int8_outputs(int8, held.outputs, held.observations), policy)
+    ``post_training_agreement``: that of the post-training model, None where it is this one;
+    ``tolerance``: a continuous action's (:class:`Tolerances`)."""
+    measured = held.parity(expected_int8_outputs(int8, held.outputs, held.observations), policy, tolerance)
     # int8 outputs move in steps of the output scale: a choice closer than one step is a coin toss.
     step = record.output.scale or 0.0
     if int8.teacher is not None and int8.teacher.clipped:
         step *= int8.teacher.decision_scale  # in the original's units
     clear = held.margins >= step
     return Int8Parity(
-        **measured.model_dump(), output_step=step,
+        **measured.model_dump(exclude_unset=True), output_step=step,
         action_agreement_margin_above_step=agreement(policy.actions, held.observations[clear],
-                                                     held.actions[clear]) if clear.any() else 1.0,
+                                                     held.actions[clear], tolerance) if clear.any() else 1.0,
         observations_margin_above_step=int(clear.sum()),
         input_rounding_agreement=input_rounding_agreement(record.input_normalization, record.input.model_dump(),
-                                                          original, held.observations, held.actions),
+                                                          original, held.observations, held.actions, tolerance),
         meets_target=measured.action_agreement >= cfg.int8_agreement_target, fine_tuning=fine_tuning,
         post_training_action_agreement=measured.action_agreement if post_training_agreement is None
         else post_training_agreement)
@@ -209,7 +239,8 @@ def measured_models(cfg: Settings, models: dict[str, Model], reports: dict[str, 
                           max_abs_diff=report.max_abs_diff,
                           return_=MeasuredReturn(mean=getattr(evaluation, precision).mean, episodes=episodes,
                                                  seeds=evaluation.seeds, **interval[precision]),
-                          **only[precision])
+                          **only[precision], **({"action_tolerance": report.action_tolerance}
+                                                if report.action_tolerance is not None else {}))
         measured[precision] = models[precision].model_copy(update={"measured": result})
     measured["int8"] = measured["int8"].model_copy(update={
         "safe": chosen == "int8", **({"unsafe_reason": why} if chosen != "int8" else {})})
@@ -220,6 +251,7 @@ def convert_policy(cfg: Settings, entry: PolicyEntry, folder: Path, make_env: Ma
     """Convert, fine-tune, check, evaluate and time one policy (its episodes in environments from
     ``make_env``), writing its models and sample observations into ``folder``."""
     settings = environment_settings(cfg, entry)
+    tolerances = action_tolerances(cfg, entry, settings)
     model = load_original(entry)
     original = load_policy(entry)
     calibration = record_observations(entry, original, cfg.calibration, settings.max_steps, make_env)
@@ -242,16 +274,16 @@ def convert_policy(cfg: Settings, entry: PolicyEntry, folder: Path, make_env: Ma
     tflite = {p: TFLitePolicy(folder, runnable, p) for p in PRECISIONS}
 
     held = held_out_set(cfg, entry, model, original, held_out, spec.output)
-    reports: dict[str, Parity] = {"float32": held.parity(held.outputs, tflite["float32"])}
+    reports: dict[str, Parity] = {"float32": held.parity(held.outputs, tflite["float32"], tolerances.float32)}
     check_float32(cfg, entry.name, reports["float32"])
     post_training_agreement = None if int8 is post_training else held_out_agreement(
-        spec, post_training, held.observations, held.actions)
+        spec, post_training, held.observations, held.actions, tolerances.int8)
     reports["int8"] = int8_parity(cfg, held, tflite["int8"], models["int8"], int8, post_training_agreement,
-                                  fine_tuning, original)
+                                  fine_tuning, original, tolerances.int8)
     players = {"original": original, **{p: tflite[p].actions for p in PRECISIONS}}
     evaluation = evaluate(cfg, entry, players, settings, make_env)
     default = default_precision(reports["int8"].action_agreement, cfg.int8_agreement_target, evaluation.int8.mean,
-                                tuple(evaluation.float32.interval))
+                                tuple(evaluation.float32.interval), tolerances.int8)
     models = measured_models(cfg, models, reports, held, evaluation, settings.episodes, default)
 
     samples = held.observations[:cfg.sample_observations]
@@ -259,7 +291,7 @@ def convert_policy(cfg: Settings, entry: PolicyEntry, folder: Path, make_env: Ma
     manifest = spec.model_copy(update={
         "models": models, "default_precision": default[0], "default_reason": default[1],
         "sample": Sample(file=sample_file(entry.name),
-                         expected_actions={p: [int(a) for a in tflite[p].actions(samples)] for p in PRECISIONS})})
+                         expected_actions={p: listed(tflite[p].actions(samples)) for p in PRECISIONS})})
     benchmark = PolicyBenchmark(
         env_id=entry.env_id, output=spec.output, calibration_observations=len(calibration),
         conversion_wall_time_s=conversion_time,
@@ -297,7 +329,7 @@ def main() -> None:
             raise InputError(f"policy {name!r} plays {entries[-1].env_id}, not --env {' or '.join(env_ids)}: "
                              f"the stage's declaration in dvc.yaml names the wrong environment")
     for entry in entries:  # every policy's settings, before the first conversion
-        environment_settings(cfg, entry)
+        action_tolerances(cfg, entry, environment_settings(cfg, entry))
         check_seeds_unseen(cfg, entry)
     for entry in entries:
         started = time.perf_counter()

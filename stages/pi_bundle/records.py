@@ -59,6 +59,7 @@ class Measured(Record):
     action_agreement: float
     max_abs_diff: float
     return_: MeasuredReturn = Field(alias="return")
+    action_tolerance: float | None = None  # continuous actions: the largest |difference| that agrees
     input_rounding_agreement: float | None = None  # int8 only
     post_training_action_agreement: float | None = None  # int8 only
 
@@ -91,7 +92,7 @@ class Source(Record):
 
 class Sample(Record):
     file: str
-    expected_actions: dict[str, list[int]]
+    expected_actions: dict[str, list[int] | list[list[float]]]  # continuous: one vector per observation
 
 
 class PolicyManifest(Record):
@@ -125,6 +126,7 @@ class Parity(Record):
     action_agreement: float
     action_agreement_without_ties: float
     ties: int
+    action_tolerance: float | None = None  # continuous actions: the largest |difference| that agrees
 
 
 class FineTuning(Record):
