@@ -104,7 +104,12 @@ def settings(argv: Sequence[str], params: Params) -> Settings:
     """``pi_bundle`` with ``evaluation`` cut down to the ``--env`` entries: the keys dvc.yaml declares."""
     env_ids = list(dict.fromkeys(arguments(argv).env))
     shared = {key: value for key, value in params.raw(SECTION).items() if key != "evaluation"}
-    rows = {env_id: params.raw(f"{SECTION}.evaluation.{env_id}") for env_id in env_ids}
+    table = params.raw(f"{SECTION}.evaluation")
+    for env_id in env_ids:
+        if env_id not in table:
+            raise ParamError(f"{params.path}: pi_bundle.evaluation has no entry for {env_id} (--env {env_id}); "
+                             f"add its evaluation seeds and episode cap")
+    rows = {env_id: table[env_id] for env_id in env_ids}
     params.read_keys += [f"{SECTION}.{key}" for key in shared] + [f"{SECTION}.evaluation.{e}" for e in env_ids]
     return validate(Settings, {**shared, "evaluation": rows}, SECTION, params.path)
 
