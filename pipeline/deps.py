@@ -16,7 +16,10 @@ Three kinds, each owned by this command (edit the rest of dvc.yaml by hand):
 - **Consumers' folders.** A stage whose ``meta`` says ``derive: [every_report]`` (the report)
   depends on the ``reports/<folder>`` of every other stage; ``derive: [training_logs]`` (the
   aggregate) on the ``data/<folder>`` holding the training logs (DVCLive folders, declared as
-  plots and metrics) of every per-seed stage that exports a policy. A new experiment's folders are then added by this command.
+  plots and metrics) of every stage that exports a policy, or on each such log's own
+  ``.../dvclive`` folder where ``data/<folder>`` also holds resumable training state (a
+  ``type: checkpoint`` output: the Atari runs' checkpoints are gigabytes, cached, not committed).
+  A new experiment's folders are then added by this command.
 - **The lists.** A gathering stage (a dependency on a folder of other stages' outputs:
   ``reports/evaluate/policies``, ``data/policies``) reads what the DAG declares, so it also
   depends on the params that decide which stages exist: the lists ``foreach``/``matrix`` iterate
@@ -185,10 +188,20 @@ def derived_folders(rule: str, stage: StageSpec, stages: list[StageSpec]) -> lis
                 if other.group != stage.group and parts[0] == "reports" and len(parts) >= 3:
                     folders.append(f"reports/{parts[1]}")
     elif rule == "training_logs":
+        with_state = {Path(state).parts[1] for other in stages for state in other.state
+                      if Path(state).parts[0] == "data" and len(Path(state).parts) >= 3}
         for other in stages:
-            if other.seed is not None and other.policies:
-                folders += [f"data/{Path(log).parts[1]}" for log in other.plots
-                            if Path(log).parts[0] == "data" and len(Path(log).parts) >= 3]
+            if other.policies:
+                for log in map(Path, other.plots):
+                    if log.parts[0] != "data" or len(log.parts) < 3:
+                        continue
+                    # A folder that also holds resumable training state (data/atari_dqn: gigabytes
+                    # of checkpoints, cached, and TensorBoard's files beside them) is not read
+                    # whole: the log's own DVCLive folder is (<folder>/dvclive/plots/metrics).
+                    if log.parts[1] not in with_state:
+                        folders.append(f"data/{log.parts[1]}")
+                    elif log.parts[-3:] == ("dvclive", "plots", "metrics"):
+                        folders.append(log.parent.parent.as_posix())
     else:
         raise ValueError(f"stage {stage.name}: meta.{DERIVE} rule {rule!r} is not one of {', '.join(RULES)}")
     return list(dict.fromkeys(folders))
@@ -196,6 +209,8 @@ def derived_folders(rule: str, stage: StageSpec, stages: list[StageSpec]) -> lis
 
 def _owned_by(rule: str, dep: str) -> bool:
     parts = Path(dep).parts
+    if rule == "training_logs" and parts and parts[0] == "data" and parts[-1] == "dvclive":
+        return True  # a training log's own folder (see derived_folders)
     top = {"every_report": "reports", "training_logs": "data"}[rule]
     return len(parts) == 2 and parts[0] == top and dep != str(POLICY_INDEX)
 
