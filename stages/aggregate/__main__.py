@@ -8,7 +8,13 @@ algorithm and cap: mean, median and interquartile mean across runs, each with a 
 bootstrap interval (stages/policies/statistics.py); per pair of algorithms on the same environment
 and cap: the probability of improvement P(X > Y) with its interval. A claim that X beats Y is made
 only when that interval lies above 1/2. Learning curves: the IQM across seeds of each training
-log's mean return, with its interval shaded.
+log's mean return, with its interval shaded, against the environment steps where the log counts
+them (Atari: recipes that take different numbers of steps per iteration share an axis).
+
+A single run (the book's Atari recipe, one training seed) is an algorithm of one run: its IQM is
+its score, with no interval, and P(X > Y) against it resamples the other algorithm's runs only:
+the single run's own spread is unknown, so the interval says how sure the other side's seeds
+are, not how lucky the single run was.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from itertools import permutations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from stages.aggregate import Settings, settings
 from stages.core.io import write_csv, write_json, write_text
@@ -27,8 +34,10 @@ from stages.core.plotting import new_figure, save_figure
 from stages.core.settings import ParamError, Params, run_stage
 from stages.policies.statistics import (
     AGGREGATES,
+    Interval,
     curve_intervals,
     interval_estimates,
+    probability_of_improvement,
     probability_of_improvement_interval,
 )
 from stages.core.timings import write_timings
@@ -97,6 +106,25 @@ def summarise(scores: pd.DataFrame, env_of: dict[str, str], rng: np.random.Gener
     return pd.DataFrame(rows)
 
 
+def improvement_interval(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, cfg: Settings) -> Interval:
+    """P(X > Y) with its bootstrap interval; where one side is a single run, only the other side's
+    runs are resampled (a single run has no spread to resample)."""
+    if min(len(x), len(y)) >= 2 or max(len(x), len(y)) < 2 or np.all(np.concatenate([x, y]) == x[0]):
+        return probability_of_improvement_interval(x, y, rng, confidence=cfg.confidence, resamples=cfg.resamples)
+    if len(y) == 1:
+        def statistic(runs: np.ndarray, axis: int = -1) -> np.ndarray:
+            return probability_of_improvement(np.moveaxis(runs, axis, -1), y)
+        runs = x
+    else:
+        def statistic(runs: np.ndarray, axis: int = -1) -> np.ndarray:
+            return probability_of_improvement(x, np.moveaxis(runs, axis, -1))
+        runs = y
+    result = stats.bootstrap((runs,), statistic, n_resamples=cfg.resamples, confidence_level=cfg.confidence,
+                             method="percentile", vectorized=True, rng=rng)
+    return Interval(float(probability_of_improvement(x, y)), float(result.confidence_interval.low),
+                    float(result.confidence_interval.high))
+
+
 def compare(scores: pd.DataFrame, env_of: dict[str, str], rng: np.random.Generator,
             cfg: Settings) -> pd.DataFrame:
     """P(X > Y) for every ordered pair of algorithms on the same environment and cap."""
@@ -107,9 +135,7 @@ def compare(scores: pd.DataFrame, env_of: dict[str, str], rng: np.random.Generat
         for x, y in permutations(sorted(by_algorithm), 2):
             if env_of[x] != env_of[y]:
                 continue
-            interval = probability_of_improvement_interval(by_algorithm[x], by_algorithm[y], rng,
-                                                           confidence=cfg.confidence,
-                                                           resamples=cfg.resamples)
+            interval = improvement_interval(by_algorithm[x], by_algorithm[y], rng, cfg)
             # With very few runs the bootstrap cannot show its own uncertainty (two runs of X
             # above two of Y give the interval [1, 1]), so claims need min_runs_for_claims runs.
             enough = min(len(by_algorithm[x]), len(by_algorithm[y])) >= cfg.min_runs_for_claims
@@ -131,6 +157,19 @@ def supported_claims(comparisons: pd.DataFrame, confidence: float) -> list[str]:
     return claims
 
 
+ENVIRONMENT_STEPS = "environment_steps"  # a log column the Atari stage writes: one axis for every recipe
+
+
+def curve_axes(frame: pd.DataFrame) -> tuple[str, str]:
+    """A training log's x (its environment steps where it counts them, else its step) and its
+    return column (``mean_return``; the Atari stage's ``average_return``)."""
+    x_name = ENVIRONMENT_STEPS if ENVIRONMENT_STEPS in frame.columns else frame.columns[0]
+    y_name = next((c for c in ("mean_return", "average_return") if c in frame.columns), None)
+    if y_name is None:
+        raise ParamError(f"a training log has no mean_return or average_return column: {', '.join(frame.columns)}")
+    return x_name, y_name
+
+
 def learning_curves(algorithms: list[str], returns: pd.DataFrame, index: pd.DataFrame,
                     rng: np.random.Generator, cfg: Settings) -> list[dict]:
     """Per training run family (algorithms sharing logs, e.g. dqn and dqn_final: one curve), the
@@ -147,10 +186,10 @@ def learning_curves(algorithms: list[str], returns: pd.DataFrame, index: pd.Data
             continue
         seen.add(frozenset(logs.values()))
         frames = [read_history(logs[seed]) for seed in sorted(logs)]  # the step first, by its name
-        x_name = frames[0].columns[0]
+        x_name, y_name = curve_axes(frames[0])
         length = min(len(f) for f in frames)
         points = np.unique(np.linspace(0, length - 1, min(cfg.curve_points, length)).round().astype(int))
-        runs = np.stack([f["mean_return"].to_numpy(dtype=float)[points] for f in frames])
+        runs = np.stack([f[y_name].to_numpy(dtype=float)[points] for f in frames])
         known = np.isfinite(runs).all(axis=0)  # early points where a run had no finished episode
         point, low, high = curve_intervals(runs[:, known], rng, confidence=cfg.confidence,
                                            resamples=cfg.resamples)
@@ -185,25 +224,37 @@ def plot_interval_estimates(summary: pd.DataFrame, path: str, confidence: float)
 
 def plot_learning_curves(curves: list[dict], path: str, confidence: float) -> None:
     """One panel per environment and training length (imitation's 5,000 iterations and
-    REINFORCE's 150 do not share an axis; the DQN variants' 600 episodes do)."""
+    REINFORCE's 150 do not share an axis; the DQN variants' 600 episodes do); curves against
+    environment steps share their environment's panel whatever their length."""
 
     def panel(curve: dict) -> tuple[str, str, float]:
-        return curve["env_id"], curve["x_name"], float(curve["x"][-1])
+        length = 0.0 if curve["x_name"] == ENVIRONMENT_STEPS else float(curve["x"][-1])
+        return curve["env_id"], curve["x_name"], length
 
     panels = sorted({panel(c) for c in curves})
     fig, axes = new_figure(1, max(len(panels), 1), squeeze=False, constrained_layout=True,
                            figsize=(5 * max(len(panels), 1), 4.5))
     for ax, (env_id, x_name, last) in zip(axes[0], panels):
         for i, curve in enumerate(c for c in curves if panel(c) == (env_id, x_name, last)):
+            runs = len(curve["seeds"])
             ax.plot(curve["x"], curve["iqm"], color=f"C{i}",
-                    label=f"{curve['algorithm']} ({len(curve['seeds'])} seeds)")
+                    label=f"{curve['algorithm']} ({runs} seed{'s' if runs != 1 else ''})")
             ax.fill_between(curve["x"], curve["low"], curve["high"], color=f"C{i}", alpha=0.2)
-        ax.set_xlabel(f"training {x_name}")
+        ax.set_xlabel("environment steps" if x_name == ENVIRONMENT_STEPS else f"training {x_name}")
         ax.set_ylabel("mean return (IQM across seeds)")
         ax.set_title(env_id)
         ax.legend(loc="upper left", fontsize=8)
     fig.suptitle(f"Learning curves: IQM across seeds, shaded {confidence:.0%} bootstrap interval")
     save_figure(fig, path)
+
+
+def curves_table(curves: list[dict]) -> pd.DataFrame:
+    """The learning curves' points, one row each (the report draws its per-environment figures from it)."""
+    columns = ["algorithm", "env_id", "x_name", "x", "iqm", "ci_low", "ci_high", "runs"]
+    rows = [{"algorithm": c["algorithm"], "env_id": c["env_id"], "x_name": c["x_name"], "x": x, "iqm": m,
+             "ci_low": low, "ci_high": high, "runs": len(c["seeds"])}
+            for c in curves for x, m, low, high in zip(c["x"], c["iqm"], c["low"], c["high"])]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def metrics(summary: pd.DataFrame, claims: list[str], cfg: Settings) -> dict:
@@ -223,6 +274,8 @@ def metrics(summary: pd.DataFrame, claims: list[str], cfg: Settings) -> dict:
             "confidence": cfg.confidence, "resamples": cfg.resamples, "bootstrap_seed": cfg.seed,
             "claim_rule": "X beats Y when the whole interval of P(X > Y) lies above 0.5 and each "
                           f"has at least {cfg.min_runs_for_claims} runs",
+            "single_run": "an algorithm of one run (the book's Atari recipe): its aggregates are its "
+                          "score, without interval; P(X > Y) against it resamples the other side's runs only",
         },
         "algorithms": algorithms,
         "supported_comparisons": claims,
@@ -252,6 +305,7 @@ def main() -> None:
         "runs per algorithm)."]) + "\n")
     plot_interval_estimates(summary, f"{REPORTS}/interval_estimates.png", cfg.confidence)
     plot_learning_curves(curves, f"{REPORTS}/learning_curves.png", cfg.confidence)
+    write_csv(f"{REPORTS}/learning_curves.csv", curves_table(curves))
     write_json(f"{REPORTS}/metrics.json", metrics(summary, claims, cfg))
     write_timings(NAME, {"wall_time_s": round(time.perf_counter() - started, 3)})
 

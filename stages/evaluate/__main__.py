@@ -8,18 +8,26 @@ episode's return (returns.csv), per policy and step cap the mean, spread, median
 mean and a 95% bootstrap interval of the mean with what the aggregate and the report need of the
 policy's index entry (summary.csv, metrics.json), and a figure of the means with their intervals.
 It reads no model: seconds, whatever the number of policies.
+
+What an index entry leaves out is taken from the DAG (:func:`completed`): the training log of the
+run that made a policy and its training seed. The Atari stage's entries carry neither, so the
+runs of atari_dqn.runs get their seed and an algorithm shared across their seeds, the name before
+``_s<seed>`` as for every per-seed policy (``breakout_drq_eps_s0_dqn`` -> ``breakout_drq_eps``),
+and the book's single Atari runs their one training seed: the aggregate sets a recipe's seeds
+beside the book's run.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from stages.core.dag import declared_policies
+from stages.core.dag import StageSpec, policy_producers, read_dag
 from stages.core.io import write_csv, write_json
 from stages.core.plotting import new_figure, save_figure
 from stages.core.settings import InputError, ParamError, Params, run_stage
@@ -52,6 +60,30 @@ def read_results(declared: dict[str, str]) -> tuple[list[dict], pd.DataFrame]:
         summaries.append(summary)
         frames.append(pd.read_csv(returns_path(name)))
     return summaries, pd.concat(frames, ignore_index=True)[RETURN_COLUMNS]
+
+
+def training_log_of(stage: StageSpec) -> str | None:
+    """The stage's DVCLive folder (the folder of its ``dvclive/metrics.json`` output), if it has one."""
+    logs = [Path(out).parent.as_posix() for out in stage.outs
+            if Path(out).parts[-2:] == ("dvclive", "metrics.json")]
+    return logs[0] if len(logs) == 1 else None
+
+
+def completed(summary: dict, stage: StageSpec) -> dict:
+    """``summary`` (a per-policy evaluation) with what the policy's index entry left out taken from
+    its stage in the DAG: its training log, and the seed of the run that made it: a per-seed
+    stage's seed (the algorithm then the name before ``_s<seed>``), or a single run's one training seed."""
+    summary = dict(summary)
+    if summary.get("training_log") is None:
+        summary["training_log"] = training_log_of(stage)
+    if summary.get("seed") is not None or summary.get("algorithm") not in (None, summary["policy"]):
+        return summary
+    if stage.seed is not None:
+        summary["seed"] = int(stage.seed)
+        summary["algorithm"] = re.sub(rf"_s{stage.seed}(_.*)?$", "", summary["policy"])
+    elif len(summary.get("training_seeds") or []) == 1:
+        summary["seed"] = int(summary["training_seeds"][0])
+    return summary
 
 
 def check_held_out(summaries: list[dict], returns: pd.DataFrame, seed_start: int) -> None:
@@ -96,12 +128,16 @@ def plot_intervals(summary: pd.DataFrame, path: str) -> None:
 
 def main() -> None:
     cfg = settings(sys.argv[1:], Params.load())
-    declared = declared_policies()
+    producers = policy_producers(read_dag())
+    declared = {name: stage.name for name, stage in producers.items()}
     if not declared:
         raise InputError("no stage of dvc.yaml exports a policy to data/policies: nothing to evaluate")
     summaries, returns = read_results(declared)
     check_held_out(summaries, returns, cfg.seed_start)
-    returns["seed"] = returns["seed"].astype("Int64")
+    summaries = [completed(s, producers[s["policy"]]) for s in summaries]
+    identity = {s["policy"]: (s["algorithm"], s["seed"]) for s in summaries}
+    returns["algorithm"] = returns["policy"].map(lambda p: identity[p][0])
+    returns["seed"] = returns["policy"].map(lambda p: identity[p][1]).astype("Int64")
     summary = summary_rows(summaries)
     write_csv(f"{REPORTS}/returns.csv", returns)
     write_csv(f"{REPORTS}/summary.csv", summary)

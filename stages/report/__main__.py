@@ -20,7 +20,9 @@ none; an image not there shows its placeholder text. It holds, in order,
   (stages/report/figures.py, into reports/report/);
 - a section per stage package (its anchor is the package name: ``#dqn``), with a subsection per
   experiment of it (``#dqn@double_dqn``) where it has several: the settings its stages read (as
-  DVC resolves them), its figures and GIFs side by side, texts, the held-out evaluation of the
+  DVC resolves them), its figures and GIFs side by side (with, where its training logs count
+  environment steps, its environment's learning curves from the aggregate: the Atari recipes
+  beside the book's), texts, the held-out evaluation of the
   policies it exports and the book's other numbers. A new experiment, variant, configuration or
   game gets its section with no code here;
 - sections for the multi-seed aggregate and the Raspberry Pi bundle, from their files when present;
@@ -58,7 +60,7 @@ from stages.core.settings import Bootstrap, InputError, Params, run_stage
 from stages.core.timings import read_timings
 from stages.report import settings
 from stages.report.comparison import Anchor, comparisons, read_anchors
-from stages.report.figures import interval_figures
+from stages.report.figures import report_figures
 from stages.report.results import (
     NOT_RUN,
     REPORTS,
@@ -182,14 +184,19 @@ def anchors_of(layout: Layout, anchors: dict[tuple[str, str, int], Anchor]) -> l
 
 def experiment_view(layout: Layout, entry: dict[str, Any] | None, m: Measurement,
                     summary: pd.DataFrame | None,
-                    anchors: dict[tuple[str, str, int], Anchor] | None = None) -> dict[str, Any]:
+                    anchors: dict[tuple[str, str, int], Anchor] | None = None,
+                    curves: dict[str, str] | None = None) -> dict[str, Any]:
+    """One experiment's section; ``curves``: algorithm -> its environment's learning-curve figure."""
+    algorithms = set() if summary is None else set(
+        summary.loc[summary["policy"].isin(layout.policies), "algorithm"])
+    shared = sorted({figure for algorithm, figure in (curves or {}).items() if algorithm in algorithms})
     return {
         "name": layout.name, "module": layout.module, "desc": layout.desc, "book": book_view(entry),
         "anchors": anchors_of(layout, anchors or {}),
         "result": measurement_view(m), "seeds": list(layout.seeds),
         "settings": yaml.safe_dump(layout.settings, sort_keys=False, default_flow_style=None)
         if layout.settings else "",
-        "figures": list(layout.figures), "gifs": list(layout.gifs),
+        "figures": [*layout.figures, *shared], "gifs": list(layout.gifs),
         "texts": [{"path": t, "content": (REPORTS / t).read_text() if (REPORTS / t).is_file() else None}
                   for t in layout.texts],
         "has_policies": bool(layout.policies), "evaluation": evaluation_rows(summary, layout.policies),
@@ -285,14 +292,16 @@ def context(stages: list[StageSpec], profile: str, bootstrap: Bootstrap, partial
         raise InputError(f"{BOOK_RESULTS} has entries for {', '.join(unknown)}, which are not "
                          f"experiments of dvc.yaml (known: {', '.join(layouts)})")
     returns, summary = read_csv(EVALUATION / "returns.csv"), read_csv(EVALUATION / "summary.csv")
+    aggregate_summary = read_csv(AGGREGATE / "summary.csv")
+    intervals, curves = report_figures(summary, aggregate_summary, read_csv(AGGREGATE / "learning_curves.csv"),
+                                       REPORTS)
     # Policy -> algorithm, for the policies evaluated (one not evaluated yet is shown as not run yet).
     algorithms = {} if summary is None else dict(zip(summary["policy"], summary["algorithm"]))
     anchors = read_anchors()
     experiments = [experiment_view(layout, book.get(name),
                                    measure(layout, book.get(name), returns, algorithms, bootstrap), summary,
-                                   anchors)
+                                   anchors, curves)
                    for name, layout in layouts.items()]
-    aggregate_summary = read_csv(AGGREGATE / "summary.csv")
     pairs = read_csv(AGGREGATE / "probability_of_improvement.csv")
     evaluation = read_json(EVALUATION / "metrics.json")
     return {
@@ -307,7 +316,7 @@ def context(stages: list[StageSpec], profile: str, bootstrap: Bootstrap, partial
             "files": [f"evaluate/{f}" for f in ("summary.csv", "returns.csv", "metrics.json")
                       if (EVALUATION / f).is_file()],
             "all_policies_figure": "evaluate/intervals.png" if summary is not None else None,
-            "figures": interval_figures(summary, aggregate_summary, REPORTS)},
+            "figures": intervals},
         "aggregate": aggregate_view(), "pi_bundle": pi_bundle_rows(), "provenance": provenance_view(summary),
         "not_run": NOT_RUN,
     }

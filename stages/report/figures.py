@@ -7,6 +7,12 @@ figure (a dot: the held-out mean; a thin bar: its 95% bootstrap interval), and, 
 stage has run, a wide pale bar behind them gives the IQM across seeds with its interval. A policy
 without a training seed (an Atari game's) is a black dot on a row of its own. Step caps (CartPole's
 200 and 500) are panels side by side, so the figure's height grows with algorithms, not policies.
+
+Where training logs count environment steps (the Atari stage's: the book's recipe and the others
+of atari_dqn.recipes), their learning curves share an axis whatever a recipe's steps per
+iteration: one figure per such environment draws the aggregate's curves (IQM across seeds, its
+interval shaded; a single run is its own line) against environment steps, and the sections of the
+experiments drawn in it show it.
 """
 
 from __future__ import annotations
@@ -105,15 +111,44 @@ def plot_environment(env_id: str, frame: pd.DataFrame, aggregate: pd.DataFrame |
                              tuple(caps))
 
 
-def interval_figures(summary: pd.DataFrame | None, aggregate: pd.DataFrame | None,
-                     reports: Path) -> list[EnvironmentFigure]:
-    """Write reports/report/ anew (one PNG per environment, sorted by id); nothing without an evaluation."""
+ENVIRONMENT_STEPS = "environment_steps"  # the aggregate's x for logs that count environment steps
+
+
+def plot_curves(env_id: str, curves: pd.DataFrame, path: Path) -> None:
+    """One environment's learning curves against environment steps, an algorithm per line."""
+    fig, ax = new_figure(figsize=(7.5, 4.5), constrained_layout=True)
+    for i, (algorithm, curve) in enumerate(curves.groupby("algorithm", sort=True)):
+        curve = curve.sort_values("x")
+        runs = int(curve["runs"].iloc[0])
+        ax.plot(curve["x"], curve["iqm"], color=f"C{i}",
+                label=f"{algorithm} ({runs} training seed{'s' if runs != 1 else ''})")
+        if runs > 1:
+            ax.fill_between(curve["x"], curve["ci_low"], curve["ci_high"], color=f"C{i}", alpha=0.2)
+    ax.set_xlabel("environment steps (agent steps, 4 frames each)")
+    ax.set_ylabel("training return, last 10 episodes (IQM across seeds)")
+    ax.legend(loc="upper left", fontsize=9)
+    ax.set_title(f"{env_id}: learning curves, shaded 95% bootstrap interval across seeds", fontsize=11)
+    save_figure(fig, path)
+
+
+def report_figures(summary: pd.DataFrame | None, aggregate: pd.DataFrame | None, curves: pd.DataFrame | None,
+                   reports: Path) -> tuple[list[EnvironmentFigure], dict[str, str]]:
+    """Write reports/report/ anew: one interval figure per environment (sorted by id; none without
+    an evaluation), and one learning-curve figure per environment whose curves count environment
+    steps. Returns the interval figures, and algorithm -> its curve figure (relative to reports/)."""
     figures: list[EnvironmentFigure] = []
+    shown: dict[str, str] = {}
     with atomic_folder(reports / FOLDER) as folder:
+        if curves is not None and not curves.empty:
+            stepped = curves[curves["x_name"] == ENVIRONMENT_STEPS]
+            for env_id, group in stepped.groupby("env_id", sort=True):
+                name = f"learning_curves_{slug(env_id)}.png"
+                plot_curves(env_id, group, folder / name)
+                shown.update({algorithm: f"{FOLDER}/{name}" for algorithm in group["algorithm"].unique()})
         if summary is None or summary.empty:
-            return figures
+            return figures, shown
         colours = seed_colours(summary)
         for env_id in sorted(summary["env_id"].unique()):
             figures.append(plot_environment(env_id, summary[summary["env_id"] == env_id], aggregate, colours,
                                             folder / f"intervals_{slug(env_id)}.png"))
-    return figures
+    return figures, shown

@@ -165,6 +165,8 @@ def measure(layout: Layout, entry: dict[str, Any] | None, returns: pd.DataFrame 
     if entry is None:
         evaluated = [algorithms[p] for p in layout.policies if p in algorithms]
         if not evaluated:
+            if layout.policies:  # it exports policies, not evaluated yet
+                return Measurement(NOT_RUN, NOT_RUN)
             return Measurement("-", "no book number", wall_time_s=wall)
         rows, description = returns_of({"policy": evaluated[0]}, returns)
         if rows is None:
