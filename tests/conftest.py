@@ -215,6 +215,7 @@ def dvclive_history(folder: Path, step_name: str, metrics: set[str]):
 LONGEST_FIRST = ("tests/test_slurm.py::", "tests/test_extending.py::",
                  "tests/test_pipeline.py::test_dvc_repro_reproduces",
                  "tests/test_atari.py::test_both_games_run_end_to_end",
+                 "tests/test_atari_recipe.py::test_every_run_of_a_recipe",
                  "tests/test_report.py::test_dvc_metrics_and_plots",
                  "tests/test_pipeline.py::test_a_parameter_change")
 

@@ -1,13 +1,18 @@
 """The Atari stage's second recipe (DrQ(epsilon)'s changes to the book's DQN): its settings, the
 random-shift augmentation of training batches, the n-step double-DQN targets, the dueling head
-and the choice of precision."""
+and the choice of precision; the shift, which observations of a training sample it moves, and
+the n-step double-DQN loss each against a small case computed by hand. End to end (e2e): every
+run of atari_dqn.runs in the quick profile, under Snakemake (the shared quick run) and DVC."""
 
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 import tensorflow as tf
 from tf_agents.environments.tf_py_environment import TFPyEnvironment
 from tf_agents.replay_buffers.tf_uniform_replay_buffer import TFUniformReplayBuffer
@@ -18,6 +23,7 @@ from pi.policy_contract import make_atari_env
 from stages.atari_dqn import Section, settings
 from stages.atari_dqn.agent import (
     AtariQNetwork,
+    augmented,
     build_agent,
     cpu_flags,
     random_shift,
@@ -29,8 +35,10 @@ from stages.atari_dqn.__main__ import (
     shaping_settings,
     training_batch,
 )
+from stages.core.dag import read_dag
 from stages.core.settings import ParamError, Params
 from stages.tf_agents_kit.environment import GymnasiumPyEnvironment
+from tests.conftest import DVC, file_digests, remove_outputs, run
 
 # DrQ(epsilon)'s changes (Dopamine, labs/atari_100k/configs/DrQ_eps.gin), small where it is only
 # about time.
@@ -143,6 +151,66 @@ def test_random_shift_is_an_edge_pad_and_a_crop_within_pad():
     assert len(seen) > 1 and seen != {(0, 0)}  # shifts differ from image to image
 
 
+class FixedShifts:
+    """A stand-in for the shifts' generator: ``uniform`` gives these row and column offsets, one
+    per image, as random_shift asks for them ([2, images])."""
+
+    def __init__(self, rows: list[int], columns: list[int]) -> None:
+        self.offsets = tf.constant([rows, columns], tf.int32)
+
+    def uniform(self, shape, minval, maxval, dtype):
+        offsets = self.offsets.numpy()
+        assert list(shape) == list(offsets.shape) and dtype == tf.int32
+        assert (minval <= offsets).all() and (offsets < maxval).all()  # what the generator could draw
+        return self.offsets
+
+
+def test_a_shift_by_hand():
+    """Two 4 x 4 images of two channels (a frame stack), pad 1: each is shifted by its own offset,
+    both channels alike, the edge pixels repeated where the image moved away from the border."""
+    first = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    second = first + 100
+    images = np.stack([np.stack([first, first + 50], axis=-1), np.stack([second, second + 50], axis=-1)])
+    # Image 1: crop one row down and one column left of centre (pixel (i, j) is (i+1, j-1)'s);
+    # image 2: one row up and one column right (pixel (i, j) is (i-1, j+1)'s).
+    shifted = random_shift(tf.constant(images), 1, FixedShifts([1, -1], [-1, 1])).numpy()
+    np.testing.assert_array_equal(shifted[0, ..., 0], [[4, 4, 5, 6],
+                                                       [8, 8, 9, 10],
+                                                       [12, 12, 13, 14],
+                                                       [12, 12, 13, 14]])
+    np.testing.assert_array_equal(shifted[1, ..., 0], [[101, 102, 103, 103],
+                                                       [101, 102, 103, 103],
+                                                       [105, 106, 107, 107],
+                                                       [109, 110, 111, 111]])
+    np.testing.assert_array_equal(shifted[..., 1], shifted[..., 0] + 50)  # the stack moves as one
+    assert shifted.dtype == np.uint8
+
+
+def test_a_training_sample_has_its_first_and_last_observation_shifted_by_hand():
+    """One sample of 3 steps (n_step_update = 2): the loss reads the first observation (the state)
+    and the last (the bootstrapped state); each gets its own shift, the one between none, and
+    nothing but the observations changes."""
+    frames = np.stack([np.arange(16, dtype=np.uint8).reshape(4, 4) + 100 * step for step in range(3)])
+    sample = Trajectory(
+        step_type=tf.constant([[1, 1, 1]], tf.int32), observation=tf.constant(frames[None, ..., None]),
+        action=tf.constant([[2, 0, 3]], tf.int64), policy_info=(), next_step_type=tf.constant([[1, 1, 1]], tf.int32),
+        reward=tf.constant([[1.0, 0.0, 5.0]], tf.float32), discount=tf.constant([[1.0, 1.0, 1.0]], tf.float32))
+    # Offsets, first observation then last: (rows +1, columns 0) and (rows 0, columns -1).
+    shifted = augmented(sample, 1, FixedShifts([1, 0], [0, -1]))
+    observations = shifted.observation.numpy()[0, ..., 0]
+    np.testing.assert_array_equal(observations[0], [[4, 5, 6, 7],
+                                                    [8, 9, 10, 11],
+                                                    [12, 13, 14, 15],
+                                                    [12, 13, 14, 15]])
+    np.testing.assert_array_equal(observations[1], frames[1])  # between: as collected
+    np.testing.assert_array_equal(observations[2], [[200, 200, 201, 202],
+                                                    [204, 204, 205, 206],
+                                                    [208, 208, 209, 210],
+                                                    [212, 212, 213, 214]])
+    for field in ("step_type", "action", "next_step_type", "reward", "discount"):
+        np.testing.assert_array_equal(getattr(shifted, field).numpy(), getattr(sample, field).numpy())
+
+
 def test_training_batches_are_shifted_and_acting_is_not():
     cfg = recipe_settings(DRQ)
     tf_env = atari_env(cfg)
@@ -224,6 +292,28 @@ def test_n_step_double_dqn_targets_by_hand():
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
+def test_double_dqn_values_the_online_networks_choice_with_the_target_network_by_hand():
+    """Online and target networks that disagree: the bootstrapped value is the target network's
+    value of the action the online network picks, not the target network's largest value."""
+    cfg = recipe_settings({**DRQ, "agent": {**DRQ["agent"], "n_step_update": 2, "discount": 0.9}})
+    tf_env = atari_env(cfg)
+    agent, _ = build_agent(tf_env, cfg)
+    constant_q(agent._q_network, 0.0, [0.0, 1.0, 0.0, 0.2])         # Q = [-0.3, 0.7, -0.3, -0.1]
+    constant_q(agent._target_q_network, 1.0, [2.0, 0.0, 0.0, 0.0])  # Q = [2.5, 0.5, 0.5, 0.5]
+    mid = int(ts.StepType.MID)
+    experience = Trajectory(
+        step_type=tf.constant([[mid] * 3], tf.int32),
+        observation=tf.zeros((1, 3, *tf_env.observation_spec().shape), tf.uint8),
+        action=tf.constant([[3, 2, 0]], tf.int64), policy_info=(),
+        next_step_type=tf.constant([[mid] * 3], tf.int32),
+        reward=tf.constant([[1.0, 0.5, 7.0]], tf.float32), discount=tf.constant([[1.0, 1.0, 1.0]], tf.float32))
+    # The online network picks action 1 in the third state; the target network values it 0.5
+    # (its own largest value, 2.5, would give 3.475). Predicted: the online Q of action 3, -0.1.
+    target = 1.0 + 0.9 * 0.5 + 0.9**2 * 0.5  # 1.855
+    error = target - (-0.1)  # 1.955: Huber's linear part
+    np.testing.assert_allclose(agent.train(experience).loss.numpy(), error - 0.5, rtol=1e-5)
+
+
 def test_dueling_q_values_average_to_the_state_value():
     cfg = recipe_settings(DRQ)
     tf_env = atari_env(cfg)
@@ -285,3 +375,61 @@ def test_bfloat16_network_computes_in_bfloat16_and_answers_in_float32(tmp_path):
     tf.train.Checkpoint(network=float32).restore(saved).assert_existing_objects_matched()
     for ours, theirs in zip(float32.variables, network.variables, strict=True):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_every_run_of_a_recipe_goes_through_the_pipeline_in_the_quick_profile_under_both_engines(
+        clone_of_quick_run):
+    """The quick run (Snakemake, recorded in dvc.lock) trained every run of atari_dqn.runs, on
+    both games: each exported its policy, which was evaluated and converted for the Pi; the
+    aggregate sets Breakout's seeds beside the book's single run, against environment steps; the
+    report has a section per recipe and game, with that figure. Then DVC trains one run of each
+    game again from nothing (outputs and checkpoints deleted): the same bytes, and nothing else runs."""
+    ws = clone_of_quick_run()
+    section = yaml.safe_load((ws / "params.yaml").read_text())["atari_dqn"]
+    runs = section["runs"]
+    assert {run_["game"] for run_ in runs.values()} == {"breakout", "space_invaders"}
+    stages = {stage.name: stage for stage in read_dag(ws)}
+    for name, run_ in runs.items():
+        stage = stages[f"atari_dqn_recipes@{name}"]
+        assert all((ws / output).exists() for output in (*stage.outs, *stage.state)), name
+        metrics = json.loads((ws / f"reports/atari_dqn/{name}/metrics.json").read_text())
+        assert (metrics["recipe"], metrics["seed"], metrics["precision"]) == (run_["recipe"], run_["seed"], "float32")
+        training = section["recipes"][run_["recipe"]]["training"]
+        assert metrics["training"]["environment_steps"] == training["iterations"]  # one step per iteration
+        entry = json.loads((ws / f"data/policies/{name}_dqn/policy.json").read_text())
+        assert entry["stage"] == stage.name and entry["training_seeds"] == [run_["seed"]]
+        assert entry["details"]["recipe"] == run_["recipe"] and "double DQN" in entry["details"]["algorithm"]
+        assert json.loads((ws / f"reports/pi_bundle/policies/{name}_dqn.json").read_text())
+    evaluated = pd.read_csv(ws / "reports/evaluate/summary.csv").set_index("policy")
+    assert (evaluated.at["breakout_drq_eps_s2_dqn", "algorithm"], evaluated.at["breakout_drq_eps_s2_dqn", "seed"]) \
+        == ("breakout_drq_eps", 2)
+    aggregate = pd.read_csv(ws / "reports/aggregate/summary.csv").set_index("algorithm")
+    assert aggregate.at["breakout_drq_eps", "runs"] == 3 and aggregate.at["breakout_dqn", "runs"] == 1
+    pairs = pd.read_csv(ws / "reports/aggregate/probability_of_improvement.csv")
+    assert len(pairs[(pairs["algorithm_x"] == "breakout_drq_eps") & (pairs["algorithm_y"] == "breakout_dqn")]) == 1
+    curves = pd.read_csv(ws / "reports/aggregate/learning_curves.csv")
+    assert {"breakout_dqn", "breakout_drq_eps", "space_invaders_dqn", "space_invaders_drq_eps"} <= set(
+        curves.loc[curves["x_name"] == "environment_steps", "algorithm"])
+    page = (ws / "reports/index.html").read_text()
+    for experiment in ("atari_dqn_recipes@breakout-drq_eps", "atari_dqn_recipes@space_invaders-drq_eps"):
+        assert f'<section id="{experiment}">' in page
+    assert (ws / "reports/report/learning_curves_BreakoutNoFrameskip-v4.png").stat().st_size > 10_000
+    assert "report/learning_curves_BreakoutNoFrameskip-v4.png" in page
+    manifest = json.loads((ws / "data/pi_bundle/manifest.json").read_text())
+    assert {f"{name}_dqn" for name in runs} <= set(manifest["policies"])
+    recipes = [name for name in stages if name.startswith(("atari_dqn_recipes@", "evaluate_atari_dqn_recipes@",
+                                                           "pi_atari_dqn_recipes@"))]
+    assert json.loads(run([DVC, "status", "--json", *recipes], ws).stdout or "{}") == {}
+
+    chosen = [stages["atari_dqn_recipes@breakout_drq_eps_s0"], stages["atari_dqn_recipes@space_invaders_drq_eps_s0"]]
+    before = {stage.name: file_digests(ws, stage.outs) for stage in chosen}
+    remove_outputs(ws, chosen)
+    ran = [line.split("'")[1] for line in run([DVC, "repro"], ws).stdout.splitlines()
+           if line.startswith("Running stage '")]
+    assert sorted(ran) == sorted(stage.name for stage in chosen)
+    for stage in chosen:
+        assert file_digests(ws, stage.outs) == before[stage.name], stage.name

@@ -261,3 +261,17 @@ def test_growing_the_pipeline_changes_only_the_gathering_stages(tmp_path, growth
     assert set(after) > set(before)
     changed = {name for name in before if after[name] != before[name]}
     assert changed == {"evaluate", "aggregate", "pi_bundle", "report"}
+
+
+def test_the_aggregate_reads_training_logs_and_no_resumable_state(repo_root):
+    """The aggregate's derived folders hold training logs: where a stage folder also holds
+    checkpoints (data/atari_dqn: gigabytes, cached, not in git), each log's own DVCLive folder is
+    read instead, the book's single Atari runs' too (their curves are drawn beside the recipes')."""
+    stages = repo_stages()
+    aggregate = next(stage for stage in stages if stage.name == "aggregate")
+    states = [state for stage in stages for state in stage.state]
+    assert not [(dep, state) for dep in aggregate.deps for state in states
+                if state == dep or state.startswith(dep.rstrip("/") + "/")]
+    runs = yaml.safe_load((repo_root / "params.yaml").read_text())["atari_dqn"]["runs"]
+    assert {f"data/atari_dqn/{run}/dvclive" for run in [*runs, "breakout", "space_invaders"]} <= set(aggregate.deps)
+    assert "data/dqn" in aggregate.deps and "data/atari_dqn" not in aggregate.deps

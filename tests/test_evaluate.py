@@ -17,7 +17,7 @@ from pipeline.validation import validate_pipeline
 from pipeline.workspace import create_workspace
 from stages.evaluate import RETURN_COLUMNS, returns_path, summary_path
 from stages.evaluate.__main__ import check_held_out as check_gathered_held_out
-from stages.evaluate.__main__ import read_results, summary_rows
+from stages.evaluate.__main__ import completed, read_results, summary_rows
 from stages.evaluate.policy import check_held_out
 from tests.conftest import edited_params, repo_stages
 
@@ -117,3 +117,24 @@ def test_the_report_shows_missing_results_as_not_run_yet(tmp_path):
     for name in experiments:
         assert f'<section id="{name}">' in page
     assert "Across training seeds (aggregate)" in page and "Raspberry Pi bundle" in page
+
+
+def test_what_an_atari_entry_leaves_out_is_taken_from_the_dag():
+    """The Atari stage's index entries name no training seed, algorithm or log: a recipe run gets
+    its stage's seed and an algorithm across seeds, the book's single run its one training seed,
+    both their DVCLive folder; a per-seed policy that names its own keeps them."""
+    stages = {stage.name: stage for stage in repo_stages()}
+
+    def entry(policy: str, stage: str, training_seeds: list[int], **fields) -> dict:
+        return completed({"policy": policy, "algorithm": policy, "seed": None, "stage": stage,
+                          "training_seeds": training_seeds, "training_log": None, **fields}, stages[stage])
+
+    recipe = entry("breakout_drq_eps_s1_dqn", "atari_dqn_recipes@breakout_drq_eps_s1", [1])
+    assert (recipe["algorithm"], recipe["seed"]) == ("breakout_drq_eps", 1)
+    assert recipe["training_log"] == "data/atari_dqn/breakout_drq_eps_s1/dvclive"
+    book = entry("space_invaders_dqn", "atari_dqn@space_invaders", [42])
+    assert (book["algorithm"], book["seed"], book["training_log"]) == (
+        "space_invaders_dqn", 42, "data/atari_dqn/space_invaders/dvclive")
+    dqn = entry("dqn_final_s0", "dqn@dqn-0", list(range(10, 20)), algorithm="dqn_final", seed=0,
+                training_log="data/dqn/dqn/s0/dvclive")
+    assert (dqn["algorithm"], dqn["seed"], dqn["training_log"]) == ("dqn_final", 0, "data/dqn/dqn/s0/dvclive")

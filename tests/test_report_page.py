@@ -288,5 +288,9 @@ def test_the_published_anchors_name_algorithms_and_environments_of_the_pipeline(
     params = read_params_file(REPO_ROOT / "params.yaml")
     algorithms = {f"{stage}_{config}": run["env_id"] for stage in ("a2c", "ppo", "sac")
                   for config, run in params[stage].items()}
+    atari = params["atari_dqn"]  # a recipe's runs are one algorithm, <game>_<recipe> (stages/evaluate)
+    algorithms |= {f"{run['game']}_{run['recipe']}": atari["games"][run["game"]]["env_id"]
+                   for run in atari["runs"].values()}
     anchors = read_anchors(REPO_ROOT / ANCHORS)
     assert anchors and {(a, env) for a, env, _ in anchors} <= set(algorithms.items())
+    assert ("breakout_drq_eps", "BreakoutNoFrameskip-v4", 27000) in anchors

@@ -78,6 +78,28 @@ def test_a_clear_winner_is_supported_and_a_coin_flip_is_not():
     assert draw.low < 0.5 < draw.high
 
 
+def test_runs_over_seeds_against_a_single_run_resample_their_own_side_only():
+    """The book's Atari recipe is one run: P(X > Y) against it is the share of X's runs above it
+    (ties half), and its interval comes from X's runs alone, either way round."""
+    from stages.aggregate import Settings
+    from stages.aggregate.__main__ import improvement_interval
+
+    cfg = Settings(confidence=0.95, resamples=2000, seed=0, curve_points=10, min_runs_for_claims=5)
+    recipe, book = np.array([9.0, 14.0, 30.0]), np.array([12.8])
+    over = improvement_interval(recipe, book, np.random.default_rng(0), cfg)
+    assert over.point == pytest.approx(2 / 3)
+    assert over.low == 0.0 and over.high == 1.0  # three runs: a resample may hold only the 9
+    under = improvement_interval(book, recipe, np.random.default_rng(0), cfg)
+    assert under.point == pytest.approx(1 / 3) and (under.low, under.high) == (0.0, 1.0)
+    tie = improvement_interval(np.array([12.8, 12.8, 20.0]), book, np.random.default_rng(0), cfg)
+    assert tie.point == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+    # Separated runs: every resample of X lies above the single run.
+    assert improvement_interval(np.array([20.0, 25.0, 30.0]), book, np.random.default_rng(0), cfg) == \
+        Interval(1.0, 1.0, 1.0)
+    # One run each: a single comparison, no interval.
+    assert improvement_interval(np.array([5.0]), book, np.random.default_rng(0), cfg) == Interval(0.0, 0.0, 0.0)
+
+
 def test_curve_intervals_are_pointwise():
     runs = np.array([[0.0, 10, 20], [0.0, 12, 24], [0.0, 14, 30], [0.0, 11, 26]])
     point, low, high = curve_intervals(runs, np.random.default_rng(0), resamples=1000)

@@ -5,8 +5,9 @@ the full profile make a figure taller than a screen). Here a row is an *algorith
 seeds' policies sit side by side in the row's band, each seed in the same colour in every row and
 figure (a dot: the held-out mean; a thin bar: its 95% bootstrap interval), and, where the aggregate
 stage has run, a wide pale bar behind them gives the IQM across seeds with its interval. A policy
-without a training seed (an Atari game's) is a black dot on a row of its own. Step caps (CartPole's
-200 and 500) are panels side by side, so the figure's height grows with algorithms, not policies.
+without a training seed is a black dot on a row of its own (the book's Atari runs carry their one
+seed, 42, from the gathered evaluation). Step caps (CartPole's 200 and 500) are panels side by
+side, so the figure's height grows with algorithms, not policies.
 
 Where training logs count environment steps (the Atari stage's: the book's recipe and the others
 of atari_dqn.recipes), their learning curves share an axis whatever a recipe's steps per
