@@ -9,7 +9,8 @@ bootstrap interval (stages/policies/statistics.py); per pair of algorithms on th
 and cap: the probability of improvement P(X > Y) with its interval. A claim that X beats Y is made
 only when that interval lies above 1/2. Learning curves: the IQM across seeds of each training
 log's mean return, with its interval shaded, against the environment steps where the log counts
-them (Atari: recipes that take different numbers of steps per iteration share an axis).
+them (the Atari runs, A2C, PPO, SAC: runs that take different numbers of steps per iteration, or
+train for different lengths, share an axis).
 
 A single run (the book's Atari recipe, one training seed) is an algorithm of one run: its IQM is
 its score, with no interval, and P(X > Y) against it resamples the other algorithm's runs only:
@@ -157,7 +158,7 @@ def supported_claims(comparisons: pd.DataFrame, confidence: float) -> list[str]:
     return claims
 
 
-ENVIRONMENT_STEPS = "environment_steps"  # a log column the Atari stage writes: one axis for every recipe
+ENVIRONMENT_STEPS = "environment_steps"  # a log column (Atari) or step (A2C, PPO, SAC): one axis for all
 
 
 def curve_axes(frame: pd.DataFrame) -> tuple[str, str]:

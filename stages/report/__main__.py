@@ -22,7 +22,7 @@ none; an image not there shows its placeholder text. It holds, in order,
   experiment of it (``#dqn@double_dqn``) where it has several: the settings its stages read (as
   DVC resolves them), its figures and GIFs side by side (with, where its training logs count
   environment steps, its environment's learning curves from the aggregate: the Atari recipes
-  beside the book's), texts, the held-out evaluation of the
+  beside the book's; A2C beside PPO), texts, the held-out evaluation of the
   policies it exports and the book's other numbers. A new experiment, variant, configuration or
   game gets its section with no code here;
 - sections for the multi-seed aggregate and the Raspberry Pi bundle, from their files when present;

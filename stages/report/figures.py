@@ -9,9 +9,9 @@ without a training seed is a black dot on a row of its own (the book's Atari run
 seed, 42, from the gathered evaluation). Step caps (CartPole's 200 and 500) are panels side by
 side, so the figure's height grows with algorithms, not policies.
 
-Where training logs count environment steps (the Atari stage's: the book's recipe and the others
-of atari_dqn.recipes), their learning curves share an axis whatever a recipe's steps per
-iteration: one figure per such environment draws the aggregate's curves (IQM across seeds, its
+Where training logs count environment steps (the Atari stage's, the book's recipe and the others
+of atari_dqn.recipes; A2C's, PPO's and SAC's), their learning curves share an axis whatever a
+run's steps per iteration or length: one figure per such environment draws the aggregate's curves (IQM across seeds, its
 interval shaded; a single run is its own line) against environment steps, and the sections of the
 experiments drawn in it show it.
 """
@@ -125,8 +125,8 @@ def plot_curves(env_id: str, curves: pd.DataFrame, path: Path) -> None:
                 label=f"{algorithm} ({runs} training seed{'s' if runs != 1 else ''})")
         if runs > 1:
             ax.fill_between(curve["x"], curve["ci_low"], curve["ci_high"], color=f"C{i}", alpha=0.2)
-    ax.set_xlabel("environment steps (agent steps, 4 frames each)")
-    ax.set_ylabel("training return, last 10 episodes (IQM across seeds)")
+    ax.set_xlabel("environment steps (agent steps; after any random warm-up)")
+    ax.set_ylabel("training return, recent episodes (IQM across seeds)")
     ax.legend(loc="upper left", fontsize=9)
     ax.set_title(f"{env_id}: learning curves, shaded 95% bootstrap interval across seeds", fontsize=11)
     save_figure(fig, path)
