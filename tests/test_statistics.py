@@ -202,3 +202,37 @@ def test_too_few_runs_support_no_claim(tmp_path):
     strong_weak = comparisons[(comparisons["algorithm_x"] == "strong") & (comparisons["algorithm_y"] == "weak")]
     assert set(strong_weak["ci_low"]) == {1.0} and not comparisons["x_better"].any()
     assert "No comparison is supported" in (tmp_path / "reports/aggregate/supported_comparisons.txt").read_text()
+
+
+def test_logs_that_count_environment_steps_share_one_axis_whatever_their_length(tmp_path):
+    """The Atari stage logs per iteration with an environment_steps column (1 or 4 steps an
+    iteration, by recipe), A2C/PPO/SAC with environment_steps as their step: the curves are drawn
+    against environment steps, one panel per environment, and the report draws one figure of them."""
+    from stages.aggregate import Settings
+    from stages.aggregate.__main__ import curves_table, learning_curves, plot_learning_curves
+    from stages.report.figures import report_figures
+
+    rows, index = [], []
+    for algorithm, per_iteration, iterations, seeds in (("book", 4, 50, [42]), ("recipe", 1, 100, [0, 1, 2])):
+        for seed in seeds:
+            log = tmp_path / f"data/{algorithm}/s{seed}/dvclive"
+            live = TrainingLive(log, "iteration")
+            for iteration in range(10, iterations + 1, 10):
+                live.log(iteration, environment_steps=per_iteration * iteration, average_return=iteration / 10 + seed,
+                         loss=0.0)
+            live.close()
+            name = f"{algorithm}_s{seed}"
+            rows.append((name, algorithm, seed, 27000, 0, 1000000, 1.0))
+            index.append((name, "ALE/Game-v5", str(log)))
+    returns = pd.DataFrame(rows, columns=["policy", "algorithm", "seed", "max_steps", "episode", "env_seed", "return"])
+    policies = pd.DataFrame(index, columns=["policy", "env_id", "training_log"]).set_index("policy")
+    cfg = Settings(confidence=0.95, resamples=200, seed=0, curve_points=5, min_runs_for_claims=5)
+    curves = learning_curves(["book", "recipe"], returns, policies, np.random.default_rng(0), cfg)
+    assert [(c["algorithm"], c["x_name"], c["x"][-1]) for c in curves] == [
+        ("book", "environment_steps", 200), ("recipe", "environment_steps", 100)]
+    plot_learning_curves(curves, str(tmp_path / "curves.png"), 0.95)  # one panel: ALE/Game-v5
+    table = curves_table(curves)
+    assert set(table["runs"]) == {1, 3} and set(table["x_name"]) == {"environment_steps"}
+    _, shown = report_figures(None, None, table, tmp_path / "reports")
+    assert shown == {"book": "report/learning_curves_ALE_Game-v5.png", "recipe": "report/learning_curves_ALE_Game-v5.png"}
+    assert (tmp_path / "reports/report/learning_curves_ALE_Game-v5.png").stat().st_size > 10_000
