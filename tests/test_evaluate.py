@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -103,6 +104,7 @@ def test_the_report_shows_missing_results_as_not_run_yet(tmp_path):
     """A workspace with nothing run yet, rendered with ``--partial``: every experiment is 'not run
     yet', nothing crashes. (Without it the report refuses: tests/test_report_page.py.)"""
     workspace = create_workspace(tmp_path / "empty", profile=None)
+    shutil.rmtree(workspace / "reports", ignore_errors=True)  # none of the results git keeps either
     from stages.report.__main__ import experiment_layouts, main
 
     cwd = os.getcwd()
