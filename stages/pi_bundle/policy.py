@@ -320,8 +320,9 @@ def main() -> None:
     cfg = settings(sys.argv[1:], Params.load())
     seed_everything(cfg.seed)
     entries = []
-    env_ids = arguments(sys.argv[1:]).env
-    for name in arguments(sys.argv[1:]).policies:
+    command_line = arguments(sys.argv[1:])
+    env_ids = command_line.env
+    for name in command_line.policies:
         if not (INDEX_DIR / name).is_dir():
             raise InputError(f"no policy {name!r} in {INDEX_DIR}: run the stage that exports it first")
         entries.append(read_entry(INDEX_DIR / name))
