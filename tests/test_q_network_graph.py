@@ -88,6 +88,39 @@ def test_a_dense_q_network_on_float_observations_is_read_back(tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
+def test_a_dueling_head_is_read_as_its_advantages(tmp_path):
+    """The Atari recipes' dueling network (stages/atari_dqn/agent.py) is read back as its torso and
+    advantage layer: Q-values up to one constant per observation, so the same greedy actions and
+    the same difference between any two actions' Q-values."""
+    import tensorflow as tf
+    from tf_agents.policies.greedy_policy import GreedyPolicy
+    from tf_agents.policies.policy_saver import PolicySaver
+    from tf_agents.policies.q_policy import QPolicy
+    from tf_agents.specs import tensor_spec
+    from tf_agents.trajectories import time_step as ts
+
+    from stages.atari_dqn.agent import AtariQNetwork
+
+    tf.keras.utils.set_random_seed(6)
+    spec = tensor_spec.BoundedTensorSpec(FRAMES, tf.uint8, 0, 254)
+    action_spec = tensor_spec.BoundedTensorSpec((), tf.int64, 0, N_ACTIONS - 1)
+    q_net = AtariQNetwork(spec, action_spec, conv_layers=[(8, 3, 2)], fc_layers=(16,), dueling=True,
+                          precision="float32")
+    policy = GreedyPolicy(QPolicy(ts.time_step_spec(spec), action_spec, q_network=q_net))
+    PolicySaver(policy, batch_size=None).save(str(tmp_path / "policy"))
+    saved = tf.saved_model.load(str(tmp_path / "policy"))
+    network = read_q_network(saved)
+    assert network.dueling and [layer.kind for layer in network.layers] == ["conv2d", "dense", "dense"]
+    assert network.n_actions == N_ACTIONS and network.divisor == 255.0
+    observations = frames(200, seed=3)
+    expected = q_net(observations)[0].numpy()
+    read = network.q_values(observations).numpy()
+    shift = expected - read
+    np.testing.assert_allclose(shift, np.repeat(shift[:, :1], N_ACTIONS, axis=1), rtol=1e-5, atol=1e-5)
+    assert np.ptp(shift[:, 0]) > 0  # the constant is V(s) - mean A(s, .): it varies with s
+    assert (np.argmax(read, axis=1) == greedy_actions(saved, observations)).all()
+
+
 def test_a_network_with_layers_it_does_not_know_is_refused(tmp_path):
     import tensorflow as tf
     from tf_agents.specs import tensor_spec

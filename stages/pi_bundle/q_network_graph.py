@@ -9,9 +9,12 @@ recognises: the preprocessing of ``EncodingNetwork`` (a cast and a division by a
 ``Conv2D`` with its strides and padding, the flatten, and dense layers, each with ReLU or no
 activation; the variables give the weights.
 
-Anything else (another activation, batch normalisation, a dueling head) is refused with
-:class:`UnreadableNetwork`: the caller then quantizes the whole saved graph after training as
-before. Written here because neither TF-Agents nor TensorFlow rebuild a network from a saved
+A dueling head, ``V(s) + A(s, a) - mean over a' of A(s, a')`` (stages/atari_dqn/agent.py), is
+read as its advantage layer alone: its outputs differ from the Q-values by one number per
+observation, so the greedy action and every difference between two actions' Q-values, which is
+all the Pi bundle uses, are the same. Anything else (another activation, batch normalisation) is
+refused with :class:`UnreadableNetwork`: the caller then quantizes the whole saved graph after
+training as before. Written here because neither TF-Agents nor TensorFlow rebuild a network from a saved
 policy; and a rebuilt network is checked against the saved policy's own actions before use.
 """
 
@@ -39,11 +42,13 @@ class Layer:
 
 @dataclass(frozen=True)
 class QNetwork:
-    """Observations -> Q-values: ``observation / divisor`` (cast to float32), the layers in
-    order, flattened before the first dense layer."""
+    """Observations -> Q-values up to one constant per observation: ``observation / divisor``
+    (cast to float32), the layers in order, flattened before the first dense layer. The constant
+    is 0 but for a dueling head (``dueling``), whose advantage layer is the last layer here."""
 
     divisor: float
     layers: tuple[Layer, ...]
+    dueling: bool = False
 
     @property
     def n_actions(self) -> int:
@@ -99,6 +104,9 @@ def read_q_network(saved_policy: Any) -> QNetwork:
 
     layers: list[Layer] = []
     node = before(next(n for n in function.node_def if n.op == "ArgMax"))
+    dueling = node is not None and node.op == "Sub"
+    if dueling:
+        node = _advantage_of_dueling_head(node, before)
     divisor = 1.0
     while node is not None:
         relu = node.op == "Relu"
@@ -135,4 +143,21 @@ def read_q_network(saved_policy: Any) -> QNetwork:
                 raise UnreadableNetwork(f"unexpected {node.op} node {node.name} before the network's input")
     if not layers or layers[0].kind != "dense":
         raise UnreadableNetwork("the Q-values do not come from a dense layer")
-    return QNetwork(divisor=divisor, layers=tuple(reversed(layers)))
+    return QNetwork(divisor=divisor, layers=tuple(reversed(layers)), dueling=dueling)
+
+
+def _advantage_of_dueling_head(subtraction: Any, before: Any) -> Any:
+    """The advantage layer's BiasAdd of ``(value + advantage) - mean(advantage)``; the value
+    layer (one output) is dropped, as it adds the same to every action's Q-value."""
+    total, mean = before(subtraction, 0), before(subtraction, 1)
+    if mean is None or mean.op != "Mean" or total is None or total.op not in ("AddV2", "Add"):
+        raise UnreadableNetwork(f"{subtraction.name}: a subtraction that is not a dueling head's "
+                                "(value + advantage) - mean(advantage)")
+    advantage = before(mean)
+    terms = {_producer(name) for name in total.input[:2]}
+    if advantage is None or advantage.op != "BiasAdd" or advantage.name not in terms:
+        raise UnreadableNetwork(f"{subtraction.name}: the mean is not over one of the summed layers")
+    value = before(total, 0) if before(total, 1) is advantage else before(total, 1)
+    if value is None or value.op != "BiasAdd":
+        raise UnreadableNetwork(f"{subtraction.name}: the value V(s) is not a dense layer's output")
+    return advantage
