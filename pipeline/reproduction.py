@@ -177,26 +177,36 @@ def dvc_changed_stages(root: Path) -> set[str]:
     return {name.split(":")[-1] for name in status}
 
 
-def record(root: Path) -> tuple[dict[str, Any], list[str]]:
+def record(root: Path, earlier: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str], list[str]]:
     """Digests of every stage whose outputs are exactly what dvc.lock records.
 
-    Returns the record and the stages left out (outputs missing or not matching dvc.lock).
+    A stage whose outputs are not here (a workspace that reran part of the pipeline) keeps its
+    ``earlier`` record when that record was taken from the same dvc.lock entry (the same
+    fingerprint): the digests belong to the entry, not to this folder.
+
+    Returns the record, the stages kept from ``earlier`` and the stages left out (outputs missing
+    or not matching dvc.lock, and no earlier record of the same entry).
     """
     lock = read_lock(root)
     if not lock:
         raise SystemExit(f"{root / LOCK}: no recorded run to take digests of; run the pipeline first")
+    before = (earlier or {}).get("stages") or {}
     changed = dvc_changed_stages(root)
     produced = _produced(lock)
     state = resumable_state(root)
-    stages, skipped = {}, []
+    stages, kept, skipped = {}, [], []
     for name, entry in sorted(lock.items()):
         outputs = _outputs(entry)
+        inputs = fingerprint(entry, produced)
         if name in changed or not all(files_of(root, p) for p in outputs):
-            skipped.append(name)
+            if (before.get(name) or {}).get("inputs") == inputs:
+                stages[name] = before[name]
+                kept.append(name)
+            else:
+                skipped.append(name)
             continue
-        stages[name] = {"inputs": fingerprint(entry, produced),
-                        "files": stage_digests(root, name, outputs, state)}
-    return {"stages": stages}, skipped
+        stages[name] = {"inputs": inputs, "files": stage_digests(root, name, outputs, state)}
+    return {"stages": stages}, kept, skipped
 
 
 @dataclass
@@ -263,12 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     root = args.dir.resolve()
     target = root / DIGESTS
     if args.action == "record":
-        result, skipped = record(root)
+        earlier = yaml.safe_load(target.read_text()) if target.is_file() else None
+        result, kept, skipped = record(root, earlier)
         text = HEADER + yaml.safe_dump(result, sort_keys=True, width=1000)
         partial = target.with_suffix(".yaml.partial")
         partial.write_text(text)
         partial.replace(target)
         print(f"{target}: {len(result['stages'])} stages recorded")
+        for name in kept:
+            print(f"  kept from the earlier record (its dvc.lock entry is unchanged; outputs not here): {name}")
         for name in skipped:
             print(f"  not recorded (outputs missing or not what dvc.lock records): {name}")
         return 0

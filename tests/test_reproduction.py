@@ -170,6 +170,22 @@ def test_stages_not_run_or_not_recorded(tmp_path):
     assert verdicts["train"][0] == "not recorded"
 
 
+def test_record_keeps_the_earlier_digests_of_an_unchanged_entry_whose_outputs_are_not_here(tmp_path, monkeypatch):
+    """A workspace that reran part of the pipeline records what it has; a stage whose outputs it
+    does not have keeps its earlier digests if dvc.lock's entry is the one they were taken from,
+    and has none if the entry changed since."""
+    recorded = _workspace(tmp_path)
+    monkeypatch.setattr(reproduction, "dvc_changed_stages", lambda root: set())
+    (tmp_path / "reports/curve.png").unlink()  # plot's output is not in this workspace
+    result, kept, skipped = reproduction.record(tmp_path, recorded)
+    assert (kept, skipped) == (["plot"], [])
+    assert result["stages"] == recorded["stages"]  # train and page taken again, plot kept
+    stale = {"stages": {**recorded["stages"], "plot": {**recorded["stages"]["plot"], "inputs": "another entry"}}}
+    result, kept, skipped = reproduction.record(tmp_path, stale)
+    assert (kept, skipped) == ([], ["plot"]) and "plot" not in result["stages"]
+    assert reproduction.record(tmp_path)[2] == ["plot"]  # no earlier record: left out
+
+
 def test_check_exits_1_on_a_difference_and_2_without_a_record(tmp_path, capsys):
     recorded = _workspace(tmp_path)
     assert reproduction.main(["check", "--dir", str(tmp_path)]) == 2
