@@ -6,6 +6,7 @@ section."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import RootModel
 
@@ -16,6 +17,10 @@ from stages.core.settings import EnvId, Params, argument_parser, member_of, pars
 class Settings(ActorCriticRun):
     env_id: EnvId
     """A Gymnasium environment with discrete actions (CartPole-v1, LunarLander-v3)."""
+    keep: Literal["last", "best"] = "last"
+    """Which weights are exported: the last update's, or those in use at the logged rollout whose
+    mean return of the last 20 training episodes was highest (the latest of equals). Training
+    returns only: the held-out evaluation never chooses."""
 
 
 class Section(RootModel[dict[str, Settings]]):
