@@ -29,10 +29,17 @@ A training run's resumable state (outputs of ``type: checkpoint``) may be absent
 finished: deleted to free the disk, or left out of a partial pull. An absent resumable state is
 left out of the comparison and named; a present one is compared.
 
+Each stage's record names the CPU it was taken on (:func:`this_machine`: the model and its vector
+instruction sets). TensorFlow's CPU kernels pick their code paths and blocking by CPU, so a
+training stage rerun on another CPU type rounds differently in its first updates, and training
+carries the difference on: a bit-for-bit comparison then says nothing about the code. When a
+stage differs and its record was taken on another CPU, the verdict is ``differs (other CPU)``
+with both CPUs named, and it does not fail the check.
+
 Verdicts: ``reproduced`` (every file as recorded), ``differs`` (with the files), ``differs (known)``
-(only machine-dependent files differ), ``other inputs`` (code or params changed since the record),
-``not run`` (no output present), ``not recorded``. ``check`` exits 1 when a stage differs (known
-differences aside), so it can gate a script.
+(only machine-dependent files differ), ``differs (other CPU)``, ``other inputs`` (code or params
+changed since the record), ``not run`` (no output present), ``not recorded``. ``check`` exits 1
+when a stage differs (known differences and other CPUs aside), so it can gate a script.
 """
 
 from __future__ import annotations
@@ -64,6 +71,24 @@ SEPARATORS = {".csv": ",", ".tsv": "\t"}  # tables whose timing columns are drop
 SNAKEMAKE_DIRECTORY_MARKER = ".snakemake_timestamp"
 HEADER = ("# Timing-free digests of every stage's outputs, beside dvc.lock. Written by\n"
           "# `python -m pipeline.reproduction record`; compare a rerun with `... check`.\n")
+
+
+# Vector instruction sets that decide which code paths TensorFlow's and NumPy's kernels take.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def this_machine(cpuinfo: Path = CPUINFO) -> str:
+    """``"<CPU model> (<instruction sets>)"`` from /proc/cpuinfo's first processor."""
+    fields: dict[str, str] = {}
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    return f"{fields.get('model name', 'unknown CPU')} ({', '.join(f for f in ISA_FLAGS if f in flags) or 'none of ' + ', '.join(ISA_FLAGS)})"
 
 
 # --- what two identical runs share --------------------------------------------------------------
@@ -194,6 +219,7 @@ def record(root: Path, earlier: dict[str, Any] | None = None) -> tuple[dict[str,
     changed = dvc_changed_stages(root)
     produced = _produced(lock)
     state = resumable_state(root)
+    machine = this_machine()
     stages, kept, skipped = {}, [], []
     for name, entry in sorted(lock.items()):
         outputs = _outputs(entry)
@@ -205,7 +231,8 @@ def record(root: Path, earlier: dict[str, Any] | None = None) -> tuple[dict[str,
             else:
                 skipped.append(name)
             continue
-        stages[name] = {"inputs": inputs, "files": stage_digests(root, name, outputs, state)}
+        stages[name] = {"inputs": inputs, "machine": machine,
+                        "files": stage_digests(root, name, outputs, state)}
     return {"stages": stages}, kept, skipped
 
 
@@ -230,9 +257,12 @@ def resumable_state(root: Path) -> set[str]:
     return {path for stage in read_dag(root) for path in stage.state}
 
 
-def check(root: Path, recorded: dict[str, Any], resumable: Iterable[str] = ()) -> list[Verdict]:
+def check(root: Path, recorded: dict[str, Any], resumable: Iterable[str] = (),
+          machine: str | None = None) -> list[Verdict]:
     """Compare the workspace at ``root`` with ``recorded`` (what :func:`record` wrote). Outputs
-    in ``resumable`` (:func:`resumable_state`) that are absent are left out and named."""
+    in ``resumable`` (:func:`resumable_state`) that are absent are left out and named. ``machine``
+    is this one (default :func:`this_machine`): a difference in a stage recorded elsewhere says so."""
+    machine = this_machine() if machine is None else machine
     lock = read_lock(root)
     produced = _produced(lock)
     digests = recorded.get("stages", {})
@@ -259,7 +289,13 @@ def check(root: Path, recorded: dict[str, Any], resumable: Iterable[str] = ()) -
         else:
             different = sorted(p for p in set(have) | set(want) if have.get(p) != want.get(p))
             known = all(machine_dependent(p) and p in have and p in want for p in different)
-            verdicts.append(Verdict(name, "differs (known)" if known else "differs", different))
+            elsewhere = digests[name].get("machine")
+            if known:
+                verdicts.append(Verdict(name, "differs (known)", different))
+            elif elsewhere and elsewhere != machine:
+                verdicts.append(Verdict(name, "differs (other CPU)", [f"recorded on {elsewhere}", *different]))
+            else:
+                verdicts.append(Verdict(name, "differs", different))
     return verdicts
 
 
@@ -297,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     for verdict in verdicts:
         counts[verdict.result] = counts.get(verdict.result, 0) + 1
     print("; ".join(f"{n} {result}" for result, n in sorted(counts.items())))
+    if counts.get("differs (other CPU)"):
+        print(f"differs (other CPU): recorded on another CPU than this one, {this_machine()}; "
+              "TensorFlow's kernels round differently there (see docs/reproducibility.md)")
     if counts.get("differs (known)"):
         print("differs (known): only outputs known to depend on the machine differ "
               f"({', '.join(MACHINE_DEPENDENT)}; see docs/reproducibility.md)")

@@ -179,7 +179,9 @@ def test_record_keeps_the_earlier_digests_of_an_unchanged_entry_whose_outputs_ar
     (tmp_path / "reports/curve.png").unlink()  # plot's output is not in this workspace
     result, kept, skipped = reproduction.record(tmp_path, recorded)
     assert (kept, skipped) == (["plot"], [])
-    assert result["stages"] == recorded["stages"]  # train and page taken again, plot kept
+    taken_again = {name: {k: v for k, v in entry.items() if k != "machine"} for name, entry in result["stages"].items()}
+    assert taken_again == recorded["stages"]  # train and page taken again (on this CPU), plot kept
+    assert "machine" not in result["stages"]["plot"] and "machine" in result["stages"]["train"]
     stale = {"stages": {**recorded["stages"], "plot": {**recorded["stages"]["plot"], "inputs": "another entry"}}}
     result, kept, skipped = reproduction.record(tmp_path, stale)
     assert (kept, skipped) == ([], ["plot"]) and "plot" not in result["stages"]
@@ -231,3 +233,34 @@ def test_the_stages_that_measure_time_are_the_benchmark_and_the_pi_conversions()
 
     assert all(measures_time(s) for s in ("replay_benchmark", "pi_bundle", "pi_dqn@dqn-42", "pi_atari_dqn@breakout"))
     assert not any(measures_time(s) for s in ("pg_cartpole@42", "dqn@dqn-42", "evaluate_dqn@dqn-42", "markov_chain"))
+
+
+def test_a_difference_in_a_stage_recorded_on_another_cpu_says_so_and_does_not_fail(tmp_path, monkeypatch, capsys):
+    recorded = _workspace(tmp_path)
+    for entry in recorded["stages"].values():
+        entry["machine"] = "CPU A (avx2, fma)"
+    (tmp_path / "reports/curve.png").write_bytes(b"other png")
+    same = {v.stage: (v.result, v.files) for v in check(tmp_path, recorded, machine="CPU A (avx2, fma)")}
+    assert same["plot"] == ("differs", ["reports/curve.png"])
+    other = {v.stage: (v.result, v.files) for v in check(tmp_path, recorded, machine="CPU B (avx2, fma, avx512f)")}
+    assert other["plot"] == ("differs (other CPU)", ["recorded on CPU A (avx2, fma)", "reports/curve.png"])
+    assert other["train"][0] == "reproduced"
+    (tmp_path / DIGESTS).write_text(yaml.safe_dump(recorded))
+    monkeypatch.setattr(reproduction, "this_machine", lambda: "CPU B (avx2, fma, avx512f)")
+    assert reproduction.main(["check", "--dir", str(tmp_path)]) == 0
+    assert "recorded on another CPU than this one, CPU B" in capsys.readouterr().out
+    monkeypatch.setattr(reproduction, "this_machine", lambda: "CPU A (avx2, fma)")
+    assert reproduction.main(["check", "--dir", str(tmp_path)]) == 1
+
+
+def test_a_record_names_the_cpu_it_was_taken_on(tmp_path, monkeypatch):
+    _workspace(tmp_path)
+    read_cpuinfo = reproduction.this_machine
+    monkeypatch.setattr(reproduction, "dvc_changed_stages", lambda root: set())
+    monkeypatch.setattr(reproduction, "this_machine", lambda: "CPU A (avx2, fma)")
+    result, _, _ = reproduction.record(tmp_path)
+    assert {entry["machine"] for entry in result["stages"].values()} == {"CPU A (avx2, fma)"}
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx2 fma avx512f\n\n"
+                       "processor\t: 1\nmodel name\t: Other\n")
+    assert read_cpuinfo(cpuinfo) == "Some CPU (avx2, fma, avx512f)"
