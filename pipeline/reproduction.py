@@ -37,8 +37,10 @@ stage differs and its record was taken on another CPU, the verdict is ``differs 
 with both CPUs named, and it does not fail the check.
 
 Verdicts: ``reproduced`` (every file as recorded), ``differs`` (with the files), ``differs (known)``
-(only machine-dependent files differ), ``differs (other CPU)``, ``other inputs`` (code or params
-changed since the record), ``not run`` (no output present), ``not recorded``. ``check`` exits 1
+(only machine-dependent files differ), ``differs (other CPU)``, ``partly here`` (the files present
+are as recorded, others are absent: a clone's results from git before ``dvc pull``), ``other
+inputs`` (code or params changed since the record), ``not run`` (no output present), ``not
+recorded``. ``check`` exits 1
 when a stage differs (known differences and other CPUs aside), so it can gate a script.
 """
 
@@ -286,6 +288,13 @@ def check(root: Path, recorded: dict[str, Any], resumable: Iterable[str] = (),
         elif have == want:
             verdicts.append(Verdict(name, "reproduced", [f"{len(have)} files", *(
                 f"resumable state not here: {path}" for path in sorted(absent_state))]))
+        elif all(have.get(path) == digest for path, digest in want.items() if path in have) \
+                and set(have) <= set(want):
+            # What is here matches; the rest is absent (a clone with its results from git and
+            # no model pulled yet): nothing to tell against the record.
+            absent = sorted(set(want) - set(have))
+            verdicts.append(Verdict(name, "partly here", [f"{len(have)} files as recorded",
+                                                          f"{len(absent)} absent", *absent]))
         else:
             different = sorted(p for p in set(have) | set(want) if have.get(p) != want.get(p))
             known = all(machine_dependent(p) and p in have and p in want for p in different)

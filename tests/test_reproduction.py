@@ -139,7 +139,8 @@ def test_absent_resumable_state_is_named_and_present_state_is_compared(tmp_path)
     shutil.rmtree(tmp_path / "data/train")
     verdicts = {v.stage: (v.result, v.files) for v in check(tmp_path, recorded, resumable={"data/train"})}
     assert verdicts["train"] == ("reproduced", ["1 files", "resumable state not here: data/train"])
-    assert _verdicts(tmp_path, recorded)["train"][0] == "differs"  # not declared resumable: missing
+    # Not declared resumable: an absent output, named as such (the present ones match).
+    assert _verdicts(tmp_path, recorded)["train"][:1] == ("partly here",)
 
 
 def test_changed_code_or_params_are_told_apart_from_changed_results(tmp_path):
@@ -264,3 +265,17 @@ def test_a_record_names_the_cpu_it_was_taken_on(tmp_path, monkeypatch):
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx2 fma avx512f\n\n"
                        "processor\t: 1\nmodel name\t: Other\n")
     assert read_cpuinfo(cpuinfo) == "Some CPU (avx2, fma, avx512f)"
+
+
+def test_a_clone_with_its_results_from_git_and_no_model_is_partly_here(tmp_path, capsys):
+    """The model (DVC's cache) is absent and the metrics (git) are as recorded: nothing differs;
+    the absent files are named and the check passes. A changed present file still differs."""
+    recorded = _workspace(tmp_path)
+    (tmp_path / "data/train/model.bin").unlink()
+    result, files = _verdicts(tmp_path, recorded)["train"]
+    assert (result, files) == ("partly here", ["1 files as recorded", "1 absent", "data/train/model.bin"])
+    (tmp_path / DIGESTS).write_text(yaml.safe_dump(recorded))
+    assert reproduction.main(["check", "--dir", str(tmp_path)]) == 0
+    assert "1 partly here" in capsys.readouterr().out
+    (tmp_path / "reports/metrics.json").write_text(json.dumps({"return": 11}))
+    assert _verdicts(tmp_path, recorded)["train"] == ("differs", ["data/train/model.bin", "reports/metrics.json"])
