@@ -40,8 +40,8 @@ Verdicts: ``reproduced`` (every file as recorded), ``differs`` (with the files),
 (only machine-dependent files differ), ``differs (other CPU)``, ``partly here`` (the files present
 are as recorded, others are absent: a clone's results from git before ``dvc pull``), ``other
 inputs`` (code or params changed since the record), ``not run`` (no output present), ``not
-recorded``. ``check`` exits 1
-when a stage differs (known differences and other CPUs aside), so it can gate a script.
+recorded``. ``check`` exits 1 when a stage differs (known differences and other CPUs aside), so it
+can gate a script.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def this_machine(cpuinfo: Path = CPUINFO) -> str:
             key, _, value = line.partition(":")
             fields[key.strip()] = value.strip()
     flags = set(fields.get("flags", "").split())
-    return f"{fields.get('model name', 'unknown CPU')} ({', '.join(f for f in ISA_FLAGS if f in flags) or 'none of ' + ', '.join(ISA_FLAGS)})"
+    present = ", ".join(flag for flag in ISA_FLAGS if flag in flags) or "none of " + ", ".join(ISA_FLAGS)
+    return f"{fields.get('model name', 'unknown CPU')} ({present})"
 
 
 # --- what two identical runs share --------------------------------------------------------------
@@ -288,8 +289,7 @@ def check(root: Path, recorded: dict[str, Any], resumable: Iterable[str] = (),
         elif have == want:
             verdicts.append(Verdict(name, "reproduced", [f"{len(have)} files", *(
                 f"resumable state not here: {path}" for path in sorted(absent_state))]))
-        elif all(have.get(path) == digest for path, digest in want.items() if path in have) \
-                and set(have) <= set(want):
+        elif all(want.get(path) == digest for path, digest in have.items()):
             # What is here matches; the rest is absent (a clone with its results from git and
             # no model pulled yet): nothing to tell against the record.
             absent = sorted(set(want) - set(have))
@@ -334,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{target} is missing: record a run first "
               "(python -m pipeline.reproduction record)", file=sys.stderr)
         return 2
-    verdicts = check(root, yaml.safe_load(target.read_text()) or {}, resumable_state(root))
+    machine = this_machine()
+    verdicts = check(root, yaml.safe_load(target.read_text()) or {}, resumable_state(root), machine)
     width = max((len(v.stage) for v in verdicts), default=5)
     for verdict in verdicts:
         print(verdict.line(width))
@@ -343,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         counts[verdict.result] = counts.get(verdict.result, 0) + 1
     print("; ".join(f"{n} {result}" for result, n in sorted(counts.items())))
     if counts.get("differs (other CPU)"):
-        print(f"differs (other CPU): recorded on another CPU than this one, {this_machine()}; "
+        print(f"differs (other CPU): recorded on another CPU than this one, {machine}; "
               "TensorFlow's kernels round differently there (see docs/reproducibility.md)")
     if counts.get("differs (known)"):
         print("differs (known): only outputs known to depend on the machine differ "
